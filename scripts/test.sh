@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when missing, then runs every test.
+# CI calls exactly this (see .ci/run). Safe to run again: installed tools are left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=false
+need_pkg() { # need_pkg COMMAND PACKAGE
+    if ! command -v "$1" >/dev/null 2>&1; then
+        if [ "$apt_updated" = false ]; then
+            as_root apt-get update -qq
+            apt_updated=true
+        fi
+        echo "installing $2 (for $1)" >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    fi
+}
+
+need_pkg sipp sip-tester
+
+locked=()
+if [ "${CI:-}" = "true" ]; then locked=(--locked); fi
+
+cargo build "${locked[@]}" --workspace --all-targets
+# The end-to-end tests start the agent-edge binary built just above.
+export AGENT_EDGE_BIN="${AGENT_EDGE_BIN:-$PWD/target/debug/agent-edge}"
+cargo test "${locked[@]}" --workspace --no-fail-fast "$@"

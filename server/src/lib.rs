@@ -1,0 +1,4 @@
+//! agent-edge: a contact-centre agent edge.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod sip;

@@ -1,0 +1,15 @@
+//! The SIP layer: parsing, stream framing, transactions and dialogs.
+//!
+//! Nothing here touches a socket or reads the clock. Messages come in as bytes with the time
+//! they arrived; what to send, and when to be woken next, comes out.
+
+pub mod error;
+pub mod framing;
+pub mod message;
+pub mod target;
+pub mod uri;
+
+pub use error::SipError;
+pub use message::{CSeq, Header, Method, SipMessage, StartLine, Via, reason_phrase};
+pub use target::{ConnId, Target, TransportKind};
+pub use uri::{NameAddr, SipUri};
