@@ -198,6 +198,16 @@ impl SipMessage {
     /// Content-Length) are errors; missing mandatory headers are found by
     /// [`SipMessage::validate_request`], so a 400 can still be built from what did parse.
     pub fn parse(buf: &[u8]) -> Result<SipMessage, SipError> {
+        Self::parse_inner(buf, true)
+    }
+
+    /// Parses the start line and headers only, for answering a message whose body will never
+    /// be read (an oversized one). The body is left empty.
+    pub fn parse_head(buf: &[u8]) -> Result<SipMessage, SipError> {
+        Self::parse_inner(buf, false)
+    }
+
+    fn parse_inner(buf: &[u8], with_body: bool) -> Result<SipMessage, SipError> {
         let head_end = find(buf, b"\r\n\r\n")
             .map(|i| (i, i + 4))
             .or_else(|| find(buf, b"\n\n").map(|i| (i, i + 2)))
@@ -240,6 +250,9 @@ impl SipMessage {
             headers,
             body: Bytes::new(),
         };
+        if !with_body {
+            return Ok(msg);
+        }
         let body_len = match msg.header("Content-Length") {
             Some(v) => v
                 .trim()
@@ -441,6 +454,14 @@ impl SipMessage {
             self.header("Via")
                 .ok_or_else(|| SipError::bad_request("missing Via"))?,
         )
+    }
+
+    /// Replaces a response's reason phrase, e.g. to say which header made a request bad.
+    /// Control characters are dropped so a peer's text can never split the status line.
+    pub fn set_reason(&mut self, text: &str) {
+        if let StartLine::Response { reason, .. } = &mut self.start {
+            *reason = text.chars().filter(|c| !c.is_control()).collect();
+        }
     }
 
     pub fn max_forwards(&self) -> Option<u8> {
@@ -651,7 +672,7 @@ fn unfold(head: &str) -> Vec<String> {
     lines
 }
 
-pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 

@@ -1,0 +1,5 @@
+//! The buffer server: registrar for its agents, routing table, and the connection processor
+//! that re-addresses every message between a call's client leg and agent leg.
+
+pub mod readdress;
+pub mod routing_table;

@@ -1,0 +1,271 @@
+//! The one TOML configuration file: every key optional, unknown keys refused, parsed then
+//! validated so an operator's typo is an error at start-up rather than a surprise on a call.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, bad address).
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SIP timers and bounds shared by every role.
+    pub sip: SipConfig,
+    /// Where TLS certificates come from.
+    pub tls: TlsConfig,
+    /// The caller-facing distributor.
+    pub distributor: DistributorConfig,
+    /// The agent-facing buffer server.
+    pub buffer: BufferConfig,
+}
+
+/// SIP timers (RFC 3261 section 17) and message bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Round-trip estimate T1, in milliseconds.
+    pub t1_ms: u64,
+    /// Maximum retransmission interval T2, in milliseconds.
+    pub t2_ms: u64,
+    /// Maximum time a message stays in the network, T4, in milliseconds.
+    pub t4_ms: u64,
+    /// Largest SIP message accepted from any peer, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            max_message_bytes: 65_535,
+        }
+    }
+}
+
+impl SipConfig {
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.t1_ms)
+    }
+
+    pub fn t2(&self) -> Duration {
+        Duration::from_millis(self.t2_ms)
+    }
+
+    pub fn t4(&self) -> Duration {
+        Duration::from_millis(self.t4_ms)
+    }
+}
+
+/// TLS material: operator-provided files, or development certificates generated into `dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Folder for generated development certificates.
+    pub dir: PathBuf,
+    /// Server certificate chain (PEM); with `key`, replaces the development certificate.
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA the buffer server trusts when dialling the distributor's tunnel.
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            dir: PathBuf::from(".agent-edge/certs"),
+            cert: None,
+            key: None,
+            ca: None,
+        }
+    }
+}
+
+/// The distributor: where callers arrive and where buffer servers dial in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributorConfig {
+    /// Name shown to buffer servers.
+    pub id: String,
+    /// SIP over UDP for callers.
+    pub udp: SocketAddr,
+    /// SIP over TCP for callers.
+    pub tcp: SocketAddr,
+    /// SIP over TLS for callers.
+    pub tls: SocketAddr,
+    /// The tunnel endpoint buffer servers dial (`wss://ADDR/tunnel`).
+    pub tunnel: SocketAddr,
+    /// Status answered when no agent can take a call.
+    pub no_agent_status: u16,
+    /// Calls one agent may have at once.
+    pub agent_max_calls: usize,
+    /// Queue for a request-URI user that `queues` does not name.
+    pub default_queue: String,
+    /// Request-URI user → queue.
+    pub queues: BTreeMap<String, String>,
+}
+
+impl Default for DistributorConfig {
+    fn default() -> Self {
+        DistributorConfig {
+            id: "dist-1".into(),
+            udp: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            tcp: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            tls: SocketAddr::from(([127, 0, 0, 1], 5061)),
+            tunnel: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            no_agent_status: 480,
+            agent_max_calls: 1,
+            default_queue: "default".into(),
+            queues: BTreeMap::new(),
+        }
+    }
+}
+
+/// A buffer server: the edge where agents log in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// This edge's name, unique among the distributor's edges.
+    pub id: String,
+    /// The distributor's tunnel (all-in-one mode uses its own distributor instead).
+    pub connect: String,
+    /// SIP over UDP for agents on desk phones and test tools.
+    pub udp: SocketAddr,
+    /// SIP over TCP for agents on desk phones and test tools.
+    pub tcp: SocketAddr,
+    /// The agent page at `/` and SIP over WSS at `/sip`.
+    pub https: SocketAddr,
+    /// Longest registration granted, in seconds.
+    pub max_expires: u32,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            id: "edge-1".into(),
+            connect: "wss://127.0.0.1:7443/tunnel".into(),
+            udp: SocketAddr::from(([127, 0, 0, 1], 5070)),
+            tcp: SocketAddr::from(([127, 0, 0, 1], 5070)),
+            https: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            max_expires: 3600,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |why: &str| Err(ConfigError::Invalid(why.into()));
+        let sip = &self.sip;
+        if sip.t1_ms == 0 || sip.t2_ms < sip.t1_ms || sip.t4_ms == 0 {
+            return invalid("sip timers need 0 < t1_ms <= t2_ms and t4_ms > 0");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&sip.max_message_bytes) {
+            return invalid("sip.max_message_bytes must be between 1024 and 16 MiB");
+        }
+        let d = &self.distributor;
+        if !(400..=699).contains(&d.no_agent_status) {
+            return invalid("distributor.no_agent_status must be a final failure (400-699)");
+        }
+        if d.agent_max_calls == 0 {
+            return invalid("distributor.agent_max_calls must be at least 1");
+        }
+        for id in [&d.id, &self.buffer.id] {
+            if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+                return invalid("distributor.id and buffer.id must be 1-128 visible characters");
+            }
+        }
+        if !self.buffer.connect.starts_with("wss://") {
+            return invalid("buffer.connect must be a wss:// URL: the tunnel is always TLS");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert and tls.key go together");
+        }
+        if self.buffer.max_expires < 60 {
+            return invalid("buffer.max_expires must be at least 60 seconds");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../config/agent-edge.example.toml");
+        let parsed = Config::parse(text).unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.distributor.udp.port(), 5060);
+        assert_eq!(c.buffer.https.port(), 8443);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Config::parse("[sip]\nt1 = 5\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        for text in [
+            "[sip]\nt1_ms = 0\n",
+            "[sip]\nt1_ms = 5000\nt2_ms = 100\n",
+            "[distributor]\nno_agent_status = 200\n",
+            "[buffer]\nid = \"edge 1\"\n",
+            "[buffer]\nconnect = \"ws://127.0.0.1:1/tunnel\"\n",
+            "[tls]\ncert = \"a.pem\"\n",
+        ] {
+            assert!(
+                matches!(Config::parse(text), Err(ConfigError::Invalid(_))),
+                "{text}"
+            );
+        }
+    }
+}

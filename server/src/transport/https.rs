@@ -1,0 +1,107 @@
+//! The buffer server's HTTPS listener: the agent page at `/` and SIP over secure WebSocket at
+//! `/sip` (RFC 7118). A client that does not offer the `sip` subprotocol is refused before the
+//! upgrade, so nothing that is not a SIP user agent ever holds a socket here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tracing::debug;
+
+use super::tls_listener::{PeerAddr, TlsListener};
+use super::{Transports, ingest};
+use crate::sip::{Target, TransportKind};
+
+/// The WebSocket subprotocol of SIP (RFC 7118 §4.1).
+pub const SIP_SUBPROTOCOL: &str = "sip";
+
+const AGENT_PAGE: &str = include_str!("../../../agent-web/index.html");
+
+/// Binds the HTTPS listener and serves it in the background.
+pub async fn listen(
+    transports: &Transports,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TlsListener::bind(addr, tls).await?;
+    let local = axum::serve::Listener::local_addr(&listener)?;
+    let app = Router::new()
+        .route("/", get(|| async { Html(AGENT_PAGE) }))
+        .route("/sip", get(sip_upgrade))
+        .with_state(transports.clone());
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<PeerAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!(error = %e, "HTTPS server stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn sip_upgrade(
+    ws: WebSocketUpgrade,
+    State(transports): State<Transports>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+) -> Response {
+    let ws = ws
+        .protocols([SIP_SUBPROTOCOL])
+        .max_message_size(transports.max_message());
+    if ws.selected_protocol().is_none() {
+        debug!(%peer, "refusing WebSocket without subprotocol sip");
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "this endpoint speaks SIP over WebSocket: offer subprotocol \"sip\" (RFC 7118)\n",
+        )
+            .into_response();
+    }
+    ws.on_upgrade(move |socket| serve_sip_socket(transports, socket, peer))
+}
+
+async fn serve_sip_socket(transports: Transports, socket: WebSocket, peer: SocketAddr) {
+    let (id, mut outbound) = transports.add_conn(TransportKind::Wss, peer);
+    let from = Target {
+        kind: TransportKind::Wss,
+        addr: peer,
+        conn: Some(id),
+    };
+    let (mut sink, mut stream) = socket.split();
+    let write = async {
+        while let Some(bytes) = outbound.recv().await {
+            let msg = match String::from_utf8(bytes.to_vec()) {
+                Ok(text) => Message::Text(text.into()),
+                Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
+            };
+            if sink.send(msg).await.is_err() {
+                break;
+            }
+        }
+    };
+    let read = async {
+        while let Some(Ok(msg)) = stream.next().await {
+            let data: Bytes = match msg {
+                Message::Text(t) => Bytes::from(t),
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            // RFC 7118 §5: one WebSocket message is one whole SIP message.
+            if !ingest(&transports, &data, from.clone()).await {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = write => {}
+        () = read => {}
+    }
+    debug!(%peer, ?id, "WebSocket closed");
+    transports.remove_conn(id).await;
+}
