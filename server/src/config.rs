@@ -67,16 +67,13 @@ impl Default for SipConfig {
 }
 
 impl SipConfig {
-    pub fn t1(&self) -> Duration {
-        Duration::from_millis(self.t1_ms)
-    }
-
-    pub fn t2(&self) -> Duration {
-        Duration::from_millis(self.t2_ms)
-    }
-
-    pub fn t4(&self) -> Duration {
-        Duration::from_millis(self.t4_ms)
+    /// The timers as the transaction layer wants them.
+    pub fn timers(&self) -> crate::sip::transaction::Timers {
+        crate::sip::transaction::Timers {
+            t1: Duration::from_millis(self.t1_ms),
+            t2: Duration::from_millis(self.t2_ms),
+            t4: Duration::from_millis(self.t4_ms),
+        }
     }
 }
 
@@ -210,7 +207,7 @@ impl Config {
             return invalid("distributor.agent_max_calls must be at least 1");
         }
         for id in [&d.id, &self.buffer.id] {
-            if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            if !proto_tunnel::valid_id(id, 128) {
                 return invalid("distributor.id and buffer.id must be 1-128 visible characters");
             }
         }

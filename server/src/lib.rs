@@ -3,5 +3,16 @@
 
 pub mod buffer;
 pub mod config;
+pub mod distributor;
+pub mod ids;
 pub mod sip;
 pub mod transport;
+
+/// Prints one status line on stdout (`listening …`, `tunnel-up …`, `agent-up …`) for operators
+/// and the end-to-end tests, which wait for these lines instead of sleeping.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

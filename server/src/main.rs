@@ -1,1 +1,164 @@
-fn main() {}
+//! `agent-edge`: runs a distributor, a buffer server, or (with no subcommand) both in one
+//! process joined by a real WSS tunnel on loopback.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_edge::config::Config;
+use agent_edge::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
+use agent_edge::transport::{self, Transports};
+use agent_edge::{announce, buffer, distributor};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Contact-centre agent edge: distributor and buffer servers"
+)]
+struct Cli {
+    /// TOML configuration file; every key is optional (see config/agent-edge.example.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// The distributor alone: callers' SIP, and the tunnel endpoint edges dial.
+    Distributor,
+    /// A buffer server alone, dialling a distributor's tunnel.
+    Buffer {
+        /// The distributor's tunnel, e.g. wss://127.0.0.1:7443/tunnel (default from config).
+        #[arg(long)]
+        connect: Option<String>,
+    },
+}
+
+/// Room for SIP messages waiting for their role's task.
+const EVENT_QUEUE: usize = 8192;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Both rustls and the WebSocket client pick the process-wide provider: set it first.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        match cli.role {
+            None => {
+                let tunnel = start_distributor(&config).await?;
+                let url = format!("wss://{tunnel}/tunnel");
+                start_buffer(&config, url).await?;
+            }
+            Some(Role::Distributor) => {
+                start_distributor(&config).await?;
+            }
+            Some(Role::Buffer { connect }) => {
+                let url = connect.unwrap_or_else(|| config.buffer.connect.clone());
+                start_buffer(&config, url).await?;
+            }
+        }
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok(())
+    })
+}
+
+fn tls_files(config: &Config) -> anyhow::Result<certs::TlsFiles> {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Ok(certs::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: config.tls.ca.clone().unwrap_or_else(|| cert.clone()),
+        }),
+        _ => certs::ensure_dev_certs(&config.tls.dir).with_context(|| {
+            format!(
+                "preparing development certificates in {}",
+                config.tls.dir.display()
+            )
+        }),
+    }
+}
+
+/// Binds the distributor's listeners, starts its task and returns the tunnel address.
+async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAddr> {
+    let d = &config.distributor;
+    let tls = certs::server_config(&tls_files(config)?)?;
+    let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
+    let transports = Transports::new(sip_tx, config.sip.max_message_bytes);
+    let udp = transport::udp::listen(&transports, d.udp)
+        .await
+        .with_context(|| format!("binding distributor UDP {}", d.udp))?;
+    let tcp = transport::stream::listen_tcp(&transports, d.tcp)
+        .await
+        .with_context(|| format!("binding distributor TCP {}", d.tcp))?;
+    let tls_addr = transport::stream::listen_tls(&transports, d.tls, tls.clone())
+        .await
+        .with_context(|| format!("binding distributor TLS {}", d.tls))?;
+    let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
+    let tunnel_addr = tunnel::listen(d.tunnel, tls, &d.id, tunnel_tx)
+        .await
+        .with_context(|| format!("binding the tunnel endpoint {}", d.tunnel))?;
+    let addrs = distributor::service::BoundAddrs {
+        udp,
+        tcp,
+        tls: tls_addr,
+    };
+    let service = distributor::service::Distributor::new(d.clone(), &config.sip, transports, addrs);
+    tokio::spawn(service.run(sip_rx, tunnel_rx));
+    announce(&format!("listening distributor.udp {udp}"));
+    announce(&format!("listening distributor.tcp {tcp}"));
+    announce(&format!("listening distributor.tls {tls_addr}"));
+    announce(&format!("listening distributor.tunnel {tunnel_addr}"));
+    Ok(tunnel_addr)
+}
+
+/// Binds the buffer server's listeners, starts its task and its tunnel dialler.
+async fn start_buffer(config: &Config, connect: String) -> anyhow::Result<()> {
+    let b = &config.buffer;
+    let files = tls_files(config)?;
+    let tls = certs::server_config(&files)?;
+    let ca = config.tls.ca.clone().unwrap_or(files.ca);
+    let client_tls: Arc<rustls::ClientConfig> = certs::client_config(&ca)?;
+    let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
+    let transports = Transports::new(sip_tx, config.sip.max_message_bytes);
+    let udp = transport::udp::listen(&transports, b.udp)
+        .await
+        .with_context(|| format!("binding buffer UDP {}", b.udp))?;
+    let tcp = transport::stream::listen_tcp(&transports, b.tcp)
+        .await
+        .with_context(|| format!("binding buffer TCP {}", b.tcp))?;
+    let https = transport::https::listen(&transports, b.https, tls)
+        .await
+        .with_context(|| format!("binding buffer HTTPS {}", b.https))?;
+    let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelClientEvent>(EVENT_QUEUE);
+    let addrs = buffer::service::BoundAddrs { udp, tcp, https };
+    let service = buffer::service::Buffer::new(b.clone(), &config.sip, transports, addrs);
+    tokio::spawn(service.run(sip_rx, tunnel_rx));
+    tunnel::spawn_dialler(
+        connect,
+        client_tls,
+        b.id.clone(),
+        vec!["tunnel".into()],
+        tunnel_tx,
+    );
+    announce(&format!("listening buffer.udp {udp}"));
+    announce(&format!("listening buffer.tcp {tcp}"));
+    announce(&format!("listening buffer.https {https}"));
+    announce(&format!("agent page: https://{https}/"));
+    Ok(())
+}

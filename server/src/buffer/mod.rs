@@ -2,4 +2,6 @@
 //! that re-addresses every message between a call's client leg and agent leg.
 
 pub mod readdress;
+pub mod registrar;
 pub mod routing_table;
+pub mod service;

@@ -64,6 +64,7 @@ pub fn client_leg(invite: &SipMessage, from: Target, local_tag: String) -> Resul
             .map(str::to_owned)
             .collect(),
         local_cseq: 0,
+        invite_cseq: 0,
         target: from,
     })
 }
@@ -100,6 +101,7 @@ pub fn agent_leg(
         remote_target: contact.to_owned(),
         route_set: Vec::new(),
         local_cseq: 1,
+        invite_cseq: 1,
         target,
     }
 }
@@ -161,6 +163,26 @@ pub fn request_for_leg(
     };
     copy_end_to_end(incoming, &mut msg);
     msg
+}
+
+/// A request the buffer server starts itself on `leg` (the ACK and BYE that end an agent
+/// leg nobody else will end).
+pub fn originate(
+    method: Method,
+    leg: &Leg,
+    cseq: u32,
+    local: &LocalAddr,
+    branch: &str,
+) -> SipMessage {
+    let blank = SipMessage {
+        start: StartLine::Request {
+            method,
+            uri: String::new(),
+        },
+        headers: Vec::new(),
+        body: Bytes::new(),
+    };
+    request_for_leg(&blank, leg, cseq, local, branch)
 }
 
 /// The response on the receiving leg's server transaction that mirrors `resp` from the other

@@ -42,6 +42,8 @@ pub struct Leg {
     pub route_set: Vec<String>,
     /// The last CSeq number we used on this leg.
     pub local_cseq: u32,
+    /// The CSeq number of the last INVITE we sent on this leg, which its ACK repeats.
+    pub invite_cseq: u32,
     /// Where requests to the peer are sent.
     pub target: Target,
 }
@@ -191,6 +193,7 @@ mod tests {
             remote_target: "sip:b@127.0.0.1:5000".into(),
             route_set: vec![],
             local_cseq: 0,
+            invite_cseq: 0,
             target: Target::udp("127.0.0.1:5000".parse().unwrap()),
         }
     }

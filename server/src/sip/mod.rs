@@ -13,3 +13,4 @@ pub use error::SipError;
 pub use message::{CSeq, Header, Method, SipMessage, StartLine, Via, reason_phrase};
 pub use target::{ConnId, Target, TransportKind};
 pub use uri::{NameAddr, SipUri};
+pub mod transaction;

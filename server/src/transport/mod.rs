@@ -7,7 +7,7 @@ mod boundary;
 pub mod https;
 pub mod stream;
 pub mod tls_listener;
-// pub mod tunnel;
+pub mod tunnel;
 pub mod udp;
 
 use std::collections::HashMap;

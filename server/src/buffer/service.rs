@@ -1,0 +1,725 @@
+//! The buffer server's connection processor: one task owning the transaction layer, the
+//! registrar and the routing table, fed by the agent-side transports and the tunnel. Every
+//! message from one leg is rebuilt for the other by [`super::readdress`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto_tunnel::Frame;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::readdress::{self, LocalAddr};
+use super::registrar::{self, RegisterRequest, Registrar};
+use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
+use crate::config::{BufferConfig, SipConfig};
+use crate::ids;
+use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
+use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind};
+use crate::transport::tunnel::TunnelClientEvent;
+use crate::transport::{TransportEvent, Transports};
+
+/// The addresses the buffer server's listeners are bound to.
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub https: SocketAddr,
+}
+
+/// A request forwarded from one leg to the other, waiting for its answer.
+#[derive(Debug)]
+struct Forwarded {
+    key: CallKey,
+    /// The server transaction on the leg the request came from.
+    server_tx: TxId,
+    from_side: Side,
+    method: Method,
+}
+
+pub struct Buffer {
+    id: String,
+    config: BufferConfig,
+    layer: TransactionLayer,
+    transports: Transports,
+    registrar: Registrar,
+    table: RoutingTable,
+    addrs: BoundAddrs,
+    tunnel: Option<(ConnId, mpsc::Sender<Frame>)>,
+    /// Agent named by the tunnel frame of an INVITE not yet seen by the layer, by Call-ID.
+    handoffs: HashMap<String, String>,
+    /// Client-leg INVITE server transaction → call.
+    client_invites: HashMap<TxId, CallKey>,
+    /// Agent-leg INVITE client transaction → (call, client-leg INVITE server transaction).
+    agent_invites: HashMap<TxId, (CallKey, TxId)>,
+    /// Other forwarded requests (BYE, re-INVITE, INFO…), by the client transaction carrying them.
+    forwarded: HashMap<TxId, Forwarded>,
+    /// The ACK sent on a leg for its last 2xx, re-sent when that 2xx is retransmitted.
+    acks: HashMap<(CallKey, Side), SipMessage>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("id", &self.id)
+            .field("calls", &self.table.len())
+            .field("agents", &self.registrar.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Buffer {
+    pub fn new(
+        config: BufferConfig,
+        sip: &SipConfig,
+        transports: Transports,
+        addrs: BoundAddrs,
+    ) -> Buffer {
+        Buffer {
+            id: config.id.clone(),
+            config,
+            layer: TransactionLayer::new(transaction::Config {
+                timers: sip.timers(),
+                send_100_trying: true,
+                timer_c: None,
+            }),
+            transports,
+            registrar: Registrar::new(),
+            table: RoutingTable::new(),
+            addrs,
+            tunnel: None,
+            handoffs: HashMap::new(),
+            client_invites: HashMap::new(),
+            agent_invites: HashMap::new(),
+            forwarded: HashMap::new(),
+            acks: HashMap::new(),
+        }
+    }
+
+    /// Serves until both event sources close.
+    pub async fn run(
+        mut self,
+        mut sip: mpsc::Receiver<TransportEvent>,
+        mut tunnel: mpsc::Receiver<TunnelClientEvent>,
+    ) {
+        loop {
+            let now = Instant::now();
+            let wake = [self.layer.poll_timeout(), self.registrar.next_expiry()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + Duration::from_secs(3600));
+            tokio::select! {
+                ev = sip.recv() => match ev {
+                    Some(ev) => self.on_transport(ev, Instant::now()),
+                    None => break,
+                },
+                ev = tunnel.recv() => match ev {
+                    Some(ev) => self.on_tunnel(ev, Instant::now()),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let now = Instant::now();
+                    self.layer.handle_timeout(now);
+                    for agent in self.registrar.expire(now) {
+                        self.agent_gone(&agent);
+                    }
+                }
+            }
+            self.drive(Instant::now());
+        }
+    }
+
+    fn on_transport(&mut self, ev: TransportEvent, now: Instant) {
+        match ev {
+            TransportEvent::Message { msg, from } => self.layer.handle_message(msg, from, now),
+            TransportEvent::Closed { conn } => {
+                self.layer.connection_closed(conn, now);
+                for agent in self.registrar.connection_closed(conn) {
+                    self.agent_gone(&agent);
+                }
+            }
+        }
+    }
+
+    fn on_tunnel(&mut self, ev: TunnelClientEvent, now: Instant) {
+        match ev {
+            TunnelClientEvent::Up { conn, sender } => {
+                crate::announce(&format!("tunnel-up {}", self.id));
+                for agent in self.registrar.agents() {
+                    let _ = sender.try_send(Frame::AgentUp {
+                        agent: agent.to_owned(),
+                    });
+                }
+                self.tunnel = Some((conn, sender));
+            }
+            TunnelClientEvent::Down { conn } => {
+                if self.tunnel.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.tunnel = None;
+                    crate::announce(&format!("tunnel-down {}", self.id));
+                }
+                self.layer.connection_closed(conn, now);
+            }
+            TunnelClientEvent::Frame { conn, frame } => match frame {
+                Frame::Sip { agent, message } => {
+                    let from = Target {
+                        kind: TransportKind::Tunnel,
+                        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        conn: Some(conn),
+                    };
+                    self.on_tunnel_sip(agent, &message, from, now);
+                }
+                other => debug!(frame = ?other, "ignoring tunnel frame"),
+            },
+        }
+    }
+
+    fn on_tunnel_sip(&mut self, agent: Option<String>, bytes: &[u8], from: Target, now: Instant) {
+        let msg = match SipMessage::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "unparseable SIP from the distributor");
+                return;
+            }
+        };
+        let checked = if msg.is_request() {
+            msg.validate_request()
+        } else {
+            msg.validate_response()
+        };
+        if let Err(e) = checked {
+            warn!(error = %e, "bad SIP from the distributor");
+            if msg.is_request() && msg.method() != Some(&Method::Ack) {
+                let mut resp = msg.response(e.status(), None);
+                resp.set_reason(&e.to_string());
+                self.send(Transmit {
+                    to: from,
+                    bytes: Bytes::from(resp.to_bytes()),
+                });
+            }
+            return;
+        }
+        if let (Some(agent), Some(call_id)) = (agent, msg.call_id()) {
+            self.handoffs.insert(call_id.to_owned(), agent);
+        }
+        self.layer.handle_message(msg, from, now);
+    }
+
+    /// Runs the layer's events, then sends what it queued.
+    fn drive(&mut self, now: Instant) {
+        while let Some(ev) = self.layer.poll_event() {
+            self.on_tx_event(ev, now);
+        }
+        while let Some(t) = self.layer.poll_transmit() {
+            self.send(t);
+        }
+    }
+
+    fn send(&mut self, t: Transmit) {
+        if t.to.kind == TransportKind::Tunnel {
+            match &self.tunnel {
+                Some((conn, sender)) if Some(*conn) == t.to.conn => {
+                    let frame = Frame::Sip {
+                        agent: None,
+                        message: t.bytes,
+                    };
+                    if sender.try_send(frame).is_err() {
+                        warn!("tunnel queue full; message dropped");
+                    }
+                }
+                _ => debug!("tunnel down; message to the distributor dropped"),
+            }
+            return;
+        }
+        if let Err(e) = self.transports.send(&t.to, t.bytes) {
+            debug!(to = %t.to.addr, error = %e, "send failed");
+            self.layer.transport_failed(&t.to, Instant::now());
+        }
+    }
+
+    fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
+        match ev {
+            TxEvent::Request {
+                tx: Some(tx),
+                msg,
+                from,
+            } => self.on_request(tx, msg, from, now),
+            TxEvent::Request {
+                tx: None,
+                msg,
+                from,
+            } => self.on_ack(&msg, &from),
+            TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
+            TxEvent::Response { tx, msg } => self.on_response(tx, msg, now),
+            TxEvent::StrayResponse { msg, .. } => self.on_stray_response(&msg),
+            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
+            TxEvent::Terminated { tx } => self.on_terminated(tx),
+        }
+    }
+
+    fn respond(&mut self, tx: TxId, request: &SipMessage, code: u16, now: Instant) {
+        let resp = request.response(code, Some(&ids::tag()));
+        let _ = self.layer.send_response(tx, resp, now);
+    }
+
+    fn on_request(&mut self, tx: TxId, msg: SipMessage, from: Target, now: Instant) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        let in_dialog = msg.to_tag().is_some();
+        let routed = msg.call_id().and_then(|c| self.table.lookup(c));
+        match (method, routed) {
+            (Method::Register, _) if from.kind != TransportKind::Tunnel => {
+                self.on_register(tx, &msg, &from, now);
+            }
+            (Method::Invite, None) if !in_dialog && from.kind == TransportKind::Tunnel => {
+                self.on_new_call(tx, msg, from, now);
+            }
+            (_, Some((key, side))) if in_dialog => {
+                self.forward_in_dialog(tx, msg, key, side, now);
+            }
+            (Method::Options, None) if !in_dialog => self.respond(tx, &msg, 200, now),
+            (_, _) if in_dialog => self.respond(tx, &msg, 481, now),
+            (Method::Invite, Some(_)) => self.respond(tx, &msg, 482, now),
+            _ => self.respond(tx, &msg, 405, now),
+        }
+    }
+
+    fn on_register(&mut self, tx: TxId, msg: &SipMessage, from: &Target, now: Instant) {
+        let request = match registrar::parse_register(msg, self.config.max_expires) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut resp = msg.response(e.status(), Some(&ids::tag()));
+                resp.set_reason(&e.to_string());
+                let _ = self.layer.send_response(tx, resp, now);
+                return;
+            }
+        };
+        let mut resp = msg.response(200, Some(&ids::tag()));
+        match request {
+            RegisterRequest::Bind {
+                agent,
+                contact,
+                expires,
+            } => {
+                let target = registrar::target_for(&contact, from);
+                resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
+                let new = self.registrar.bind(
+                    &agent,
+                    contact,
+                    target,
+                    Duration::from_secs(expires.into()),
+                    now,
+                );
+                if new {
+                    info!(%agent, "agent registered");
+                    self.to_distributor(Frame::AgentUp { agent });
+                }
+            }
+            RegisterRequest::Unbind { agent } => {
+                if self.registrar.unbind(&agent) {
+                    self.agent_gone(&agent);
+                }
+            }
+            RegisterRequest::Fetch { agent } => {
+                if let Some(b) = self.registrar.get(&agent) {
+                    let left = b.expires_at.saturating_duration_since(now).as_secs();
+                    resp.push_header("Contact", format!("<{}>;expires={left}", b.contact));
+                }
+            }
+        }
+        let _ = self.layer.send_response(tx, resp, now);
+    }
+
+    fn agent_gone(&mut self, agent: &str) {
+        info!(%agent, "agent unregistered");
+        self.to_distributor(Frame::AgentDown {
+            agent: agent.to_owned(),
+        });
+    }
+
+    fn to_distributor(&self, frame: Frame) {
+        if let Some((_, sender)) = &self.tunnel {
+            let _ = sender.try_send(frame);
+        }
+    }
+
+    /// How this server names itself towards a peer on `kind`.
+    fn local_addr(&self, kind: TransportKind) -> LocalAddr {
+        let (transport, addr, param) = match kind {
+            TransportKind::Udp => ("UDP", self.addrs.udp.to_string(), ""),
+            TransportKind::Tcp => ("TCP", self.addrs.tcp.to_string(), ";transport=tcp"),
+            TransportKind::Tls => ("TLS", self.addrs.tcp.to_string(), ";transport=tls"),
+            TransportKind::Ws | TransportKind::Wss => {
+                ("WSS", self.addrs.https.to_string(), ";transport=ws")
+            }
+            TransportKind::Tunnel => {
+                let host = format!("{}.invalid", self.id);
+                return LocalAddr {
+                    transport: "WSS",
+                    sent_by: host.clone(),
+                    contact: format!("<sip:{host};transport=ws>"),
+                    host,
+                };
+            }
+        };
+        LocalAddr {
+            transport,
+            contact: format!("<sip:{addr}{param}>"),
+            sent_by: addr.clone(),
+            host: addr,
+        }
+    }
+
+    fn on_new_call(&mut self, tx: TxId, invite: SipMessage, from: Target, now: Instant) {
+        let handoff = invite.call_id().and_then(|c| self.handoffs.remove(c));
+        let Some(agent) = handoff else {
+            debug!("INVITE from the distributor names no agent");
+            self.respond(tx, &invite, 404, now);
+            return;
+        };
+        let Some(binding) = self.registrar.get(&agent).cloned() else {
+            info!(%agent, "call for an agent not registered here");
+            self.respond(tx, &invite, 480, now);
+            return;
+        };
+        if invite.max_forwards() == Some(0) {
+            self.respond(tx, &invite, 483, now);
+            return;
+        }
+        let client = match readdress::client_leg(&invite, from, ids::tag()) {
+            Ok(leg) => leg,
+            Err(e) => {
+                let mut resp = invite.response(e.status(), Some(&ids::tag()));
+                resp.set_reason(&e.to_string());
+                let _ = self.layer.send_response(tx, resp, now);
+                return;
+            }
+        };
+        let local = self.local_addr(binding.target.kind);
+        let agent_leg = readdress::agent_leg(
+            &invite,
+            &agent,
+            &binding.contact,
+            binding.target.clone(),
+            &local,
+            ids::call_id(),
+            ids::tag(),
+        );
+        let out =
+            readdress::request_for_leg(&invite, &agent_leg, 1, &local, &transaction::new_branch());
+        let entry = CallEntry {
+            agent: agent.clone(),
+            client,
+            agent_leg,
+            state: CallState::Offering,
+        };
+        let key = match self.table.insert(entry) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "refusing call");
+                self.respond(tx, &invite, 482, now);
+                return;
+            }
+        };
+        info!(%agent, call = ?key, "offering call to agent");
+        let agent_tx = self.layer.send_request(out, binding.target, now);
+        self.client_invites.insert(tx, key);
+        self.agent_invites.insert(agent_tx, (key, tx));
+    }
+
+    fn forward_in_dialog(
+        &mut self,
+        tx: TxId,
+        msg: SipMessage,
+        key: CallKey,
+        side: Side,
+        now: Instant,
+    ) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        let other = side.other();
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        let kind = entry.leg(other).target.kind;
+        let local = self.local_addr(kind);
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        let leg = entry.leg_mut(other);
+        let cseq = leg.next_cseq();
+        if method == Method::Invite {
+            leg.invite_cseq = cseq;
+        }
+        let out = readdress::request_for_leg(&msg, leg, cseq, &local, &transaction::new_branch());
+        let target = leg.target.clone();
+        if method == Method::Bye {
+            entry.state = CallState::Ending;
+        }
+        let out_tx = self.layer.send_request(out, target, now);
+        self.forwarded.insert(
+            out_tx,
+            Forwarded {
+                key,
+                server_tx: tx,
+                from_side: side,
+                method,
+            },
+        );
+    }
+
+    /// An ACK for a 2xx, end to end: rebuilt for the other leg with that leg's INVITE CSeq.
+    fn on_ack(&mut self, ack: &SipMessage, _from: &Target) {
+        let Some((key, side)) = ack.call_id().and_then(|c| self.table.lookup(c)) else {
+            return;
+        };
+        let other = side.other();
+        let Some(entry) = self.table.get(key) else {
+            return;
+        };
+        let local = self.local_addr(entry.leg(other).target.kind);
+        let leg = entry.leg(other);
+        let out = readdress::request_for_leg(
+            ack,
+            leg,
+            leg.invite_cseq,
+            &local,
+            &transaction::new_branch(),
+        );
+        let target = leg.target.clone();
+        if let Some(entry) = self.table.get_mut(key)
+            && entry.state == CallState::Answered
+        {
+            entry.state = CallState::Confirmed;
+        }
+        self.layer.send_stateless(out.clone(), target);
+        self.acks.insert((key, other), out);
+    }
+
+    fn on_cancel(&mut self, invite_tx: TxId, now: Instant) {
+        let Some(&key) = self.client_invites.get(&invite_tx) else {
+            return;
+        };
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        if entry.state != CallState::Offering {
+            return;
+        }
+        entry.state = CallState::Cancelling;
+        let local_tag = entry.client.local_tag.clone();
+        if let Some(req) = self.layer.server_request(invite_tx).cloned() {
+            let resp = req.response(487, Some(&local_tag));
+            let _ = self.layer.send_response(invite_tx, resp, now);
+        }
+        let agent_tx = self
+            .agent_invites
+            .iter()
+            .find(|(_, (k, _))| *k == key)
+            .map(|(tx, _)| *tx);
+        if let Some(agent_tx) = agent_tx {
+            self.layer.cancel(agent_tx, now);
+        }
+    }
+
+    fn on_response(&mut self, tx: TxId, resp: SipMessage, now: Instant) {
+        if let Some(&(key, client_tx)) = self.agent_invites.get(&tx) {
+            self.on_agent_invite_response(key, client_tx, resp, now);
+        } else if let Some(fwd) = self.forwarded.get(&tx) {
+            let (key, server_tx, from_side, method) =
+                (fwd.key, fwd.server_tx, fwd.from_side, fwd.method.clone());
+            let code = resp.status().unwrap_or(500);
+            if code == 100 {
+                return;
+            }
+            let other = from_side.other();
+            if (200..300).contains(&code) && method == Method::Invite {
+                // A re-INVITE's 2xx is a target refresh on the leg that answered it.
+                if let (Some(uri), Some(entry)) =
+                    (readdress::contact_uri(&resp), self.table.get_mut(key))
+                {
+                    entry.leg_mut(other).remote_target = uri;
+                }
+                if self.layer_resend_ack(key, other, &resp) {
+                    return;
+                }
+            }
+            let Some(entry) = self.table.get(key) else {
+                return;
+            };
+            let local_tag = entry.leg(from_side).local_tag.clone();
+            let local = self.local_addr(entry.leg(from_side).target.kind);
+            if let Some(req) = self.layer.server_request(server_tx) {
+                let out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+                let _ = self.layer.send_response(server_tx, out, now);
+            }
+            if method == Method::Bye && code >= 200 {
+                self.end_call(key);
+            }
+        }
+    }
+
+    /// A retransmitted 2xx on a leg whose ACK was already sent: send that ACK again.
+    fn layer_resend_ack(&mut self, key: CallKey, side: Side, resp: &SipMessage) -> bool {
+        let Some(ack) = self.acks.get(&(key, side)) else {
+            return false;
+        };
+        let same = resp.cseq().ok().map(|c| c.seq) == ack.cseq().ok().map(|c| c.seq);
+        if !same {
+            return false;
+        }
+        if let Some(entry) = self.table.get(key) {
+            self.layer
+                .send_stateless(ack.clone(), entry.leg(side).target.clone());
+        }
+        true
+    }
+
+    fn on_agent_invite_response(
+        &mut self,
+        key: CallKey,
+        client_tx: TxId,
+        resp: SipMessage,
+        now: Instant,
+    ) {
+        let code = resp.status().unwrap_or(500);
+        if code == 100 {
+            return;
+        }
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        if let Some(tag) = resp.to_tag() {
+            entry.agent_leg.remote_tag = Some(tag);
+        }
+        if (200..300).contains(&code) {
+            if let Some(uri) = readdress::contact_uri(&resp) {
+                entry.agent_leg.remote_target = uri;
+            }
+            // As UAC, the route set is the Record-Route list reversed (RFC 3261 §12.1.2).
+            let mut routes: Vec<String> = resp
+                .headers_named("Record-Route")
+                .map(str::to_owned)
+                .collect();
+            routes.reverse();
+            entry.agent_leg.route_set = routes;
+            match entry.state {
+                CallState::Offering => entry.state = CallState::Answered,
+                CallState::Cancelling => {
+                    // The agent answered as the caller hung up: confirm and end its leg.
+                    self.ack_and_bye_agent(key, now);
+                    return;
+                }
+                _ => {
+                    self.layer_resend_ack(key, Side::Agent, &resp);
+                    return;
+                }
+            }
+        }
+        let Some(entry) = self.table.get(key) else {
+            return;
+        };
+        if entry.state == CallState::Cancelling {
+            return;
+        }
+        let local_tag = entry.client.local_tag.clone();
+        let local = self.local_addr(TransportKind::Tunnel);
+        if let Some(req) = self.layer.server_request(client_tx) {
+            let out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+            let _ = self.layer.send_response(client_tx, out, now);
+        }
+        if code >= 300 {
+            info!(call = ?key, code, "agent declined");
+            self.end_call(key);
+        }
+    }
+
+    /// Confirms the agent's 2xx and hangs its leg up: for an answer that raced the caller's
+    /// CANCEL, or a caller whose ACK never came.
+    fn ack_and_bye_agent(&mut self, key: CallKey, now: Instant) {
+        let Some(kind) = self.table.get(key).map(|e| e.agent_leg.target.kind) else {
+            return;
+        };
+        let local = self.local_addr(kind);
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        let leg = &mut entry.agent_leg;
+        let branch = transaction::new_branch();
+        let ack = readdress::originate(Method::Ack, leg, leg.invite_cseq, &local, &branch);
+        self.layer.send_stateless(ack, leg.target.clone());
+        let cseq = leg.next_cseq();
+        let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
+        let target = leg.target.clone();
+        self.layer.send_request(bye, target, now);
+        self.end_call(key);
+    }
+
+    fn on_stray_response(&mut self, resp: &SipMessage) {
+        let Some((key, side)) = resp.call_id().and_then(|c| self.table.lookup(c)) else {
+            return;
+        };
+        if resp.status().is_some_and(|c| (200..300).contains(&c)) {
+            self.layer_resend_ack(key, side, resp);
+        }
+    }
+
+    fn on_failure(&mut self, tx: TxId, now: Instant) {
+        if let Some((key, client_tx)) = self.agent_invites.remove(&tx) {
+            let state = self.table.get(key).map(|e| e.state);
+            if state == Some(CallState::Offering)
+                && let Some(req) = self.layer.server_request(client_tx).cloned()
+            {
+                let tag = self.table.get(key).map(|e| e.client.local_tag.clone());
+                let resp = req.response(408, tag.as_deref());
+                let _ = self.layer.send_response(client_tx, resp, now);
+            }
+            self.end_call(key);
+        } else if let Some(fwd) = self.forwarded.remove(&tx) {
+            if let Some(req) = self.layer.server_request(fwd.server_tx).cloned() {
+                let tag = self
+                    .table
+                    .get(fwd.key)
+                    .map(|e| e.leg(fwd.from_side).local_tag.clone());
+                let resp = req.response(408, tag.as_deref());
+                let _ = self.layer.send_response(fwd.server_tx, resp, now);
+            }
+            if fwd.method == Method::Bye {
+                self.end_call(fwd.key);
+            }
+        } else if let Some(key) = self.client_invites.remove(&tx) {
+            // The caller never ACKed our 2xx (or the tunnel died): end the agent's side too.
+            if let Some(entry) = self.table.get(key)
+                && entry.state == CallState::Answered
+            {
+                warn!(call = ?key, "no ACK from the caller; ending the call");
+                self.ack_and_bye_agent(key, now);
+            }
+        }
+    }
+
+    fn on_terminated(&mut self, tx: TxId) {
+        self.client_invites.remove(&tx);
+        if let Some((key, _)) = self.agent_invites.remove(&tx)
+            && self
+                .table
+                .get(key)
+                .is_some_and(|e| e.state == CallState::Cancelling)
+        {
+            self.end_call(key);
+        }
+        self.forwarded.remove(&tx);
+    }
+
+    fn end_call(&mut self, key: CallKey) {
+        if let Some(entry) = self.table.remove(key) {
+            debug!(call = ?key, agent = %entry.agent, "call ended");
+        }
+        self.acks.remove(&(key, Side::Client));
+        self.acks.remove(&(key, Side::Agent));
+    }
+}

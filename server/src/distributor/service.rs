@@ -1,0 +1,657 @@
+//! The distributor's SIP side: a transaction-stateful, record-routing proxy between callers
+//! and the edges' tunnels. It chooses the agent for each new call and names it in the tunnel
+//! frame that carries the INVITE; in-dialog requests then follow the Record-Route it added.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proto_tunnel::Frame;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::agents::AgentPool;
+use crate::config::{DistributorConfig, SipConfig};
+use crate::ids;
+use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
+use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
+use crate::transport::tunnel::TunnelServerEvent;
+use crate::transport::{TransportEvent, Transports};
+
+/// URI parameter naming the edge behind a Contact the distributor rewrote, so a caller's
+/// in-dialog request finds its way back into the right tunnel.
+const EDGE_PARAM: &str = "ae-edge";
+/// Record-Route parameter naming the caller's stream connection, so requests towards the
+/// caller reuse it (RFC 5626's flow idea, kept inside our own URI).
+const FLOW_PARAM: &str = "ae-flow";
+
+/// The addresses the caller-facing listeners are bound to.
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+}
+
+impl BoundAddrs {
+    fn for_kind(&self, kind: TransportKind) -> (SocketAddr, &'static str) {
+        match kind {
+            TransportKind::Tcp => (self.tcp, "tcp"),
+            TransportKind::Tls => (self.tls, "tls"),
+            _ => (self.udp, "udp"),
+        }
+    }
+
+    fn is_ours(&self, uri: &SipUri) -> bool {
+        let Ok(ip) = uri
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+        else {
+            return false;
+        };
+        let addr = SocketAddr::new(ip, uri.port.unwrap_or(5060));
+        [self.udp, self.tcp, self.tls].contains(&addr)
+    }
+}
+
+#[derive(Debug)]
+struct Edge {
+    id: String,
+    sender: mpsc::Sender<Frame>,
+}
+
+/// A new call handed to an edge, by the client transaction carrying its INVITE.
+#[derive(Debug)]
+struct Offer {
+    server_tx: TxId,
+    agent: String,
+    caller: Target,
+    edge_id: String,
+}
+
+/// An in-dialog request proxied one way or the other.
+#[derive(Debug)]
+struct Proxied {
+    server_tx: TxId,
+    /// Set when the request came from the caller's side: responses then go back to the caller
+    /// and need their Contact rewritten for that transport.
+    caller_kind: Option<TransportKind>,
+    edge_id: String,
+}
+
+pub struct Distributor {
+    config: DistributorConfig,
+    layer: TransactionLayer,
+    transports: Transports,
+    addrs: BoundAddrs,
+    edges: HashMap<ConnId, Edge>,
+    edge_ids: HashMap<String, ConnId>,
+    pool: AgentPool,
+    offers: HashMap<TxId, Offer>,
+    offer_of_server: HashMap<TxId, TxId>,
+    proxied: HashMap<TxId, Proxied>,
+    /// Agent of each call in progress, by Call-ID, to free it when the call ends.
+    active: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Distributor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributor")
+            .field("edges", &self.edges.len())
+            .field("agents", &self.pool.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn tunnel_target(conn: ConnId) -> Target {
+    Target {
+        kind: TransportKind::Tunnel,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        conn: Some(conn),
+    }
+}
+
+impl Distributor {
+    pub fn new(
+        config: DistributorConfig,
+        sip: &SipConfig,
+        transports: Transports,
+        addrs: BoundAddrs,
+    ) -> Distributor {
+        Distributor {
+            config,
+            layer: TransactionLayer::new(transaction::Config {
+                timers: sip.timers(),
+                send_100_trying: true,
+                timer_c: Some(Duration::from_secs(180)),
+            }),
+            transports,
+            addrs,
+            edges: HashMap::new(),
+            edge_ids: HashMap::new(),
+            pool: AgentPool::new(),
+            offers: HashMap::new(),
+            offer_of_server: HashMap::new(),
+            proxied: HashMap::new(),
+            active: HashMap::new(),
+        }
+    }
+
+    /// Serves until both event sources close.
+    pub async fn run(
+        mut self,
+        mut sip: mpsc::Receiver<TransportEvent>,
+        mut tunnel: mpsc::Receiver<TunnelServerEvent>,
+    ) {
+        loop {
+            let wake = self
+                .layer
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                ev = sip.recv() => match ev {
+                    Some(TransportEvent::Message { msg, from }) => {
+                        self.layer.handle_message(msg, from, Instant::now());
+                    }
+                    Some(TransportEvent::Closed { conn }) => {
+                        self.layer.connection_closed(conn, Instant::now());
+                    }
+                    None => break,
+                },
+                ev = tunnel.recv() => match ev {
+                    Some(ev) => self.on_tunnel(ev, Instant::now()),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    self.layer.handle_timeout(Instant::now());
+                }
+            }
+            self.drive(Instant::now());
+        }
+    }
+
+    fn on_tunnel(&mut self, ev: TunnelServerEvent, now: Instant) {
+        match ev {
+            TunnelServerEvent::Up {
+                conn,
+                edge_id,
+                sender,
+                ..
+            } => {
+                if let Some(old) = self.edge_ids.get(&edge_id).copied() {
+                    // The edge re-dialled before its old tunnel was seen dead.
+                    self.edge_down(old, now);
+                }
+                info!(edge = %edge_id, "edge up");
+                self.edge_ids.insert(edge_id.clone(), conn);
+                self.edges.insert(
+                    conn,
+                    Edge {
+                        id: edge_id,
+                        sender,
+                    },
+                );
+            }
+            TunnelServerEvent::Down { conn } => self.edge_down(conn, now),
+            TunnelServerEvent::Frame { conn, frame } => {
+                let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
+                    return;
+                };
+                match frame {
+                    Frame::AgentUp { agent } => {
+                        if self.pool.up(&agent, conn, now) {
+                            crate::announce(&format!("agent-up {agent} {edge_id}"));
+                        }
+                    }
+                    Frame::AgentDown { agent } => {
+                        if self.pool.down(&agent, conn) {
+                            crate::announce(&format!("agent-down {agent} {edge_id}"));
+                        }
+                    }
+                    Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
+                    other => debug!(frame = ?other, "ignoring tunnel frame"),
+                }
+            }
+        }
+    }
+
+    fn edge_down(&mut self, conn: ConnId, now: Instant) {
+        let Some(edge) = self.edges.remove(&conn) else {
+            return;
+        };
+        if self.edge_ids.get(&edge.id) == Some(&conn) {
+            self.edge_ids.remove(&edge.id);
+        }
+        info!(edge = %edge.id, "edge down");
+        for agent in self.pool.edge_down(conn) {
+            crate::announce(&format!("agent-down {agent} {}", edge.id));
+        }
+        self.layer.connection_closed(conn, now);
+    }
+
+    fn on_tunnel_sip(&mut self, bytes: &[u8], conn: ConnId, now: Instant) {
+        let msg = match SipMessage::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "unparseable SIP from an edge");
+                return;
+            }
+        };
+        let checked = if msg.is_request() {
+            msg.validate_request()
+        } else {
+            msg.validate_response()
+        };
+        if let Err(e) = checked {
+            warn!(error = %e, "bad SIP from an edge");
+            return;
+        }
+        self.layer.handle_message(msg, tunnel_target(conn), now);
+    }
+
+    fn drive(&mut self, now: Instant) {
+        while let Some(ev) = self.layer.poll_event() {
+            self.on_tx_event(ev, now);
+        }
+        self.flush(None);
+    }
+
+    /// Sends what the layer queued. `handoff` names the agent for the first message into a
+    /// tunnel: the INVITE just handed to the layer.
+    fn flush(&mut self, mut handoff: Option<String>) {
+        while let Some(t) = self.layer.poll_transmit() {
+            if t.to.kind == TransportKind::Tunnel {
+                let agent = handoff.take();
+                self.send_tunnel(t, agent);
+            } else if let Err(e) = self.transports.send(&t.to, t.bytes) {
+                debug!(to = %t.to.addr, error = %e, "send failed");
+                self.layer.transport_failed(&t.to, Instant::now());
+            }
+        }
+    }
+
+    fn send_tunnel(&mut self, t: Transmit, agent: Option<String>) {
+        let edge = t.to.conn.and_then(|c| self.edges.get(&c));
+        let Some(edge) = edge else {
+            self.layer.transport_failed(&t.to, Instant::now());
+            return;
+        };
+        let frame = Frame::Sip {
+            agent,
+            message: t.bytes,
+        };
+        if edge.sender.try_send(frame).is_err() {
+            warn!(edge = %edge.id, "tunnel queue full; message dropped");
+        }
+    }
+
+    fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
+        match ev {
+            TxEvent::Request { tx, msg, from } => {
+                if from.kind == TransportKind::Tunnel {
+                    self.request_from_edge(tx, msg, from, now);
+                } else {
+                    self.request_from_caller(tx, msg, from, now);
+                }
+            }
+            TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
+            TxEvent::Response { tx, msg } => self.on_response(tx, msg, now),
+            TxEvent::StrayResponse { msg, from } => self.on_stray_response(msg, &from),
+            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
+            TxEvent::Terminated { tx } => {
+                if let Some(offer) = self.offers.remove(&tx) {
+                    self.offer_of_server.remove(&offer.server_tx);
+                }
+                self.proxied.remove(&tx);
+            }
+        }
+    }
+
+    fn respond(&mut self, tx: TxId, request: &SipMessage, code: u16, now: Instant) {
+        let resp = request.response(code, Some(&ids::tag()));
+        let _ = self.layer.send_response(tx, resp, now);
+    }
+
+    fn request_from_caller(
+        &mut self,
+        tx: Option<TxId>,
+        msg: SipMessage,
+        from: Target,
+        now: Instant,
+    ) {
+        let in_dialog = msg.to_tag().is_some();
+        match (tx, msg.method().cloned()) {
+            (Some(tx), Some(Method::Invite)) if !in_dialog => self.new_call(tx, msg, from, now),
+            (tx, Some(_)) if in_dialog => self.proxy_to_edge(tx, msg, &from, now),
+            (Some(tx), Some(Method::Options)) => self.respond(tx, &msg, 200, now),
+            (Some(tx), Some(_)) => self.respond(tx, &msg, 405, now),
+            _ => {}
+        }
+    }
+
+    fn new_call(&mut self, tx: TxId, invite: SipMessage, from: Target, now: Instant) {
+        let call_id = invite.call_id().unwrap_or_default().to_owned();
+        if invite.max_forwards() == Some(0) {
+            self.respond(tx, &invite, 483, now);
+            return;
+        }
+        let user = invite
+            .request_uri()
+            .and_then(|u| SipUri::parse(u).ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let queue = self
+            .config
+            .queues
+            .get(&user)
+            .unwrap_or(&self.config.default_queue)
+            .clone();
+        let Some((agent, conn)) = self.pool.take(self.config.agent_max_calls) else {
+            info!(%call_id, %queue, "no agent available");
+            let code = self.config.no_agent_status;
+            self.respond(tx, &invite, code, now);
+            return;
+        };
+        let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
+            self.pool.release(&agent, now);
+            self.respond(tx, &invite, 503, now);
+            return;
+        };
+        info!(%call_id, %queue, %agent, edge = %edge_id, "handing call to edge");
+        let mut fwd = invite;
+        let (addr, transport) = self.addrs.for_kind(from.kind);
+        let flow = from
+            .conn
+            .map(|c| format!(";{FLOW_PARAM}={}", c.0))
+            .unwrap_or_default();
+        fwd.push_header_front(
+            "Record-Route",
+            format!("<sip:{addr};transport={transport};lr{flow}>"),
+        );
+        self.prepare_forward(&mut fwd, TransportKind::Tunnel);
+        self.flush(None);
+        let client_tx = self.layer.send_request(fwd, tunnel_target(conn), now);
+        self.flush(Some(agent.clone()));
+        self.active.insert(call_id, agent.clone());
+        self.offer_of_server.insert(tx, client_tx);
+        self.offers.insert(
+            client_tx,
+            Offer {
+                server_tx: tx,
+                agent,
+                caller: from,
+                edge_id,
+            },
+        );
+    }
+
+    /// Max-Forwards down by one and our Via on top, for a request leaving on `kind`.
+    fn prepare_forward(&self, msg: &mut SipMessage, kind: TransportKind) {
+        let mf = msg.max_forwards().map_or(70, |m| m.saturating_sub(1));
+        msg.set_header("Max-Forwards", mf.to_string());
+        let branch = transaction::new_branch();
+        let via = if kind == TransportKind::Tunnel {
+            format!("SIP/2.0/WSS {}.invalid;branch={branch}", self.config.id)
+        } else {
+            let (addr, _) = self.addrs.for_kind(kind);
+            format!("SIP/2.0/{} {addr};branch={branch};rport", kind.token())
+        };
+        msg.push_header_front("Via", via);
+    }
+
+    /// Our own address, standing in for the edge's Contact on the caller's side.
+    fn caller_contact(&self, kind: TransportKind, edge_id: &str) -> String {
+        let (addr, transport) = self.addrs.for_kind(kind);
+        format!("<sip:{addr};transport={transport};{EDGE_PARAM}={edge_id}>")
+    }
+
+    fn rewrite_contact(&self, msg: &mut SipMessage, kind: TransportKind, edge_id: &str) {
+        if msg.header("Contact").is_some() {
+            msg.set_header("Contact", self.caller_contact(kind, edge_id));
+        }
+    }
+
+    /// Removes the top Route when it is ours (loose routing, RFC 3261 §16.4) and returns it.
+    fn pop_own_route(&self, msg: &mut SipMessage) -> Option<SipUri> {
+        let top = msg.header("Route")?;
+        let uri = NameAddr::parse(top).ok()?.sip_uri().ok()?;
+        if self.addrs.is_ours(&uri) {
+            msg.pop_header("Route");
+            return Some(uri);
+        }
+        None
+    }
+
+    fn proxy_to_edge(
+        &mut self,
+        tx: Option<TxId>,
+        mut msg: SipMessage,
+        from: &Target,
+        now: Instant,
+    ) {
+        self.pop_own_route(&mut msg);
+        let edge_id = msg
+            .request_uri()
+            .and_then(|u| SipUri::parse(u).ok())
+            .and_then(|u| u.param(EDGE_PARAM).flatten().map(str::to_owned));
+        let conn = edge_id.as_ref().and_then(|e| self.edge_ids.get(e)).copied();
+        let (Some(edge_id), Some(conn)) = (edge_id, conn) else {
+            if let Some(tx) = tx {
+                self.respond(tx, &msg, 404, now);
+            }
+            return;
+        };
+        if msg.max_forwards() == Some(0) {
+            if let Some(tx) = tx {
+                self.respond(tx, &msg, 483, now);
+            }
+            return;
+        }
+        self.note_bye(&msg, now);
+        self.prepare_forward(&mut msg, TransportKind::Tunnel);
+        match tx {
+            Some(tx) => {
+                let client_tx = self.layer.send_request(msg, tunnel_target(conn), now);
+                self.proxied.insert(
+                    client_tx,
+                    Proxied {
+                        server_tx: tx,
+                        caller_kind: Some(from.kind),
+                        edge_id,
+                    },
+                );
+            }
+            None => self.layer.send_stateless(msg, tunnel_target(conn)),
+        }
+    }
+
+    fn request_from_edge(
+        &mut self,
+        tx: Option<TxId>,
+        mut msg: SipMessage,
+        from: Target,
+        now: Instant,
+    ) {
+        let Some(edge_id) = from
+            .conn
+            .and_then(|c| self.edges.get(&c))
+            .map(|e| e.id.clone())
+        else {
+            return;
+        };
+        let route = self.pop_own_route(&mut msg);
+        let dest = msg.request_uri().and_then(|u| SipUri::parse(u).ok());
+        let (Some(route), Some(dest)) = (route, dest) else {
+            // Edges only send in-dialog requests, which always carry our Record-Route.
+            if let Some(tx) = tx {
+                self.respond(tx, &msg, 403, now);
+            }
+            return;
+        };
+        let kind = match route.transport().as_str() {
+            "TCP" => TransportKind::Tcp,
+            "TLS" => TransportKind::Tls,
+            _ => TransportKind::Udp,
+        };
+        let ip = dest
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>();
+        let Ok(ip) = ip else {
+            if let Some(tx) = tx {
+                self.respond(tx, &msg, 404, now);
+            }
+            return;
+        };
+        let flow = route
+            .param(FLOW_PARAM)
+            .flatten()
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(ConnId);
+        let target = Target {
+            kind,
+            addr: SocketAddr::new(ip, dest.port.unwrap_or(5060)),
+            conn: flow,
+        };
+        self.note_bye(&msg, now);
+        self.rewrite_contact(&mut msg, kind, &edge_id);
+        self.prepare_forward(&mut msg, kind);
+        match tx {
+            Some(tx) => {
+                let client_tx = self.layer.send_request(msg, target, now);
+                self.proxied.insert(
+                    client_tx,
+                    Proxied {
+                        server_tx: tx,
+                        caller_kind: None,
+                        edge_id,
+                    },
+                );
+            }
+            None => self.layer.send_stateless(msg, target),
+        }
+    }
+
+    /// A BYE either way ends the call for the agent's count.
+    fn note_bye(&mut self, msg: &SipMessage, now: Instant) {
+        if msg.method() == Some(&Method::Bye)
+            && let Some(agent) = msg.call_id().and_then(|c| self.active.remove(c))
+        {
+            self.pool.release(&agent, now);
+        }
+    }
+
+    fn on_cancel(&mut self, server_tx: TxId, now: Instant) {
+        match self.offer_of_server.get(&server_tx) {
+            Some(&client_tx) => {
+                self.layer.cancel(client_tx, now);
+            }
+            None => {
+                if let Some(req) = self.layer.server_request(server_tx).cloned() {
+                    self.respond(server_tx, &req, 487, now);
+                }
+            }
+        }
+    }
+
+    fn on_response(&mut self, tx: TxId, mut resp: SipMessage, now: Instant) {
+        let code = resp.status().unwrap_or(500);
+        if code == 100 {
+            return;
+        }
+        resp.pop_header("Via");
+        if let Some(offer) = self.offers.get(&tx) {
+            let (server_tx, caller, edge_id) =
+                (offer.server_tx, offer.caller.clone(), offer.edge_id.clone());
+            if code >= 300 {
+                let agent = offer.agent.clone();
+                if let Some(call_id) = resp.call_id()
+                    && self.active.remove(call_id).is_some()
+                {
+                    self.pool.release(&agent, now);
+                }
+            }
+            self.rewrite_contact(&mut resp, caller.kind, &edge_id);
+            if self
+                .layer
+                .send_response(server_tx, resp.clone(), now)
+                .is_err()
+                && code < 300
+            {
+                // A retransmitted 2xx after the server transaction accepted the first one.
+                self.layer.send_stateless(resp, caller);
+            }
+        } else if let Some(p) = self.proxied.get(&tx) {
+            let server_tx = p.server_tx;
+            if let Some(kind) = p.caller_kind {
+                let edge_id = p.edge_id.clone();
+                self.rewrite_contact(&mut resp, kind, &edge_id);
+            }
+            let _ = self.layer.send_response(server_tx, resp, now);
+        }
+    }
+
+    /// A response no transaction waits for: a 2xx retransmitted after its transaction ended.
+    /// It is forwarded by its next Via, as a stateless proxy would.
+    fn on_stray_response(&mut self, mut resp: SipMessage, from: &Target) {
+        if from.kind != TransportKind::Tunnel
+            || !resp.status().is_some_and(|c| (200..300).contains(&c))
+        {
+            return;
+        }
+        resp.pop_header("Via");
+        let Ok(via) = resp.top_via() else {
+            return;
+        };
+        if let Some(target) = self.via_target(&via) {
+            if let Some(edge_id) = from
+                .conn
+                .and_then(|c| self.edges.get(&c))
+                .map(|e| e.id.clone())
+            {
+                self.rewrite_contact(&mut resp, target.kind, &edge_id);
+            }
+            self.layer.send_stateless(resp, target);
+        }
+    }
+
+    /// Where a response goes by its Via (RFC 3261 §18.2.2, with RFC 3581 rport).
+    fn via_target(&self, via: &Via) -> Option<Target> {
+        let kind = match via.transport.to_ascii_uppercase().as_str() {
+            "TCP" => TransportKind::Tcp,
+            "TLS" => TransportKind::Tls,
+            "UDP" => TransportKind::Udp,
+            _ => return None,
+        };
+        let host = via.received.as_deref().unwrap_or(&via.host);
+        let ip = host.trim_matches(['[', ']']).parse().ok()?;
+        let port = via.rport.flatten().or(via.port).unwrap_or(5060);
+        let addr = SocketAddr::new(ip, port);
+        let conn = if kind == TransportKind::Udp {
+            None
+        } else {
+            self.transports.find_conn(kind, addr)
+        };
+        Some(Target { kind, addr, conn })
+    }
+
+    fn on_failure(&mut self, tx: TxId, now: Instant) {
+        if let Some(offer) = self.offers.remove(&tx) {
+            self.offer_of_server.remove(&offer.server_tx);
+            if let Some(req) = self.layer.server_request(offer.server_tx).cloned() {
+                if let Some(call_id) = req.call_id()
+                    && self.active.remove(call_id).is_some()
+                {
+                    self.pool.release(&offer.agent, now);
+                }
+                warn!(agent = %offer.agent, "edge did not answer the offer");
+                self.respond(offer.server_tx, &req, 408, now);
+            }
+        } else if let Some(p) = self.proxied.remove(&tx)
+            && let Some(req) = self.layer.server_request(p.server_tx).cloned()
+        {
+            self.respond(p.server_tx, &req, 408, now);
+        }
+    }
+}

@@ -1,0 +1,877 @@
+//! RFC 3261 §17 transactions (with RFC 6026's Accepted state), sans-IO in the style of quinn:
+//! messages and `now` go in; datagrams to send, events for the owner and the next deadline
+//! come out. The owner (a distributor or buffer task) never retransmits or times anything
+//! itself, and tests run the whole state machine on a simulated clock.
+//!
+//! One extension to the letter of RFC 3261: an INVITE server transaction that sent a 2xx
+//! keeps retransmitting it (T1 doubling to T2) until the matching ACK arrives, and reports
+//! [`TxEvent::Timeout`] if none arrives within 64·T1. RFC 3261 §13.3.1.4 gives that job to the
+//! UAS core; both our roles want it, and it applies on reliable transports too because a hop
+//! further along may be UDP.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::message::{Header, Method, SipMessage, StartLine};
+use super::target::{ConnId, Target};
+
+/// The RFC 3261 timer base values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// Round-trip estimate.
+    pub t1: Duration,
+    /// Longest retransmission interval for non-INVITE requests and INVITE responses.
+    pub t2: Duration,
+    /// Longest time a message stays in the network.
+    pub t4: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub timers: Timers,
+    /// Answer a new INVITE with 100 Trying at once (hop by hop, so the caller stops
+    /// retransmitting while we find an agent).
+    pub send_100_trying: bool,
+    /// A proxy's timer C: an INVITE client transaction with a provisional but no final answer
+    /// after this long is cancelled and reported as timed out.
+    pub timer_c: Option<Duration>,
+}
+
+/// Names a transaction for as long as it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(u64);
+
+/// One message to put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: Target,
+    pub bytes: Bytes,
+}
+
+/// What the owner of the layer must know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxEvent {
+    /// A new request (never a retransmission). `tx` is `None` for an ACK that matched no
+    /// INVITE server transaction by branch: the ACK of a 2xx, end to end.
+    Request {
+        tx: Option<TxId>,
+        msg: SipMessage,
+        from: Target,
+    },
+    /// A CANCEL matched the INVITE server transaction `invite`, still without a final
+    /// answer; the layer already answered the CANCEL with 200. The owner decides on 487.
+    Cancel {
+        invite: TxId,
+        msg: SipMessage,
+        from: Target,
+    },
+    /// A response on a client transaction: provisionals, the final answer, and for an
+    /// INVITE each retransmitted 2xx (so the owner can repeat its ACK).
+    Response { tx: TxId, msg: SipMessage },
+    /// A response no client transaction waits for.
+    StrayResponse { msg: SipMessage, from: Target },
+    /// Client: no final answer in time (timer B, F or C); act as on 408. Server: no ACK for
+    /// our final answer (timer H, or the 2xx retransmission limit).
+    Timeout { tx: TxId },
+    /// The transport to the transaction's peer failed.
+    TransportError { tx: TxId },
+    /// The transaction is gone; its id will not be seen again.
+    Terminated { tx: TxId },
+}
+
+/// Why the owner's request to the layer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    /// No transaction with that id (it has terminated).
+    #[error("no such transaction")]
+    UnknownTransaction,
+    /// The transaction cannot send that now (a second final answer, say).
+    #[error("transaction cannot send this in its current state")]
+    WrongState,
+}
+
+/// A fresh RFC 3261 branch: the magic cookie and 64 random bits.
+pub fn new_branch() -> String {
+    format!("z9hG4bK{:016x}", rand::random::<u64>())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the RFC's own four names
+enum Kind {
+    ClientInvite,
+    ClientNonInvite,
+    ServerInvite,
+    ServerNonInvite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Calling,
+    Trying,
+    Proceeding,
+    Completed,
+    Accepted,
+    Confirmed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// Client retransmission (A for INVITE, E for non-INVITE).
+    Retransmit,
+    /// Client timeout (B, F).
+    Timeout,
+    /// Proxy timer C.
+    C,
+    /// Server retransmission of the final response (G, and 2xx in Accepted).
+    ResponseRetransmit,
+    /// Server wait for ACK (H) or, in Accepted, for the 2xx's ACK (L).
+    WaitAck,
+    /// Lingering before termination (D, I, J, K, and M/L in Accepted).
+    Linger,
+}
+
+/// Server transactions match on branch, sent-by and method (ACK and CANCEL look up the
+/// INVITE's), RFC 3261 §17.2.3.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    method: String,
+}
+
+/// Client transactions match on branch and CSeq method, RFC 3261 §17.1.3.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: String,
+}
+
+#[derive(Debug)]
+struct Tx {
+    kind: Kind,
+    state: State,
+    request: SipMessage,
+    peer: Target,
+    /// Last response sent (server) or the request bytes (client), for retransmission.
+    wire: Bytes,
+    interval: Duration,
+    timers: HashMap<Timer, Instant>,
+    got_provisional: bool,
+    cancel_pending: bool,
+    ack_received: bool,
+    server_key: Option<ServerKey>,
+    client_key: Option<ClientKey>,
+    /// For an INVITE server transaction in Accepted: (Call-ID, CSeq number) its ACK carries.
+    ack_key: Option<(String, u32)>,
+}
+
+#[derive(Debug)]
+pub struct TransactionLayer {
+    config: Config,
+    next_id: u64,
+    txs: HashMap<TxId, Tx>,
+    servers: HashMap<ServerKey, TxId>,
+    clients: HashMap<ClientKey, TxId>,
+    accepted: HashMap<(String, u32), TxId>,
+    timers: BTreeSet<(Instant, TxId, Timer)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TxEvent>,
+}
+
+fn method_token(m: &Method) -> String {
+    m.as_str().to_ascii_uppercase()
+}
+
+fn server_key(msg: &SipMessage, method: &str) -> Option<ServerKey> {
+    let via = msg.top_via().ok()?;
+    let branch = via.branch?;
+    let sent_by = match via.port {
+        Some(p) => format!("{}:{p}", via.host.to_ascii_lowercase()),
+        None => via.host.to_ascii_lowercase(),
+    };
+    Some(ServerKey {
+        branch,
+        sent_by,
+        method: method.to_owned(),
+    })
+}
+
+fn client_key(msg: &SipMessage) -> Option<ClientKey> {
+    let branch = msg.top_via().ok()?.branch?;
+    let method = method_token(&msg.cseq().ok()?.method);
+    Some(ClientKey { branch, method })
+}
+
+impl TransactionLayer {
+    pub fn new(config: Config) -> Self {
+        TransactionLayer {
+            config,
+            next_id: 0,
+            txs: HashMap::new(),
+            servers: HashMap::new(),
+            clients: HashMap::new(),
+            accepted: HashMap::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn t(&self) -> Timers {
+        self.config.timers
+    }
+
+    /// A message from the network, already parsed and validated at the transport boundary.
+    pub fn handle_message(&mut self, msg: SipMessage, from: Target, now: Instant) {
+        if msg.is_request() {
+            self.handle_request(msg, from, now);
+        } else {
+            self.handle_response(msg, from, now);
+        }
+    }
+
+    fn handle_request(&mut self, msg: SipMessage, from: Target, now: Instant) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        match method {
+            Method::Ack => self.handle_ack(msg, from, now),
+            Method::Cancel => self.handle_cancel(msg, from, now),
+            _ => {
+                let token = method_token(&method);
+                let Some(key) = server_key(&msg, &token) else {
+                    // No RFC 3261 branch: still serve it, as its own transaction, but it cannot
+                    // be matched against retransmissions.
+                    self.new_server_tx(msg, from, None, now);
+                    return;
+                };
+                if let Some(&id) = self.servers.get(&key) {
+                    self.retransmitted_request(id);
+                    return;
+                }
+                self.new_server_tx(msg, from, Some(key), now);
+            }
+        }
+    }
+
+    fn retransmitted_request(&mut self, id: TxId) {
+        let Some(tx) = self.txs.get(&id) else {
+            return;
+        };
+        // Trying (no response yet) absorbs silently; otherwise repeat the last response.
+        if tx.state != State::Trying && !tx.wire.is_empty() {
+            let t = Transmit {
+                to: tx.peer.clone(),
+                bytes: tx.wire.clone(),
+            };
+            self.transmits.push_back(t);
+        }
+    }
+
+    fn new_server_tx(
+        &mut self,
+        msg: SipMessage,
+        from: Target,
+        key: Option<ServerKey>,
+        now: Instant,
+    ) -> TxId {
+        let invite = msg.method() == Some(&Method::Invite);
+        let id = self.alloc();
+        let tx = Tx {
+            kind: if invite {
+                Kind::ServerInvite
+            } else {
+                Kind::ServerNonInvite
+            },
+            state: if invite {
+                State::Proceeding
+            } else {
+                State::Trying
+            },
+            request: msg.clone(),
+            peer: from.clone(),
+            wire: Bytes::new(),
+            interval: self.t().t1,
+            timers: HashMap::new(),
+            got_provisional: false,
+            cancel_pending: false,
+            ack_received: false,
+            server_key: key.clone(),
+            client_key: None,
+            ack_key: None,
+        };
+        if let Some(key) = key {
+            self.servers.insert(key, id);
+        }
+        self.txs.insert(id, tx);
+        if invite && self.config.send_100_trying {
+            let trying = msg.response(100, None);
+            let _ = self.send_response(id, trying, now);
+        }
+        self.events.push_back(TxEvent::Request {
+            tx: Some(id),
+            msg,
+            from,
+        });
+        id
+    }
+
+    fn handle_ack(&mut self, msg: SipMessage, from: Target, now: Instant) {
+        // ACK for a non-2xx final shares the INVITE's branch (RFC 3261 §17.2.3).
+        if let Some(key) = server_key(&msg, "INVITE")
+            && let Some(&id) = self.servers.get(&key)
+            && let Some(tx) = self.txs.get_mut(&id)
+            && tx.state != State::Accepted
+        {
+            if tx.state == State::Completed {
+                tx.state = State::Confirmed;
+                tx.timers.remove(&Timer::ResponseRetransmit);
+                tx.timers.remove(&Timer::WaitAck);
+                let linger = if tx.peer.is_reliable() {
+                    Duration::ZERO
+                } else {
+                    self.config.timers.t4
+                };
+                self.set_timer(id, Timer::Linger, now + linger);
+            }
+            return;
+        }
+        // The ACK of a 2xx is a new transaction of its own; it stops our 2xx retransmissions.
+        if let (Some(call_id), Ok(cseq)) = (msg.call_id(), msg.cseq())
+            && let Some(&id) = self.accepted.get(&(call_id.to_owned(), cseq.seq))
+            && let Some(tx) = self.txs.get_mut(&id)
+        {
+            tx.ack_received = true;
+            tx.timers.remove(&Timer::ResponseRetransmit);
+        }
+        self.events.push_back(TxEvent::Request {
+            tx: None,
+            msg,
+            from,
+        });
+    }
+
+    fn handle_cancel(&mut self, msg: SipMessage, from: Target, now: Instant) {
+        let cancel_key = server_key(&msg, "CANCEL");
+        if let Some(key) = &cancel_key
+            && let Some(&id) = self.servers.get(key)
+        {
+            self.retransmitted_request(id);
+            return;
+        }
+        let invite = server_key(&msg, "INVITE").and_then(|k| self.servers.get(&k).copied());
+        let cancel_tx = self.new_server_tx_silent(msg.clone(), from.clone(), cancel_key);
+        let Some(invite) = invite else {
+            let _ = self.send_response(cancel_tx, msg.response(481, None), now);
+            return;
+        };
+        let _ = self.send_response(cancel_tx, msg.response(200, None), now);
+        let proceeding = self
+            .txs
+            .get(&invite)
+            .is_some_and(|t| t.state == State::Proceeding);
+        if proceeding {
+            self.events.push_back(TxEvent::Cancel { invite, msg, from });
+        }
+    }
+
+    /// A server transaction the layer answers itself (CANCEL): no Request event.
+    fn new_server_tx_silent(
+        &mut self,
+        msg: SipMessage,
+        from: Target,
+        key: Option<ServerKey>,
+    ) -> TxId {
+        let id = self.alloc();
+        let tx = Tx {
+            kind: Kind::ServerNonInvite,
+            state: State::Trying,
+            request: msg,
+            peer: from,
+            wire: Bytes::new(),
+            interval: self.t().t1,
+            timers: HashMap::new(),
+            got_provisional: false,
+            cancel_pending: false,
+            ack_received: false,
+            server_key: key.clone(),
+            client_key: None,
+            ack_key: None,
+        };
+        if let Some(key) = key {
+            self.servers.insert(key, id);
+        }
+        self.txs.insert(id, tx);
+        id
+    }
+
+    fn handle_response(&mut self, msg: SipMessage, from: Target, now: Instant) {
+        let Some(code) = msg.status() else {
+            return;
+        };
+        let id = client_key(&msg).and_then(|k| self.clients.get(&k).copied());
+        let Some(id) = id else {
+            self.events.push_back(TxEvent::StrayResponse { msg, from });
+            return;
+        };
+        let t = self.t();
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        let reliable = tx.peer.is_reliable();
+        match (tx.kind, tx.state) {
+            (Kind::ClientInvite, State::Calling | State::Proceeding) => {
+                if code < 200 {
+                    tx.state = State::Proceeding;
+                    tx.timers.remove(&Timer::Retransmit);
+                    tx.got_provisional = true;
+                    let send_cancel = std::mem::take(&mut tx.cancel_pending);
+                    if let Some(c) = self.config.timer_c {
+                        self.set_timer(id, Timer::C, now + c);
+                    }
+                    self.events.push_back(TxEvent::Response { tx: id, msg });
+                    if send_cancel {
+                        self.send_cancel(id, now);
+                    }
+                } else if code < 300 {
+                    tx.state = State::Accepted;
+                    tx.timers.clear();
+                    self.set_timer(id, Timer::Linger, now + t.t1 * 64);
+                    self.events.push_back(TxEvent::Response { tx: id, msg });
+                } else {
+                    tx.state = State::Completed;
+                    tx.timers.clear();
+                    let ack = build_ack(&tx.request, &msg);
+                    tx.wire = Bytes::from(ack.to_bytes());
+                    let t2 = Transmit {
+                        to: tx.peer.clone(),
+                        bytes: tx.wire.clone(),
+                    };
+                    self.transmits.push_back(t2);
+                    let linger = if reliable {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(32)
+                    };
+                    self.set_timer(id, Timer::Linger, now + linger);
+                    self.events.push_back(TxEvent::Response { tx: id, msg });
+                }
+            }
+            (Kind::ClientInvite, State::Accepted) if (200..300).contains(&code) => {
+                self.events.push_back(TxEvent::Response { tx: id, msg });
+            }
+            (Kind::ClientInvite, State::Completed) if code >= 300 => {
+                let t2 = Transmit {
+                    to: tx.peer.clone(),
+                    bytes: tx.wire.clone(),
+                };
+                self.transmits.push_back(t2);
+            }
+            (Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
+                if code < 200 {
+                    tx.state = State::Proceeding;
+                } else {
+                    tx.state = State::Completed;
+                    tx.timers.clear();
+                    let linger = if reliable { Duration::ZERO } else { t.t4 };
+                    self.set_timer(id, Timer::Linger, now + linger);
+                }
+                self.events.push_back(TxEvent::Response { tx: id, msg });
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a client transaction. `msg` carries its top Via with a fresh branch
+    /// ([`new_branch`]); an ACK does not go through here ([`Self::send_stateless`]).
+    pub fn send_request(&mut self, msg: SipMessage, to: Target, now: Instant) -> TxId {
+        let t = self.t();
+        let invite = msg.method() == Some(&Method::Invite);
+        let id = self.alloc();
+        let key = client_key(&msg);
+        let wire = Bytes::from(msg.to_bytes());
+        let reliable = to.is_reliable();
+        let tx = Tx {
+            kind: if invite {
+                Kind::ClientInvite
+            } else {
+                Kind::ClientNonInvite
+            },
+            state: if invite {
+                State::Calling
+            } else {
+                State::Trying
+            },
+            request: msg,
+            peer: to.clone(),
+            wire: wire.clone(),
+            interval: t.t1,
+            timers: HashMap::new(),
+            got_provisional: false,
+            cancel_pending: false,
+            ack_received: false,
+            server_key: None,
+            client_key: key.clone(),
+            ack_key: None,
+        };
+        if let Some(key) = key {
+            self.clients.insert(key, id);
+        }
+        self.txs.insert(id, tx);
+        self.transmits.push_back(Transmit { to, bytes: wire });
+        if !reliable {
+            self.set_timer(id, Timer::Retransmit, now + t.t1);
+        }
+        self.set_timer(id, Timer::Timeout, now + t.t1 * 64);
+        id
+    }
+
+    /// Answers on a server transaction.
+    pub fn send_response(
+        &mut self,
+        id: TxId,
+        msg: SipMessage,
+        now: Instant,
+    ) -> Result<(), TxError> {
+        let t = self.t();
+        let code = msg.status().ok_or(TxError::WrongState)?;
+        let tx = self.txs.get_mut(&id).ok_or(TxError::UnknownTransaction)?;
+        let reliable = tx.peer.is_reliable();
+        let wire = Bytes::from(msg.to_bytes());
+        match (tx.kind, tx.state) {
+            (Kind::ServerInvite, State::Proceeding) => {
+                if code < 200 {
+                    tx.wire = wire.clone();
+                } else if code < 300 {
+                    tx.state = State::Accepted;
+                    tx.wire = wire.clone();
+                    tx.interval = t.t1;
+                    if let (Some(call_id), Ok(cseq)) = (tx.request.call_id(), tx.request.cseq()) {
+                        let key = (call_id.to_owned(), cseq.seq);
+                        tx.ack_key = Some(key.clone());
+                        self.accepted.insert(key, id);
+                    }
+                    self.set_timer(id, Timer::ResponseRetransmit, now + t.t1);
+                    self.set_timer(id, Timer::WaitAck, now + t.t1 * 64);
+                } else {
+                    tx.state = State::Completed;
+                    tx.wire = wire.clone();
+                    tx.interval = t.t1;
+                    if !reliable {
+                        self.set_timer(id, Timer::ResponseRetransmit, now + t.t1);
+                    }
+                    self.set_timer(id, Timer::WaitAck, now + t.t1 * 64);
+                }
+            }
+            // RFC 6026: the TU may pass further 2xx (retransmissions) while Accepted.
+            (Kind::ServerInvite, State::Accepted) if (200..300).contains(&code) => {}
+            (Kind::ServerNonInvite, State::Trying | State::Proceeding) => {
+                tx.wire = wire.clone();
+                if code < 200 {
+                    tx.state = State::Proceeding;
+                } else {
+                    tx.state = State::Completed;
+                    let linger = if reliable { Duration::ZERO } else { t.t1 * 64 };
+                    self.set_timer(id, Timer::Linger, now + linger);
+                }
+            }
+            _ => return Err(TxError::WrongState),
+        }
+        let to = self
+            .txs
+            .get(&id)
+            .map(|t| t.peer.clone())
+            .ok_or(TxError::UnknownTransaction)?;
+        self.transmits.push_back(Transmit { to, bytes: wire });
+        Ok(())
+    }
+
+    /// Cancels an INVITE client transaction (RFC 3261 §9.1): at once if a provisional came,
+    /// else as soon as one does. Returns the CANCEL's transaction when sent now.
+    pub fn cancel(&mut self, invite: TxId, now: Instant) -> Option<TxId> {
+        let tx = self.txs.get_mut(&invite)?;
+        if tx.kind != Kind::ClientInvite || !matches!(tx.state, State::Calling | State::Proceeding)
+        {
+            return None;
+        }
+        if !tx.got_provisional {
+            tx.cancel_pending = true;
+            return None;
+        }
+        self.send_cancel(invite, now)
+    }
+
+    fn send_cancel(&mut self, invite: TxId, now: Instant) -> Option<TxId> {
+        let tx = self.txs.get(&invite)?;
+        let cancel = build_cancel(&tx.request);
+        let to = tx.peer.clone();
+        Some(self.send_request(cancel, to, now))
+    }
+
+    /// Sends outside any transaction: the ACK of a 2xx, a 2xx forwarded by a proxy.
+    pub fn send_stateless(&mut self, msg: SipMessage, to: Target) {
+        self.transmits.push_back(Transmit {
+            to,
+            bytes: Bytes::from(msg.to_bytes()),
+        });
+    }
+
+    /// Sending to `to` failed: every transaction with that peer fails.
+    pub fn transport_failed(&mut self, to: &Target, now: Instant) {
+        let _ = now;
+        let ids: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| match (to.conn, t.peer.conn) {
+                (Some(a), Some(b)) => a == b,
+                _ => t.peer.kind == to.kind && t.peer.addr == to.addr,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.fail(ids);
+    }
+
+    /// A connection closed: every transaction bound to it fails.
+    pub fn connection_closed(&mut self, conn: ConnId, now: Instant) {
+        let _ = now;
+        let ids: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| t.peer.conn == Some(conn))
+            .map(|(id, _)| *id)
+            .collect();
+        self.fail(ids);
+    }
+
+    fn fail(&mut self, mut ids: Vec<TxId>) {
+        ids.sort();
+        for id in ids {
+            let done = self.txs.get(&id).is_some_and(|t| {
+                matches!(t.state, State::Completed | State::Confirmed) || t.ack_received
+            });
+            if !done {
+                self.events.push_back(TxEvent::TransportError { tx: id });
+            }
+            self.terminate(id);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<TxEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next instant [`Self::handle_timeout`] has work (it may find none: cancelled timers
+    /// are dropped lazily).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, id, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let live = self
+                .txs
+                .get(&id)
+                .is_some_and(|t| t.timers.get(&timer) == Some(&at));
+            if live {
+                if let Some(tx) = self.txs.get_mut(&id) {
+                    tx.timers.remove(&timer);
+                }
+                self.fire(id, timer, now);
+            }
+        }
+    }
+
+    fn fire(&mut self, id: TxId, timer: Timer, now: Instant) {
+        let t = self.t();
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        match (timer, tx.kind, tx.state) {
+            (Timer::Retransmit, Kind::ClientInvite, State::Calling) => {
+                tx.interval *= 2;
+                let next = now + tx.interval;
+                let t2 = Transmit {
+                    to: tx.peer.clone(),
+                    bytes: tx.wire.clone(),
+                };
+                self.transmits.push_back(t2);
+                self.set_timer(id, Timer::Retransmit, next);
+            }
+            (Timer::Retransmit, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
+                tx.interval = if tx.state == State::Trying {
+                    (tx.interval * 2).min(t.t2)
+                } else {
+                    t.t2
+                };
+                let next = now + tx.interval;
+                let t2 = Transmit {
+                    to: tx.peer.clone(),
+                    bytes: tx.wire.clone(),
+                };
+                self.transmits.push_back(t2);
+                self.set_timer(id, Timer::Retransmit, next);
+            }
+            (Timer::Timeout, Kind::ClientInvite, State::Calling)
+            | (Timer::Timeout, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
+                self.events.push_back(TxEvent::Timeout { tx: id });
+                self.terminate(id);
+            }
+            (Timer::C, Kind::ClientInvite, State::Proceeding) => {
+                self.events.push_back(TxEvent::Timeout { tx: id });
+                self.send_cancel(id, now);
+            }
+            (Timer::ResponseRetransmit, Kind::ServerInvite, State::Completed | State::Accepted) => {
+                if tx.state == State::Accepted && tx.ack_received {
+                    return;
+                }
+                tx.interval = (tx.interval * 2).min(t.t2);
+                let next = now + tx.interval;
+                let t2 = Transmit {
+                    to: tx.peer.clone(),
+                    bytes: tx.wire.clone(),
+                };
+                self.transmits.push_back(t2);
+                self.set_timer(id, Timer::ResponseRetransmit, next);
+            }
+            (Timer::WaitAck, Kind::ServerInvite, State::Completed) => {
+                self.events.push_back(TxEvent::Timeout { tx: id });
+                self.terminate(id);
+            }
+            (Timer::WaitAck, Kind::ServerInvite, State::Accepted) => {
+                if !tx.ack_received {
+                    self.events.push_back(TxEvent::Timeout { tx: id });
+                }
+                self.terminate(id);
+            }
+            (Timer::Linger, _, _) => self.terminate(id),
+            _ => {}
+        }
+    }
+
+    /// The request a server transaction answers.
+    pub fn server_request(&self, id: TxId) -> Option<&SipMessage> {
+        self.txs
+            .get(&id)
+            .filter(|t| matches!(t.kind, Kind::ServerInvite | Kind::ServerNonInvite))
+            .map(|t| &t.request)
+    }
+
+    /// The request a client transaction carries.
+    pub fn client_request(&self, id: TxId) -> Option<&SipMessage> {
+        self.txs
+            .get(&id)
+            .filter(|t| matches!(t.kind, Kind::ClientInvite | Kind::ClientNonInvite))
+            .map(|t| &t.request)
+    }
+
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    fn alloc(&mut self) -> TxId {
+        self.next_id += 1;
+        TxId(self.next_id)
+    }
+
+    fn set_timer(&mut self, id: TxId, timer: Timer, at: Instant) {
+        if let Some(tx) = self.txs.get_mut(&id) {
+            tx.timers.insert(timer, at);
+            self.timers.insert((at, id, timer));
+        }
+    }
+
+    fn terminate(&mut self, id: TxId) {
+        let Some(tx) = self.txs.remove(&id) else {
+            return;
+        };
+        if let Some(k) = tx.server_key
+            && self.servers.get(&k) == Some(&id)
+        {
+            self.servers.remove(&k);
+        }
+        if let Some(k) = tx.client_key
+            && self.clients.get(&k) == Some(&id)
+        {
+            self.clients.remove(&k);
+        }
+        if let Some(k) = tx.ack_key
+            && self.accepted.get(&k) == Some(&id)
+        {
+            self.accepted.remove(&k);
+        }
+        self.events.push_back(TxEvent::Terminated { tx: id });
+    }
+}
+
+fn copy_headers(from: &SipMessage, names: &[&str]) -> Vec<Header> {
+    from.headers
+        .iter()
+        .filter(|h| names.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+        .cloned()
+        .collect()
+}
+
+/// The ACK a client INVITE transaction sends for a non-2xx final (RFC 3261 §17.1.1.3).
+fn build_ack(invite: &SipMessage, resp: &SipMessage) -> SipMessage {
+    hop_request(invite, Method::Ack, resp.header("To"))
+}
+
+/// The CANCEL for a client INVITE transaction (RFC 3261 §9.1).
+fn build_cancel(invite: &SipMessage) -> SipMessage {
+    hop_request(invite, Method::Cancel, None)
+}
+
+fn hop_request(invite: &SipMessage, method: Method, to: Option<&str>) -> SipMessage {
+    let uri = invite.request_uri().unwrap_or_default().to_owned();
+    let mut headers = Vec::new();
+    if let Some(via) = invite.header("Via") {
+        headers.push(Header {
+            name: "Via".into(),
+            value: via.to_owned(),
+        });
+    }
+    headers.push(Header {
+        name: "Max-Forwards".into(),
+        value: "70".into(),
+    });
+    headers.extend(copy_headers(invite, &["Route", "From"]));
+    headers.push(Header {
+        name: "To".into(),
+        value: to.or(invite.header("To")).unwrap_or_default().to_owned(),
+    });
+    headers.extend(copy_headers(invite, &["Call-ID"]));
+    let seq = invite.cseq().map_or(1, |c| c.seq);
+    headers.push(Header {
+        name: "CSeq".into(),
+        value: format!("{seq} {method}"),
+    });
+    SipMessage {
+        start: StartLine::Request { method, uri },
+        headers,
+        body: Bytes::new(),
+    }
+}

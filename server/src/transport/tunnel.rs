@@ -1,0 +1,399 @@
+//! The tunnel's IO: the distributor's `wss://…/tunnel` endpoint and the buffer server's
+//! dialler. Buffer servers dial out, so an edge behind NAT or an outbound-only firewall still
+//! receives calls. Frames and liveness rules live in `proto-tunnel`; this file only moves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use proto_tunnel::{Backoff, Frame, Heartbeat, HeartbeatAction, Limits};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
+use tracing::{debug, info, warn};
+
+use super::next_conn_id;
+use super::tls_listener::{PeerAddr, TlsListener};
+use crate::sip::ConnId;
+
+/// Silence after which a ping is sent.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Silence after which the other end is declared dead and the tunnel dropped.
+const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// How long the dialling side has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames waiting to be written to one tunnel.
+const TUNNEL_QUEUE: usize = 4096;
+
+/// What the distributor's tunnel endpoint reports.
+#[derive(Debug)]
+pub enum TunnelServerEvent {
+    /// An edge said Hello and was welcomed; frames for it go to `sender`.
+    Up {
+        conn: ConnId,
+        edge_id: String,
+        handoffs: Vec<String>,
+        sender: mpsc::Sender<Frame>,
+    },
+    /// A frame from an edge.
+    Frame { conn: ConnId, frame: Frame },
+    /// The edge's tunnel is gone: its agents with it.
+    Down { conn: ConnId },
+}
+
+/// What the buffer server's dialler reports.
+#[derive(Debug)]
+pub enum TunnelClientEvent {
+    /// Welcomed by the distributor; frames for it go to `sender`.
+    Up {
+        conn: ConnId,
+        sender: mpsc::Sender<Frame>,
+    },
+    /// A frame from the distributor.
+    Frame { conn: ConnId, frame: Frame },
+    /// The tunnel dropped; the dialler is already backing off to dial again.
+    Down { conn: ConnId },
+}
+
+#[derive(Clone)]
+struct ServerState {
+    distributor_id: Arc<str>,
+    events: mpsc::Sender<TunnelServerEvent>,
+    limits: Arc<Limits>,
+}
+
+/// Binds the distributor's tunnel endpoint and serves it in the background.
+pub async fn listen(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    distributor_id: &str,
+    events: mpsc::Sender<TunnelServerEvent>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TlsListener::bind(addr, tls).await?;
+    let local = axum::serve::Listener::local_addr(&listener)?;
+    let state = ServerState {
+        distributor_id: distributor_id.into(),
+        events,
+        limits: Arc::new(Limits::default()),
+    };
+    let app = Router::new()
+        .route("/tunnel", get(tunnel_upgrade))
+        .with_state(state);
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<PeerAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!(error = %e, "tunnel server stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn tunnel_upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<ServerState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+) -> Response {
+    let ws = ws
+        .protocols([proto_tunnel::SUBPROTOCOL])
+        .max_message_size(state.limits.max_frame);
+    if ws.selected_protocol().is_none() {
+        debug!(%peer, "refusing tunnel without its subprotocol");
+        return (
+            StatusCode::BAD_REQUEST,
+            "offer subprotocol agent-edge-tunnel.v1\n",
+        )
+            .into_response();
+    }
+    ws.on_upgrade(move |socket| serve_edge(state, socket, peer))
+}
+
+async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Binary(b) = msg {
+                return proto_tunnel::decode(&b, &state.limits).ok();
+            }
+        }
+        None
+    });
+    let Ok(Some(hello)) = hello.await else {
+        debug!(%peer, "tunnel closed before Hello");
+        return;
+    };
+    let (edge_id, handoffs) = match proto_tunnel::check_hello(&hello) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(%peer, error = %e, "refusing tunnel");
+            let close = Frame::Close {
+                reason: e.to_string(),
+            };
+            let _ = sink
+                .send(Message::Binary(proto_tunnel::encode(&close)))
+                .await;
+            return;
+        }
+    };
+    let welcome = Frame::Welcome {
+        version: proto_tunnel::PROTOCOL_VERSION,
+        distributor_id: state.distributor_id.to_string(),
+    };
+    if sink
+        .send(Message::Binary(proto_tunnel::encode(&welcome)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let conn = next_conn_id();
+    let (sender, outbound) = mpsc::channel(TUNNEL_QUEUE);
+    info!(%peer, edge = %edge_id, "edge connected");
+    let up = TunnelServerEvent::Up {
+        conn,
+        edge_id,
+        handoffs,
+        sender: sender.clone(),
+    };
+    if state.events.send(up).await.is_err() {
+        return;
+    }
+    let sink = sink
+        .with(|bytes: bytes::Bytes| async move { Ok::<_, axum::Error>(Message::Binary(bytes)) });
+    let stream = stream.filter_map(|m| async move {
+        match m {
+            Ok(Message::Binary(b)) => Some(Ok(b)),
+            Ok(Message::Close(_)) | Err(_) => Some(Err(())),
+            Ok(_) => None,
+        }
+    });
+    let events = state.events.clone();
+    // The role holds the only sender: when it lets go of this edge, the queue closes and the
+    // tunnel with it.
+    drop(sender);
+    pump(
+        Box::pin(sink),
+        Box::pin(stream),
+        outbound,
+        &state.limits,
+        |frame| {
+            let events = events.clone();
+            async move {
+                events
+                    .send(TunnelServerEvent::Frame { conn, frame })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    info!(%peer, "edge disconnected");
+    let _ = state.events.send(TunnelServerEvent::Down { conn }).await;
+}
+
+/// Moves frames both ways until either side ends or the peer falls silent. Pings are answered
+/// here; every other frame goes to `deliver`.
+async fn pump<Si, St, D, F>(
+    sink: Si,
+    stream: St,
+    mut outbound: mpsc::Receiver<Frame>,
+    limits: &Limits,
+    mut deliver: D,
+) where
+    Si: Sink<bytes::Bytes> + Unpin,
+    St: Stream<Item = Result<bytes::Bytes, ()>> + Unpin,
+    D: FnMut(Frame) -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let mut sink = sink;
+    let mut stream = stream;
+    let mut heartbeat = Heartbeat::new(PING_INTERVAL, DEAD_AFTER, Instant::now());
+    loop {
+        let wake = tokio::time::Instant::from_std(heartbeat.poll_timeout());
+        tokio::select! {
+            frame = outbound.recv() => {
+                let Some(frame) = frame else { break };
+                if sink.send(proto_tunnel::encode(&frame)).await.is_err() {
+                    break;
+                }
+            }
+            data = stream.next() => {
+                let Some(Ok(data)) = data else { break };
+                heartbeat.on_frame_received(Instant::now());
+                match proto_tunnel::decode(&data, limits) {
+                    Ok(Frame::Ping { nonce }) => {
+                        if sink.send(proto_tunnel::encode(&Frame::Pong { nonce })).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Frame::Pong { .. }) => {}
+                    Ok(Frame::Close { reason }) => {
+                        info!(%reason, "tunnel closed by peer");
+                        break;
+                    }
+                    Ok(frame) => {
+                        if !deliver(frame).await {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        // A frame we cannot read means the peer speaks something else:
+                        // carrying on would only misroute calls.
+                        warn!(error = %e, "bad tunnel frame; closing");
+                        let close = Frame::Close { reason: e.to_string() };
+                        let _ = sink.send(proto_tunnel::encode(&close)).await;
+                        break;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                match heartbeat.handle_timeout(Instant::now()) {
+                    HeartbeatAction::None => {}
+                    HeartbeatAction::SendPing(nonce) => {
+                        if sink.send(proto_tunnel::encode(&Frame::Ping { nonce })).await.is_err() {
+                            break;
+                        }
+                    }
+                    HeartbeatAction::Dead => {
+                        warn!("tunnel peer silent; dropping the tunnel");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dials the distributor for ever: connect, Hello, pump frames, and on any end back off and
+/// dial again.
+pub fn spawn_dialler(
+    url: String,
+    tls: Arc<rustls::ClientConfig>,
+    edge_id: String,
+    handoffs: Vec<String>,
+    events: mpsc::Sender<TunnelClientEvent>,
+) {
+    tokio::spawn(async move {
+        let limits = Limits::default();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match dial_once(&url, &tls, &edge_id, &handoffs, &events, &limits).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => debug!(%url, error = %e, "tunnel dial failed"),
+            }
+            if events.is_closed() {
+                break;
+            }
+            let delay = backoff.next_delay(rand::random::<f64>());
+            tokio::time::sleep(delay).await;
+        }
+    });
+}
+
+/// Why one dial of the tunnel ended without carrying traffic.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    /// TCP, TLS or the WebSocket handshake failed.
+    #[error("connect: {0}")]
+    Connect(#[from] tungstenite::Error),
+    /// The distributor did not answer Hello with Welcome.
+    #[error("distributor did not welcome us: {0}")]
+    NotWelcomed(String),
+    /// The distributor did not select the tunnel subprotocol.
+    #[error("distributor does not speak {}", proto_tunnel::SUBPROTOCOL)]
+    NoSubprotocol,
+}
+
+async fn dial_once(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    edge_id: &str,
+    handoffs: &[String],
+    events: &mpsc::Sender<TunnelClientEvent>,
+    limits: &Limits,
+) -> Result<(), DialError> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tungstenite::http::HeaderValue::from_static(proto_tunnel::SUBPROTOCOL),
+    );
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+    let (ws, response) = tokio::time::timeout(HELLO_TIMEOUT, connect)
+        .await
+        .map_err(|_| DialError::NotWelcomed("connect timed out".into()))??;
+    if response.headers().get("Sec-WebSocket-Protocol").is_none() {
+        return Err(DialError::NoSubprotocol);
+    }
+    let (mut sink, mut stream) = ws.split();
+    let hello = Frame::Hello {
+        version: proto_tunnel::PROTOCOL_VERSION,
+        edge_id: edge_id.to_owned(),
+        handoffs: handoffs.to_vec(),
+    };
+    sink.send(tungstenite::Message::Binary(proto_tunnel::encode(&hello)))
+        .await?;
+    let welcome = tokio::time::timeout(HELLO_TIMEOUT, async {
+        while let Some(msg) = stream.next().await {
+            if let tungstenite::Message::Binary(b) = msg? {
+                return Ok(Some(proto_tunnel::decode(&b, limits)));
+            }
+        }
+        Ok::<_, tungstenite::Error>(None)
+    })
+    .await
+    .map_err(|_| DialError::NotWelcomed("no answer to Hello".into()))??;
+    match welcome {
+        Some(Ok(Frame::Welcome { version, .. })) if version == proto_tunnel::PROTOCOL_VERSION => {}
+        Some(Ok(Frame::Close { reason })) => return Err(DialError::NotWelcomed(reason)),
+        other => return Err(DialError::NotWelcomed(format!("{other:?}"))),
+    }
+    let conn = next_conn_id();
+    let (sender, outbound) = mpsc::channel(TUNNEL_QUEUE);
+    if events
+        .send(TunnelClientEvent::Up {
+            conn,
+            sender: sender.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let sink = sink.with(|bytes: bytes::Bytes| async move {
+        Ok::<_, tungstenite::Error>(tungstenite::Message::Binary(bytes))
+    });
+    let stream = stream.filter_map(|m| async move {
+        match m {
+            Ok(tungstenite::Message::Binary(b)) => Some(Ok(b)),
+            Ok(tungstenite::Message::Close(_)) | Err(_) => Some(Err(())),
+            Ok(_) => None,
+        }
+    });
+    drop(sender);
+    pump(
+        Box::pin(sink),
+        Box::pin(stream),
+        outbound,
+        limits,
+        |frame| {
+            let events = events.clone();
+            async move {
+                events
+                    .send(TunnelClientEvent::Frame { conn, frame })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    let _ = events.send(TunnelClientEvent::Down { conn }).await;
+    Ok(())
+}
