@@ -1,1 +1,405 @@
-//! placeholder
+//! Harness for the end-to-end tests: starts the real `agent-edge` binary and real SIPp
+//! processes on loopback, waits for what they print instead of sleeping, and reads SIPp's own
+//! statistics and message traces for the assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary under test: `AGENT_EDGE_BIN`, else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENT_EDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agent-edge");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p agent-edge` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A temporary folder for one test's config, certificates, logs and SIPp traces. Kept after
+/// the test when `AGENT_EDGE_KEEP_TEST_DIRS` is set, to read the logs of a failure.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix("agent-edge-test-")
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("AGENT_EDGE_KEEP_TEST_DIRS").is_some() {
+        eprintln!("test files kept in {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    dir
+}
+
+/// Where the SIPp scenarios live.
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(name)
+}
+
+/// A port free on loopback for both UDP and TCP right now (SIPp needs a port number before
+/// it starts; the tiny race with other processes is accepted).
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A config file with every listener on port 0 and certificates in `dir`, plus `extra` TOML
+/// lines appended to the named sections (`[distributor]` lines go in `distributor_extra`).
+pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> PathBuf {
+    let path = dir.join("agent-edge.toml");
+    let text = format!(
+        "[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
+         tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
+         udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n{buffer_extra}\n",
+        dir.join("certs").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `agent-edge` process; killed (by its own pid) when dropped.
+#[derive(Debug)]
+pub struct Edge {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: PathBuf,
+}
+
+impl Edge {
+    /// Starts `agent-edge ARGS --config CONFIG`, logging stderr to `log`.
+    pub fn start(args: &[&str], config: &Path, log: &Path) -> Edge {
+        let stderr = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Edge {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr: log.to_owned(),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` that was not returned before.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        if let Some(i) = self.seen.iter().position(|l| l.starts_with(prefix)) {
+            return self.seen.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "agent-edge never printed `{prefix}…` within {timeout:?}; it printed {:?}\n{}",
+                    self.seen,
+                    self.log_tail()
+                ),
+            }
+        }
+    }
+
+    /// The address a listener was bound to (`distributor.udp`, `buffer.https`, …).
+    pub fn addr(&mut self, name: &str) -> SocketAddr {
+        let line = self.wait_line(&format!("listening {name} "), Duration::from_secs(20));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// The last lines of the process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!(
+            "--- last log lines of agent-edge ---\n{}",
+            lines[from..].join("\n")
+        )
+    }
+
+    /// Ends the process now (for restart tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A SIPp run being described.
+#[derive(Debug, Clone)]
+pub struct Sipp {
+    args: Vec<String>,
+    name: String,
+    dir: PathBuf,
+}
+
+/// What a finished SIPp run left behind.
+#[derive(Debug)]
+pub struct SippRun {
+    pub status: ExitStatus,
+    pub output: String,
+    /// Messages this SIPp received, in order, as text.
+    pub received: Vec<String>,
+    pub successful: u64,
+    pub failed: u64,
+}
+
+impl SippRun {
+    /// Panics with SIPp's own words unless every call succeeded.
+    pub fn assert_ok(&self, what: &str) {
+        assert!(
+            self.status.success() && self.failed == 0,
+            "{what}: SIPp exited {:?} with {} successful and {} failed calls\n{}\nlast messages received:\n{}",
+            self.status.code(),
+            self.successful,
+            self.failed,
+            self.output,
+            self.received[self.received.len().saturating_sub(12)..].join("\n---\n")
+        );
+    }
+}
+
+impl Sipp {
+    /// A SIPp process for `scenario`, bound to 127.0.0.1:`port`, leaving its traces in `dir`
+    /// under `name`.
+    pub fn new(scenario_file: &str, port: u16, dir: &Path, name: &str) -> Sipp {
+        let msg = dir.join(format!("{name}.msg"));
+        let stat = dir.join(format!("{name}.csv"));
+        let err = dir.join(format!("{name}.err"));
+        let args = vec![
+            "-sf".into(),
+            scenario(scenario_file).display().to_string(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-nostdin".into(),
+            "-trace_msg".into(),
+            "-message_file".into(),
+            msg.display().to_string(),
+            "-trace_stat".into(),
+            "-stf".into(),
+            stat.display().to_string(),
+            "-trace_err".into(),
+            "-error_file".into(),
+            err.display().to_string(),
+            "-timeout".into(),
+            "60".into(),
+            "-timeout_error".into(),
+        ];
+        Sipp {
+            args,
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Adds raw SIPp arguments.
+    pub fn arg(mut self, args: &[&str]) -> Sipp {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sends to `addr` (SIPp's remote host).
+    pub fn to(self, addr: SocketAddr) -> Sipp {
+        self.arg(&[&addr.to_string()])
+    }
+
+    pub fn key(self, key: &str, value: &str) -> Sipp {
+        self.arg(&["-key", key, value])
+    }
+
+    /// Runs to completion.
+    pub fn run(self) -> SippRun {
+        self.spawn().wait()
+    }
+
+    /// Starts in the background (a UAS waiting for calls).
+    pub fn spawn(self) -> RunningSipp {
+        let out = self.dir.join(format!("{}.out", self.name));
+        let child = Command::new("sipp")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&out).unwrap(),
+            ))
+            .spawn()
+            .expect("sipp is not installed: scripts/test.sh installs sip-tester");
+        RunningSipp {
+            child: Some(child),
+            sipp: self,
+            out,
+        }
+    }
+}
+
+/// A SIPp process in the background; killed (by its own pid) if dropped unfinished.
+#[derive(Debug)]
+pub struct RunningSipp {
+    child: Option<Child>,
+    sipp: Sipp,
+    out: PathBuf,
+}
+
+impl RunningSipp {
+    /// Waits for SIPp to finish by itself (at most its own -timeout), and reads its results.
+    pub fn wait(mut self) -> SippRun {
+        let status = self.child.take().unwrap().wait().unwrap();
+        let dir = &self.sipp.dir;
+        let name = &self.sipp.name;
+        let mut output = std::fs::read_to_string(&self.out).unwrap_or_default();
+        if let Ok(err) = std::fs::read_to_string(dir.join(format!("{name}.err"))) {
+            output.push_str("\n--- SIPp errors ---\n");
+            output.push_str(&err);
+        }
+        let (successful, failed) = read_stats(&dir.join(format!("{name}.csv")));
+        SippRun {
+            status,
+            output,
+            received: read_received(&dir.join(format!("{name}.msg"))),
+            successful,
+            failed,
+        }
+    }
+}
+
+impl Drop for RunningSipp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Successful and failed call counts from SIPp's `-trace_stat` CSV (its last row).
+fn read_stats(path: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        return (0, 0);
+    };
+    let Some(last) = lines.next_back() else {
+        return (0, 0);
+    };
+    let names: Vec<&str> = header.split(';').collect();
+    let values: Vec<&str> = last.split(';').collect();
+    let get = |col: &str| {
+        names
+            .iter()
+            .position(|n| *n == col)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}
+
+/// The messages SIPp logged as received, from its `-trace_msg` file.
+fn read_received(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----------------------------------------------") {
+            if let Some(m) = current.take() {
+                out.push(m.trim().to_owned());
+            }
+            continue;
+        }
+        if line.contains("message received") {
+            current = Some(String::new());
+            continue;
+        }
+        if line.contains("message sent") {
+            if let Some(m) = current.take() {
+                out.push(m.trim().to_owned());
+            }
+            continue;
+        }
+        if let Some(m) = current.as_mut() {
+            m.push_str(line);
+            m.push('\n');
+        }
+    }
+    if let Some(m) = current.take() {
+        out.push(m.trim().to_owned());
+    }
+    out
+}
+
+/// Values of a header (by full name, case-insensitive) across messages.
+pub fn header_values<'a>(messages: &'a [String], name: &str) -> Vec<&'a str> {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    messages
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
+        .map(|l| l[prefix.len()..].trim())
+        .collect()
+}
+
+/// The `tag=` parameters found in From and To headers.
+pub fn tags(messages: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = header_values(messages, "From")
+        .into_iter()
+        .chain(header_values(messages, "To"))
+        .filter_map(|v| v.split(";tag=").nth(1))
+        .map(|t| t.split([';', '>', ' ']).next().unwrap_or("").to_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Ports named in `127.0.0.1:PORT` forms within a header value.
+pub fn ports_in(value: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("127.0.0.1:") {
+        rest = &rest[i + "127.0.0.1:".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(p) = digits.parse() {
+            out.push(p);
+        }
+    }
+    out
+}

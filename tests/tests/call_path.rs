@@ -1,0 +1,539 @@
+//! The call path end to end, with real SIPp callers and agents: caller → distributor → WSS
+//! tunnel → buffer server → agent, and back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use agent_edge_tests::{Edge, Sipp, free_port, header_values, ports_in, tags, write_config};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A distributor and a buffer server in one process, tunnel up.
+struct System {
+    dir: tempfile::TempDir,
+    edge: Edge,
+    dist_udp: SocketAddr,
+    dist_tcp: SocketAddr,
+    buffer_udp: SocketAddr,
+    buffer_tcp: SocketAddr,
+    buffer_https: SocketAddr,
+}
+
+impl System {
+    fn start(distributor_extra: &str) -> System {
+        let dir = agent_edge_tests::test_dir();
+        let config = write_config(dir.path(), distributor_extra, "");
+        let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
+        let dist_udp = edge.addr("distributor.udp");
+        let dist_tcp = edge.addr("distributor.tcp");
+        let buffer_udp = edge.addr("buffer.udp");
+        let buffer_tcp = edge.addr("buffer.tcp");
+        let buffer_https = edge.addr("buffer.https");
+        edge.wait_line("tunnel-up edge-1", WAIT);
+        System {
+            dir,
+            edge,
+            dist_udp,
+            dist_tcp,
+            buffer_udp,
+            buffer_tcp,
+            buffer_https,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Registers `agent` on the buffer server with its Contact at `contact_port`, over UDP or
+/// TCP, and waits for the distributor to learn of it.
+fn register(
+    edge: &mut Edge,
+    dir: &Path,
+    buffer: SocketAddr,
+    agent: &str,
+    contact_port: u16,
+    tcp: bool,
+) {
+    let mut sipp = Sipp::new(
+        "agent_register.xml",
+        free_port(),
+        dir,
+        &format!("register-{agent}-{contact_port}"),
+    )
+    .to(buffer)
+    .key("agent", agent)
+    .key("contact_port", &contact_port.to_string())
+    .arg(&["-m", "1"]);
+    sipp = if tcp {
+        sipp.key("contact_transport", ";transport=tcp")
+            .arg(&["-t", "t1"])
+    } else {
+        sipp.key("contact_transport", "")
+    };
+    sipp.run().assert_ok("registration");
+    edge.wait_line(&format!("agent-up {agent} edge-1"), WAIT);
+}
+
+/// An agent UAS listening on a fresh port for `calls` calls.
+fn agent(
+    scenario: &str,
+    dir: &Path,
+    name: &str,
+    calls: u32,
+    extra: &[&str],
+) -> (u16, agent_edge_tests::RunningSipp) {
+    let port = free_port();
+    let sipp = Sipp::new(scenario, port, dir, name)
+        .arg(&["-m", &calls.to_string()])
+        .arg(extra)
+        .spawn();
+    (port, sipp)
+}
+
+fn caller(scenario: &str, dir: &Path, name: &str, to: SocketAddr) -> Sipp {
+    Sipp::new(scenario, free_port(), dir, name)
+        .to(to)
+        .arg(&["-s", "support", "-d", "200"])
+}
+
+#[test]
+fn udp_agent_answers_and_caller_hangs_up() {
+    let mut sys = System::start("");
+    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    caller("caller_call_hangup.xml", sys.path(), "caller", sys.dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("caller");
+    agent.wait().assert_ok("agent");
+}
+
+#[test]
+fn tcp_agent_answers_and_caller_hangs_up() {
+    let mut sys = System::start("");
+    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent", 1, &["-t", "t1"]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_tcp,
+        "alice",
+        port,
+        true,
+    );
+    caller("caller_call_hangup.xml", sys.path(), "caller", sys.dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("caller");
+    agent.wait().assert_ok("agent");
+}
+
+#[test]
+fn agent_hangs_up() {
+    let mut sys = System::start("");
+    let (port, agent) = agent("agent_answer_hangup.xml", sys.path(), "agent", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    caller(
+        "caller_call_wait_bye.xml",
+        sys.path(),
+        "caller",
+        sys.dist_udp,
+    )
+    .arg(&["-m", "1"])
+    .run()
+    .assert_ok("caller");
+    agent.wait().assert_ok("agent");
+}
+
+#[test]
+fn caller_cancels_while_agent_rings() {
+    let mut sys = System::start("");
+    let (port, agent) = agent("agent_ring_cancel.xml", sys.path(), "agent", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    caller("caller_cancel.xml", sys.path(), "caller", sys.dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("caller (487 after CANCEL)");
+    // The agent's scenario requires the CANCEL: it passes only if the CANCEL reached it.
+    agent.wait().assert_ok("agent (CANCEL received)");
+}
+
+#[test]
+fn agent_busy_reaches_the_caller() {
+    let mut sys = System::start("");
+    let (port, agent) = agent("agent_busy.xml", sys.path(), "agent", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    caller("caller_expect_486.xml", sys.path(), "caller", sys.dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("caller (486)");
+    agent.wait().assert_ok("agent");
+}
+
+#[test]
+fn no_agent_gives_the_configured_failure() {
+    let sys = System::start("");
+    caller("caller_expect_480.xml", sys.path(), "caller", sys.dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("caller (480)");
+}
+
+#[test]
+fn ten_percent_udp_loss_still_completes() {
+    let mut sys = System::start("agent_max_calls = 10");
+    let (port, agent) = agent(
+        "agent_answer.xml",
+        sys.path(),
+        "agent",
+        10,
+        &["-lost", "10"],
+    );
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    // Talk for 3 s so that a lost ACK is repeated (on the agent's retransmitted 200) before
+    // the BYE comes, as it would be for a real agent.
+    Sipp::new("caller_call_hangup.xml", free_port(), sys.path(), "caller")
+        .to(sys.dist_udp)
+        .arg(&["-s", "support", "-d", "3000"])
+        .arg(&["-m", "10", "-r", "5", "-lost", "10"])
+        .run()
+        .assert_ok("caller with 10% loss");
+    agent.wait().assert_ok("agent with 10% loss");
+}
+
+#[test]
+fn hundred_calls_at_twenty_per_second() {
+    let mut sys = System::start("agent_max_calls = 100");
+    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent", 100, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    let run = caller("caller_call_hangup.xml", sys.path(), "caller", sys.dist_udp)
+        .arg(&["-m", "100", "-r", "20", "-l", "50"])
+        .run();
+    run.assert_ok("caller");
+    assert_eq!(
+        (run.successful, run.failed),
+        (100, 0),
+        "SIPp's own statistics"
+    );
+    agent.wait().assert_ok("agent");
+}
+
+#[test]
+fn caller_sees_only_the_distributor_and_agent_only_the_buffer() {
+    let mut sys = System::start("");
+    let (agent_port, agent) = agent("agent_answer.xml", sys.path(), "agent", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        agent_port,
+        false,
+    );
+    let caller_port = free_port();
+    let caller_run = Sipp::new("caller_call_hangup.xml", caller_port, sys.path(), "caller")
+        .to(sys.dist_udp)
+        .arg(&["-s", "support", "-d", "200", "-m", "1"])
+        .run();
+    caller_run.assert_ok("caller");
+    let agent_run = agent.wait();
+    agent_run.assert_ok("agent");
+    let (caller_seen, agent_seen) = (&caller_run.received, &agent_run.received);
+    assert!(
+        caller_seen.len() >= 3 && agent_seen.len() >= 3,
+        "traces are empty"
+    );
+
+    let addressing = ["Via", "Contact", "Record-Route", "Route"];
+    for name in addressing {
+        for value in header_values(caller_seen, name) {
+            for port in ports_in(value) {
+                assert!(
+                    port == sys.dist_udp.port() || port == caller_port,
+                    "caller saw {name}: {value} (not the distributor's address)"
+                );
+            }
+            assert!(!value.contains(".invalid"), "caller saw {name}: {value}");
+        }
+        for value in header_values(agent_seen, name) {
+            for port in ports_in(value) {
+                assert!(
+                    port == sys.buffer_udp.port() || port == agent_port,
+                    "agent saw {name}: {value} (not the buffer server's address)"
+                );
+            }
+        }
+    }
+    let caller_ids = header_values(caller_seen, "Call-ID");
+    let agent_ids = header_values(agent_seen, "Call-ID");
+    assert!(!caller_ids.is_empty() && !agent_ids.is_empty());
+    for id in &caller_ids {
+        assert!(!agent_ids.contains(id), "Call-ID {id} crossed legs");
+    }
+    let caller_tags = tags(caller_seen);
+    let agent_tags = tags(agent_seen);
+    assert!(
+        caller_tags.len() >= 2 && agent_tags.len() >= 2,
+        "{caller_tags:?} {agent_tags:?}"
+    );
+    for tag in &caller_tags {
+        assert!(!agent_tags.contains(tag), "tag {tag} crossed legs");
+    }
+    for message in agent_seen {
+        assert!(
+            !message.contains(&caller_port.to_string())
+                && !message.contains(&sys.dist_udp.port().to_string()),
+            "the agent saw the caller's or the distributor's port:\n{message}"
+        );
+    }
+}
+
+/// The distributor and a buffer server as two processes.
+fn distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
+    let config = write_config(dir, "", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "tunnel = \"127.0.0.1:0\"",
+        &format!("tunnel = \"127.0.0.1:{tunnel_port}\""),
+    );
+    let config = dir.join("distributor.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut edge = Edge::start(&["distributor"], &config, &dir.join("distributor.log"));
+    let udp = edge.addr("distributor.udp");
+    edge.addr("distributor.tunnel");
+    (edge, udp)
+}
+
+fn buffer(dir: &Path, tunnel_port: u16, log: &str) -> (Edge, SocketAddr) {
+    let config = write_config(dir, "", "");
+    let url = format!("wss://127.0.0.1:{tunnel_port}/tunnel");
+    let mut edge = Edge::start(&["buffer", "--connect", &url], &config, &dir.join(log));
+    let udp = edge.addr("buffer.udp");
+    (edge, udp)
+}
+
+fn one_call(dist: &mut Edge, dist_udp: SocketAddr, buffer_udp: SocketAddr, dir: &Path, name: &str) {
+    let (port, agent) = agent("agent_answer.xml", dir, &format!("{name}-agent"), 1, &[]);
+    register(dist, dir, buffer_udp, "alice", port, false);
+    caller(
+        "caller_call_hangup.xml",
+        dir,
+        &format!("{name}-caller"),
+        dist_udp,
+    )
+    .arg(&["-m", "1"])
+    .run()
+    .assert_ok(name);
+    agent.wait().assert_ok(name);
+}
+
+#[test]
+fn buffer_started_before_the_distributor_dials_until_it_answers() {
+    let dir = agent_edge_tests::test_dir();
+    let tunnel_port = free_port();
+    let (mut buffer, buffer_udp) = buffer(dir.path(), tunnel_port, "buffer.log");
+    std::thread::sleep(Duration::from_millis(700)); // a few refused dials first
+    let (mut dist, dist_udp) = distributor(dir.path(), tunnel_port);
+    buffer.wait_line("tunnel-up edge-1", WAIT);
+    one_call(&mut dist, dist_udp, buffer_udp, dir.path(), "first");
+}
+
+#[test]
+fn buffer_restarted_mid_run_redials_and_agents_register_again() {
+    let dir = agent_edge_tests::test_dir();
+    let tunnel_port = free_port();
+    let (mut dist, dist_udp) = distributor(dir.path(), tunnel_port);
+    let (mut buffer1, buffer_udp) = buffer(dir.path(), tunnel_port, "buffer1.log");
+    buffer1.wait_line("tunnel-up edge-1", WAIT);
+    one_call(&mut dist, dist_udp, buffer_udp, dir.path(), "before");
+
+    buffer1.kill();
+    dist.wait_line("agent-down alice edge-1", WAIT);
+    caller("caller_expect_480.xml", dir.path(), "while-down", dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("a call while the buffer server is down gets 480");
+
+    let (mut buffer2, buffer_udp) = buffer(dir.path(), tunnel_port, "buffer2.log");
+    buffer2.wait_line("tunnel-up edge-1", WAIT);
+    one_call(&mut dist, dist_udp, buffer_udp, dir.path(), "after");
+}
+
+fn sip_request(method: &str, extra: &str, body: &str, via_port: u16) -> String {
+    format!(
+        "{method} sip:support@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{via_port};branch=z9hG4bK{}\r\n\
+         From: <sip:tester@127.0.0.1>;tag=t1\r\nTo: <sip:support@127.0.0.1>\r\n{extra}\
+         Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{body}",
+        free_port(),
+        body.len()
+    )
+}
+
+fn call_still_works(sys: &mut System) {
+    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent-after", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    caller(
+        "caller_call_hangup.xml",
+        sys.path(),
+        "caller-after",
+        sys.dist_udp,
+    )
+    .arg(&["-m", "1"])
+    .run()
+    .assert_ok("the next call");
+    agent.wait().assert_ok("the next call's agent");
+}
+
+#[test]
+fn malformed_invite_gets_400_and_the_next_call_works() {
+    let mut sys = System::start("");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let port = socket.local_addr().unwrap().port();
+    // No Call-ID.
+    let bad = sip_request("INVITE", "CSeq: 1 INVITE\r\n", "", port);
+    socket.send_to(bad.as_bytes(), sys.dist_udp).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .expect("an answer to the malformed INVITE");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+    assert!(
+        answer.contains("Call-ID"),
+        "the reason names the problem: {answer}"
+    );
+    call_still_works(&mut sys);
+}
+
+#[test]
+fn oversized_message_is_refused_and_the_next_call_works() {
+    use std::io::{Read, Write};
+    let mut sys = System::start("");
+    let mut stream = std::net::TcpStream::connect(sys.dist_tcp).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let body = "x".repeat(70_000);
+    let big = sip_request(
+        "INVITE",
+        "Call-ID: big@test\r\nCSeq: 1 INVITE\r\n",
+        &body,
+        5060,
+    );
+    let _ = stream.write_all(big.as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("SIP/2.0 513 "),
+        "expected 513 then close, got {answer:?}"
+    );
+    call_still_works(&mut sys);
+}
+
+#[tokio::test]
+async fn websocket_without_subprotocol_sip_is_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let tls = certs::client_config(&sys.path().join("certs").join("ca.pem")).unwrap();
+    let url = format!("wss://127.0.0.1:{}/sip", sys.buffer_https.port());
+
+    let refused = tokio_tungstenite::connect_async_tls_with_config(
+        url.clone(),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+    )
+    .await;
+    let err = refused.expect_err("a client without subprotocol sip must be refused");
+    assert!(err.to_string().contains("400"), "{err}");
+
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    )
+    .await
+    .expect("a client offering sip is accepted");
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "sip");
+
+    let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS client.invalid;branch=z9hG4bKws1\r\n\
+        From: <sip:bob@127.0.0.1>;tag=w1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: ws-reg-1\r\nCSeq: 1 REGISTER\r\n\
+        Contact: <sip:bob@client.invalid;transport=ws>\r\nExpires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    ws.send(Message::text(register)).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.to_text().unwrap().starts_with("SIP/2.0 200 "),
+        "{answer}"
+    );
+    let line = tokio::task::spawn_blocking(move || sys.edge.wait_line("agent-up bob edge-1", WAIT))
+        .await
+        .unwrap();
+    assert_eq!(line, "agent-up bob edge-1");
+}
