@@ -83,7 +83,8 @@ impl Buffer {
             layer: TransactionLayer::new(transaction::Config {
                 timers: sip.timers(),
                 send_100_trying: true,
-                timer_c: None,
+                // An agent's phone that rings for ever is cancelled after three minutes.
+                timer_c: Some(Duration::from_secs(180)),
             }),
             transports,
             registrar: Registrar::new(),

@@ -170,6 +170,7 @@ struct Tx {
     timers: HashMap<Timer, Instant>,
     got_provisional: bool,
     cancel_pending: bool,
+    cancel_sent: bool,
     ack_received: bool,
     server_key: Option<ServerKey>,
     client_key: Option<ClientKey>,
@@ -307,6 +308,7 @@ impl TransactionLayer {
             timers: HashMap::new(),
             got_provisional: false,
             cancel_pending: false,
+            cancel_sent: false,
             ack_received: false,
             server_key: key.clone(),
             client_key: None,
@@ -405,6 +407,7 @@ impl TransactionLayer {
             timers: HashMap::new(),
             got_provisional: false,
             cancel_pending: false,
+            cancel_sent: false,
             ack_received: false,
             server_key: key.clone(),
             client_key: None,
@@ -521,6 +524,7 @@ impl TransactionLayer {
             timers: HashMap::new(),
             got_provisional: false,
             cancel_pending: false,
+            cancel_sent: false,
             ack_received: false,
             server_key: None,
             client_key: key.clone(),
@@ -614,9 +618,17 @@ impl TransactionLayer {
     }
 
     fn send_cancel(&mut self, invite: TxId, now: Instant) -> Option<TxId> {
-        let tx = self.txs.get(&invite)?;
+        let tx = self.txs.get_mut(&invite)?;
+        if tx.cancel_sent {
+            return None;
+        }
+        tx.cancel_sent = true;
         let cancel = build_cancel(&tx.request);
         let to = tx.peer.clone();
+        // RFC 3261 §9.1: no final answer within 64*T1 of the CANCEL ends the INVITE too, so
+        // a peer that rings for ever cannot hold the transaction for ever.
+        let limit = now + self.config.timers.t1 * 64;
+        self.set_timer(invite, Timer::Timeout, limit);
         Some(self.send_request(cancel, to, now))
     }
 
@@ -733,6 +745,10 @@ impl TransactionLayer {
             }
             (Timer::Timeout, Kind::ClientInvite, State::Calling)
             | (Timer::Timeout, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
+                self.events.push_back(TxEvent::Timeout { tx: id });
+                self.terminate(id);
+            }
+            (Timer::Timeout, Kind::ClientInvite, State::Proceeding) if tx.cancel_sent => {
                 self.events.push_back(TxEvent::Timeout { tx: id });
                 self.terminate(id);
             }
@@ -875,3 +891,7 @@ fn hop_request(invite: &SipMessage, method: Method, to: Option<&str>) -> SipMess
         body: Bytes::new(),
     }
 }
+
+#[cfg(test)]
+#[path = "transaction_tests.rs"]
+mod tests;
