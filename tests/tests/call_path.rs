@@ -211,6 +211,36 @@ fn no_agent_gives_the_configured_failure() {
 }
 
 #[test]
+fn caller_that_never_acks_is_hung_up_and_frees_its_agent() {
+    // T1 of 50 ms makes 64*T1 3.2 s.
+    let dir = agent_edge_tests::test_dir();
+    let config = write_config(dir.path(), "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[sip]\nt1_ms = 50\nt2_ms = 400\n{text}")).unwrap();
+    let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
+    let dist_udp = edge.addr("distributor.udp");
+    let buffer_udp = edge.addr("buffer.udp");
+    edge.wait_line("tunnel-up edge-1", WAIT);
+    let (port, agent) = agent("agent_answer.xml", dir.path(), "agent", 2, &[]);
+    register(&mut edge, dir.path(), buffer_udp, "alice", port, false);
+    caller("caller_no_ack.xml", dir.path(), "silent-caller", dist_udp)
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok("the caller who never ACKs gets a BYE");
+    // With one call per agent, this call only reaches alice if the first one freed her.
+    caller(
+        "caller_call_hangup.xml",
+        dir.path(),
+        "next-caller",
+        dist_udp,
+    )
+    .arg(&["-m", "1"])
+    .run()
+    .assert_ok("the next call reaches the freed agent");
+    agent.wait().assert_ok("agent: both calls ended with a BYE");
+}
+
+#[test]
 fn ten_percent_udp_loss_still_completes() {
     let mut sys = System::start("agent_max_calls = 10");
     let (port, agent) = agent(

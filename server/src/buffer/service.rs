@@ -48,8 +48,9 @@ pub struct Buffer {
     table: RoutingTable,
     addrs: BoundAddrs,
     tunnel: Option<(ConnId, mpsc::Sender<Frame>)>,
-    /// Agent named by the tunnel frame of an INVITE not yet seen by the layer, by Call-ID.
-    handoffs: HashMap<String, String>,
+    /// (Call-ID, agent) named by the tunnel frame being handled: the layer reports its INVITE
+    /// within the same step, and the slot is cleared after it.
+    handoff: Option<(String, String)>,
     /// Client-leg INVITE server transaction → call.
     client_invites: HashMap<TxId, CallKey>,
     /// Agent-leg INVITE client transaction → (call, client-leg INVITE server transaction).
@@ -91,7 +92,7 @@ impl Buffer {
             table: RoutingTable::new(),
             addrs,
             tunnel: None,
-            handoffs: HashMap::new(),
+            handoff: None,
             client_invites: HashMap::new(),
             agent_invites: HashMap::new(),
             forwarded: HashMap::new(),
@@ -203,7 +204,7 @@ impl Buffer {
             return;
         }
         if let (Some(agent), Some(call_id)) = (agent, msg.call_id()) {
-            self.handoffs.insert(call_id.to_owned(), agent);
+            self.handoff = Some((call_id.to_owned(), agent));
         }
         self.layer.handle_message(msg, from, now);
     }
@@ -216,6 +217,7 @@ impl Buffer {
         while let Some(t) = self.layer.poll_transmit() {
             self.send(t);
         }
+        self.handoff = None;
     }
 
     fn send(&mut self, t: Transmit) {
@@ -375,7 +377,10 @@ impl Buffer {
     }
 
     fn on_new_call(&mut self, tx: TxId, invite: SipMessage, from: Target, now: Instant) {
-        let handoff = invite.call_id().and_then(|c| self.handoffs.remove(c));
+        let handoff = match self.handoff.take() {
+            Some((call_id, agent)) if invite.call_id() == Some(call_id.as_str()) => Some(agent),
+            _ => None,
+        };
         let Some(agent) = handoff else {
             debug!("INVITE from the distributor names no agent");
             self.respond(tx, &invite, 404, now);
@@ -660,6 +665,19 @@ impl Buffer {
         self.end_call(key);
     }
 
+    /// Hangs up the client leg (the caller never confirmed our answer).
+    fn bye_client(&mut self, key: CallKey, now: Instant) {
+        let local = self.local_addr(TransportKind::Tunnel);
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        let leg = &mut entry.client;
+        let cseq = leg.next_cseq();
+        let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
+        let target = leg.target.clone();
+        self.layer.send_request(bye, target, now);
+    }
+
     fn on_stray_response(&mut self, resp: &SipMessage) {
         let Some((key, side)) = resp.call_id().and_then(|c| self.table.lookup(c)) else {
             return;
@@ -697,7 +715,9 @@ impl Buffer {
             if let Some(entry) = self.table.get(key)
                 && entry.state == CallState::Answered
             {
+                // RFC 3261 §13.3.1.4: the session ends with a BYE, on both legs here.
                 warn!(call = ?key, "no ACK from the caller; ending the call");
+                self.bye_client(key, now);
                 self.ack_and_bye_agent(key, now);
             }
         }

@@ -93,6 +93,9 @@ pub struct Distributor {
     proxied: HashMap<TxId, Proxied>,
     /// Agent of each call in progress, by Call-ID, to free it when the call ends.
     active: HashMap<String, String>,
+    /// Call-ID of each caller INVITE server transaction, to free the agent if the caller
+    /// never confirms the answer.
+    invites: HashMap<TxId, String>,
 }
 
 impl std::fmt::Debug for Distributor {
@@ -135,6 +138,7 @@ impl Distributor {
             offer_of_server: HashMap::new(),
             proxied: HashMap::new(),
             active: HashMap::new(),
+            invites: HashMap::new(),
         }
     }
 
@@ -300,6 +304,7 @@ impl Distributor {
             TxEvent::StrayResponse { msg, from } => self.on_stray_response(msg, &from),
             TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
             TxEvent::Terminated { tx } => {
+                self.invites.remove(&tx);
                 if let Some(offer) = self.offers.remove(&tx) {
                     self.offer_of_server.remove(&offer.server_tx);
                 }
@@ -373,7 +378,8 @@ impl Distributor {
         self.flush(None);
         let client_tx = self.layer.send_request(fwd, tunnel_target(conn), now);
         self.flush(Some(agent.clone()));
-        self.active.insert(call_id, agent.clone());
+        self.active.insert(call_id.clone(), agent.clone());
+        self.invites.insert(tx, call_id);
         self.offer_of_server.insert(tx, client_tx);
         self.offers.insert(
             client_tx,
@@ -637,7 +643,13 @@ impl Distributor {
     }
 
     fn on_failure(&mut self, tx: TxId, now: Instant) {
-        if let Some(offer) = self.offers.remove(&tx) {
+        if let Some(call_id) = self.invites.remove(&tx) {
+            // Our answer to the caller was never ACKed: the call is over for the agent.
+            if let Some(agent) = self.active.remove(&call_id) {
+                warn!(%call_id, %agent, "caller never confirmed the answer");
+                self.pool.release(&agent, now);
+            }
+        } else if let Some(offer) = self.offers.remove(&tx) {
             self.offer_of_server.remove(&offer.server_tx);
             if let Some(req) = self.layer.server_request(offer.server_tx).cloned() {
                 if let Some(call_id) = req.call_id()
