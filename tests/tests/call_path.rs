@@ -16,6 +16,7 @@ struct System {
     edge: Edge,
     dist_udp: SocketAddr,
     dist_tcp: SocketAddr,
+    dist_tls: SocketAddr,
     buffer_udp: SocketAddr,
     buffer_tcp: SocketAddr,
     buffer_https: SocketAddr,
@@ -28,6 +29,7 @@ impl System {
         let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
         let dist_udp = edge.addr("distributor.udp");
         let dist_tcp = edge.addr("distributor.tcp");
+        let dist_tls = edge.addr("distributor.tls");
         let buffer_udp = edge.addr("buffer.udp");
         let buffer_tcp = edge.addr("buffer.tcp");
         let buffer_https = edge.addr("buffer.https");
@@ -37,6 +39,7 @@ impl System {
             edge,
             dist_udp,
             dist_tcp,
+            dist_tls,
             buffer_udp,
             buffer_tcp,
             buffer_https,
@@ -160,6 +163,140 @@ fn agent_hangs_up() {
     .run()
     .assert_ok("caller");
     agent.wait().assert_ok("agent");
+}
+
+#[test]
+fn tcp_caller_is_hung_up_by_the_agent_over_its_own_connection() {
+    let mut sys = System::start("");
+    let (port, agent) = agent("agent_answer_hangup.xml", sys.path(), "agent", 1, &[]);
+    register(
+        &mut sys.edge,
+        sys.dir.path(),
+        sys.buffer_udp,
+        "alice",
+        port,
+        false,
+    );
+    // The agent's BYE reaches the caller on the TCP connection the caller opened.
+    caller(
+        "caller_call_wait_bye.xml",
+        sys.path(),
+        "caller",
+        sys.dist_tcp,
+    )
+    .arg(&["-m", "1", "-t", "t1"])
+    .run()
+    .assert_ok("TCP caller");
+    agent.wait().assert_ok("agent");
+}
+
+#[tokio::test]
+async fn tls_caller_reaches_the_agent_and_hangs_up() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent", 1, &[]);
+    let dir = sys.dir.path().to_owned();
+    let buffer_udp = sys.buffer_udp;
+    sys = tokio::task::spawn_blocking(move || {
+        register(&mut sys.edge, &dir, buffer_udp, "alice", port, false);
+        sys
+    })
+    .await
+    .unwrap();
+    // Debian's SIPp has no TLS: this caller is a few lines of SIP over tokio-rustls.
+    let tls = certs::client_config(&sys.path().join("certs").join("ca.pem")).unwrap();
+    let tcp = tokio::net::TcpStream::connect(sys.dist_tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the distributor");
+    let local = "127.0.0.1:5999";
+    let dist = sys.dist_tls;
+    let invite = format!(
+        "INVITE sip:support@{dist} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@{local}>;tag=tls-caller\r\nTo: <sip:support@{dist}>\r\n\
+         Call-ID: tls-call-1\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@{local};transport=tls>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    send(&mut stream, &invite).await;
+    let ok = loop {
+        let resp = read_message(&mut stream).await;
+        if resp.starts_with("SIP/2.0 200") {
+            break resp;
+        }
+        assert!(resp.starts_with("SIP/2.0 1"), "unexpected answer: {resp}");
+    };
+    let header = |name: &str| {
+        ok.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_owned())
+            .unwrap()
+    };
+    let to = header("To:");
+    let route = header("Record-Route:");
+    let contact = header("Contact:");
+    let target = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        target.contains(&dist.to_string()),
+        "the caller sees only the distributor: {contact}"
+    );
+    for (method, cseq, branch) in [("ACK", 1, "z9hG4bKtls2"), ("BYE", 2, "z9hG4bKtls3")] {
+        let req = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch={branch}\r\nRoute: {route}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:carol@{local}>;tag=tls-caller\r\nTo: {to}\r\n\
+             Call-ID: tls-call-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        );
+        send(&mut stream, &req).await;
+    }
+    let bye_ok = read_message(&mut stream).await;
+    assert!(
+        bye_ok.starts_with("SIP/2.0 200") && bye_ok.contains("CSeq: 2 BYE"),
+        "{bye_ok}"
+    );
+    tokio::task::spawn_blocking(move || agent.wait().assert_ok("agent"))
+        .await
+        .unwrap();
+}
+
+async fn send<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, text: &str) {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(text.as_bytes()).await.unwrap();
+}
+
+/// One SIP message from a stream, framed by Content-Length.
+async fn read_message<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        loop {
+            if buf.ends_with(b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut body = vec![0u8; len];
+                stream.read_exact(&mut body).await.unwrap();
+                return head + &String::from_utf8_lossy(&body);
+            }
+            stream.read_exact(&mut byte).await.unwrap();
+            if buf.is_empty() && (byte[0] == b'\r' || byte[0] == b'\n') {
+                continue; // keep-alive CRLFs between messages
+            }
+            buf.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a SIP message in time")
 }
 
 #[test]
