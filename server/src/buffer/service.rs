@@ -179,30 +179,19 @@ impl Buffer {
     }
 
     fn on_tunnel_sip(&mut self, agent: Option<String>, bytes: &[u8], from: Target, now: Instant) {
-        let msg = match SipMessage::parse(bytes) {
+        let msg = match SipMessage::parse_checked(bytes) {
             Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "unparseable SIP from the distributor");
+            Err(rejected) => {
+                warn!(error = %rejected.error, "bad SIP from the distributor");
+                if let Some(answer) = rejected.answer {
+                    self.send(Transmit {
+                        to: from,
+                        bytes: Bytes::from(answer.to_bytes()),
+                    });
+                }
                 return;
             }
         };
-        let checked = if msg.is_request() {
-            msg.validate_request()
-        } else {
-            msg.validate_response()
-        };
-        if let Err(e) = checked {
-            warn!(error = %e, "bad SIP from the distributor");
-            if msg.is_request() && msg.method() != Some(&Method::Ack) {
-                let mut resp = msg.response(e.status(), None);
-                resp.set_reason(&e.to_string());
-                self.send(Transmit {
-                    to: from,
-                    bytes: Bytes::from(resp.to_bytes()),
-                });
-            }
-            return;
-        }
         if let (Some(agent), Some(call_id)) = (agent, msg.call_id()) {
             self.handoff = Some((call_id.to_owned(), agent));
         }

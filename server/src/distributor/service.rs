@@ -235,23 +235,11 @@ impl Distributor {
     }
 
     fn on_tunnel_sip(&mut self, bytes: &[u8], conn: ConnId, now: Instant) {
-        let msg = match SipMessage::parse(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "unparseable SIP from an edge");
-                return;
-            }
-        };
-        let checked = if msg.is_request() {
-            msg.validate_request()
-        } else {
-            msg.validate_response()
-        };
-        if let Err(e) = checked {
-            warn!(error = %e, "bad SIP from an edge");
-            return;
+        match SipMessage::parse_checked(bytes) {
+            Ok(msg) => self.layer.handle_message(msg, tunnel_target(conn), now),
+            // An edge sending bad SIP is a bug on its side; answering would only echo it.
+            Err(rejected) => warn!(error = %rejected.error, "bad SIP from an edge"),
         }
-        self.layer.handle_message(msg, tunnel_target(conn), now);
     }
 
     fn drive(&mut self, now: Instant) {

@@ -104,6 +104,15 @@ pub struct SipMessage {
     pub body: Bytes,
 }
 
+/// A message refused by [`SipMessage::parse_checked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub error: SipError,
+    /// The response to send back, when the message was a request that can be answered
+    /// (boxed: refusals are rare, and the Ok path should stay small).
+    pub answer: Option<Box<SipMessage>>,
+}
+
 /// The parts of the CSeq header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CSeq {
@@ -265,6 +274,32 @@ impl SipMessage {
         }
         msg.body = Bytes::copy_from_slice(&rest[..body_len]);
         Ok(msg)
+    }
+
+    /// Parses and checks a message from a peer in one step. A request that parses but breaks
+    /// the rules comes back with the response that explains why (none for ACK, which is never
+    /// answered), so every place that reads peer bytes refuses them the same way.
+    pub fn parse_checked(buf: &[u8]) -> Result<SipMessage, Rejected> {
+        let msg = SipMessage::parse(buf).map_err(|error| Rejected {
+            error,
+            answer: None,
+        })?;
+        let checked = if msg.is_request() {
+            msg.validate_request()
+        } else {
+            msg.validate_response()
+        };
+        match checked {
+            Ok(()) => Ok(msg),
+            Err(error) => {
+                let answer = (msg.is_request() && msg.method() != Some(&Method::Ack)).then(|| {
+                    let mut resp = msg.response(error.status(), None);
+                    resp.set_reason(&error.to_string());
+                    Box::new(resp)
+                });
+                Err(Rejected { error, answer })
+            }
+        }
     }
 
     /// Checks what RFC 3261 §8.1.1 requires of a request before anything acts on it.

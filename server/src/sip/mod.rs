@@ -10,7 +10,7 @@ pub mod target;
 pub mod uri;
 
 pub use error::SipError;
-pub use message::{CSeq, Header, Method, SipMessage, StartLine, Via, reason_phrase};
+pub use message::{CSeq, Header, Method, Rejected, SipMessage, StartLine, Via, reason_phrase};
 pub use target::{ConnId, Target, TransportKind};
 pub use uri::{NameAddr, SipUri};
 pub mod transaction;

@@ -178,6 +178,27 @@ struct Tx {
     ack_key: Option<(String, u32)>,
 }
 
+impl Tx {
+    fn new(kind: Kind, state: State, request: SipMessage, peer: Target, t1: Duration) -> Tx {
+        Tx {
+            kind,
+            state,
+            request,
+            peer,
+            wire: Bytes::new(),
+            interval: t1,
+            timers: HashMap::new(),
+            got_provisional: false,
+            cancel_pending: false,
+            cancel_sent: false,
+            ack_received: false,
+            server_key: None,
+            client_key: None,
+            ack_key: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct TransactionLayer {
     config: Config,
@@ -290,30 +311,13 @@ impl TransactionLayer {
     ) -> TxId {
         let invite = msg.method() == Some(&Method::Invite);
         let id = self.alloc();
-        let tx = Tx {
-            kind: if invite {
-                Kind::ServerInvite
-            } else {
-                Kind::ServerNonInvite
-            },
-            state: if invite {
-                State::Proceeding
-            } else {
-                State::Trying
-            },
-            request: msg.clone(),
-            peer: from.clone(),
-            wire: Bytes::new(),
-            interval: self.t().t1,
-            timers: HashMap::new(),
-            got_provisional: false,
-            cancel_pending: false,
-            cancel_sent: false,
-            ack_received: false,
-            server_key: key.clone(),
-            client_key: None,
-            ack_key: None,
+        let (kind, state) = if invite {
+            (Kind::ServerInvite, State::Proceeding)
+        } else {
+            (Kind::ServerNonInvite, State::Trying)
         };
+        let mut tx = Tx::new(kind, state, msg.clone(), from.clone(), self.t().t1);
+        tx.server_key = key.clone();
         if let Some(key) = key {
             self.servers.insert(key, id);
         }
@@ -397,22 +401,8 @@ impl TransactionLayer {
         key: Option<ServerKey>,
     ) -> TxId {
         let id = self.alloc();
-        let tx = Tx {
-            kind: Kind::ServerNonInvite,
-            state: State::Trying,
-            request: msg,
-            peer: from,
-            wire: Bytes::new(),
-            interval: self.t().t1,
-            timers: HashMap::new(),
-            got_provisional: false,
-            cancel_pending: false,
-            cancel_sent: false,
-            ack_received: false,
-            server_key: key.clone(),
-            client_key: None,
-            ack_key: None,
-        };
+        let mut tx = Tx::new(Kind::ServerNonInvite, State::Trying, msg, from, self.t().t1);
+        tx.server_key = key.clone();
         if let Some(key) = key {
             self.servers.insert(key, id);
         }
@@ -506,30 +496,14 @@ impl TransactionLayer {
         let key = client_key(&msg);
         let wire = Bytes::from(msg.to_bytes());
         let reliable = to.is_reliable();
-        let tx = Tx {
-            kind: if invite {
-                Kind::ClientInvite
-            } else {
-                Kind::ClientNonInvite
-            },
-            state: if invite {
-                State::Calling
-            } else {
-                State::Trying
-            },
-            request: msg,
-            peer: to.clone(),
-            wire: wire.clone(),
-            interval: t.t1,
-            timers: HashMap::new(),
-            got_provisional: false,
-            cancel_pending: false,
-            cancel_sent: false,
-            ack_received: false,
-            server_key: None,
-            client_key: key.clone(),
-            ack_key: None,
+        let (kind, state) = if invite {
+            (Kind::ClientInvite, State::Calling)
+        } else {
+            (Kind::ClientNonInvite, State::Trying)
         };
+        let mut tx = Tx::new(kind, state, msg, to.clone(), t.t1);
+        tx.wire = wire.clone();
+        tx.client_key = key.clone();
         if let Some(key) = key {
             self.clients.insert(key, id);
         }
