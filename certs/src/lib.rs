@@ -179,7 +179,7 @@ fn pem_error(path: &Path, source: rustls_pki_types::pem::Error) -> CertError {
 
 /// Writes through a temporary file and a rename, so a crash or a second process starting at
 /// the same time never leaves half a key behind. Keys are readable by their owner only.
-fn write_atomic(path: &Path, data: &[u8], secret: bool) -> Result<(), CertError> {
+pub fn write_atomic(path: &Path, data: &[u8], secret: bool) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.to_owned(),
         source,

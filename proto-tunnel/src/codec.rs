@@ -14,6 +14,7 @@ const AGENT_DOWN: u8 = 5;
 const PING: u8 = 6;
 const PONG: u8 = 7;
 const CLOSE: u8 = 8;
+const KEYS: u8 = 9;
 
 /// Bounds on what a peer may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +148,10 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             buf.put_u8(CLOSE);
             put_bytes(buf, reason.as_bytes());
         }
+        Frame::Keys { json } => {
+            buf.put_u8(KEYS);
+            put_bytes(buf, json.as_bytes());
+        }
     }
 }
 
@@ -215,6 +220,9 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         },
         CLOSE => Frame::Close {
             reason: r.text("reason", 1024)?,
+        },
+        KEYS => Frame::Keys {
+            json: r.text("keys", limits.max_frame)?,
         },
         other => return Err(DecodeError::UnknownTag(other)),
     };
@@ -315,6 +323,9 @@ mod tests {
             Frame::Pong { nonce: u64::MAX },
             Frame::Close {
                 reason: "version mismatch".into(),
+            },
+            Frame::Keys {
+                json: "{\"keys\":[]}".into(),
             },
         ]
     }
@@ -417,6 +428,7 @@ mod tests {
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
             ".{0,100}".prop_map(|reason| Frame::Close { reason }),
+            ".{0,300}".prop_map(|json| Frame::Keys { json }),
         ]
     }
 

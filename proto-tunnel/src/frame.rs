@@ -30,6 +30,10 @@ pub enum Frame {
     Ping { nonce: u64 },
     /// Answer to a Ping.
     Pong { nonce: u64 },
+    /// The distributor's identity settings for verifying agent tokens: JSON holding the
+    /// issuer, audience and public keys (a JWK set). Sent after Welcome and on every change,
+    /// so edges verify tokens without ever holding a secret.
+    Keys { json: String },
     /// The sender is closing the tunnel, and why.
     Close { reason: String },
 }

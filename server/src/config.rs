@@ -39,6 +39,33 @@ pub struct Config {
     pub distributor: DistributorConfig,
     /// The agent-facing buffer server.
     pub buffer: BufferConfig,
+    /// Agent tokens.
+    pub identity: IdentityConfig,
+}
+
+/// Agent tokens: who signs them, for whom, for how long, and where the signing key lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Folder of the distributor's signing key (generated at first run, git-ignored).
+    pub keys_dir: PathBuf,
+    /// The `iss` of every token.
+    pub issuer: String,
+    /// The `aud` of every token.
+    pub audience: String,
+    /// Lifetime of a token issued without one, in seconds.
+    pub token_ttl_s: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            keys_dir: PathBuf::from(".agent-edge/keys"),
+            issuer: "agent-edge".into(),
+            audience: "agent-edge-agents".into(),
+            token_ttl_s: 8 * 3600,
+        }
+    }
 }
 
 /// SIP timers (RFC 3261 section 17) and message bounds.
@@ -216,6 +243,12 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");
+        }
+        if self.identity.issuer.is_empty() || self.identity.audience.is_empty() {
+            return invalid("identity.issuer and identity.audience must not be empty");
+        }
+        if !(60..=31 * 24 * 3600).contains(&self.identity.token_ttl_s) {
+            return invalid("identity.token_ttl_s must be between 60 s and 31 days");
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agent_edge::admin::keys::SigningKey;
+use agent_edge::admin::tokens::TokenIssuer;
 use agent_edge::config::Config;
 use agent_edge::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use agent_edge::transport::{self, Transports};
@@ -35,6 +37,27 @@ enum Role {
         #[arg(long)]
         connect: Option<String>,
     },
+    /// Agent tokens, signed with the distributor's key (from the same config).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Prints a new token for an agent, alone on stdout.
+    Issue {
+        /// The agent's identifier (the user part of its SIP address).
+        #[arg(long)]
+        agent: String,
+        /// The agent's display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds (default: identity.token_ttl_s).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
 }
 
 /// Room for SIP messages waiting for their role's task.
@@ -55,6 +78,19 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(Role::Token {
+        action: TokenAction::Issue { agent, name, ttl },
+    }) = &cli.role
+    {
+        anyhow::ensure!(
+            proto_tunnel::valid_id(agent, 128),
+            "--agent must be 1-128 visible characters without spaces"
+        );
+        let ttl = ttl.unwrap_or(config.identity.token_ttl_s);
+        let token = token_issuer(&config)?.issue(agent, name.as_deref(), ttl)?;
+        println!("{token}");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         match cli.role {
@@ -70,12 +106,20 @@ fn main() -> anyhow::Result<()> {
                 let url = connect.unwrap_or_else(|| config.buffer.connect.clone());
                 start_buffer(&config, url).await?;
             }
+            Some(Role::Token { .. }) => {}
         }
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
         Ok(())
     })
+}
+
+fn token_issuer(config: &Config) -> anyhow::Result<TokenIssuer> {
+    let id = &config.identity;
+    let key = SigningKey::ensure(&id.keys_dir)
+        .with_context(|| format!("preparing the signing key in {}", id.keys_dir.display()))?;
+    Ok(TokenIssuer::new(key, &id.issuer, &id.audience))
 }
 
 fn tls_files(config: &Config) -> anyhow::Result<certs::TlsFiles> {
@@ -118,7 +162,9 @@ async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAd
         tcp,
         tls: tls_addr,
     };
-    let service = distributor::service::Distributor::new(d.clone(), &config.sip, transports, addrs);
+    let identity = serde_json::to_string(&token_issuer(config)?.verifier_settings())?;
+    let service =
+        distributor::service::Distributor::new(d.clone(), &config.sip, transports, addrs, identity);
     tokio::spawn(service.run(sip_rx, tunnel_rx));
     announce(&format!("listening distributor.udp {udp}"));
     announce(&format!("listening distributor.tcp {tcp}"));

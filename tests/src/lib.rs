@@ -62,13 +62,30 @@ pub fn free_port() -> u16 {
 pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> PathBuf {
     let path = dir.join("agent-edge.toml");
     let text = format!(
-        "[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
+        "[identity]\nkeys_dir = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
          tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
          udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n{buffer_extra}\n",
+        dir.join("keys").display(),
         dir.join("certs").display()
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A token for `agent` from `agent-edge token issue`, signed with the key of the config in
+/// `dir` (the one [`write_config`] wrote).
+pub fn issue_token(dir: &Path, agent: &str) -> String {
+    let out = Command::new(binary())
+        .args(["token", "issue", "--agent", agent, "--config"])
+        .arg(dir.join("agent-edge.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "token issue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// A running `agent-edge` process; killed (by its own pid) when dropped.
@@ -242,6 +259,16 @@ impl Sipp {
         self.arg(&[&addr.to_string()])
     }
 
+    /// Passes a token as field 0 of an injection file (`[field0]` in the scenario).
+    /// SIPp reads the injection file while it loads the scenario, so it goes first.
+    pub fn token_file(mut self, dir: &Path, token: &str) -> Sipp {
+        let path = dir.join(format!("{}.token.csv", self.name));
+        std::fs::write(&path, format!("SEQUENTIAL\n{token};\n")).unwrap();
+        self.args
+            .splice(0..0, ["-inf".to_owned(), path.display().to_string()]);
+        self
+    }
+
     pub fn key(self, key: &str, value: &str) -> Sipp {
         self.arg(&["-key", key, value])
     }
@@ -402,4 +429,102 @@ pub fn ports_in(value: &str) -> Vec<u16> {
         }
     }
     out
+}
+
+/// How long to wait for the binary's status lines.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A distributor and a buffer server in one process, tunnel up.
+#[derive(Debug)]
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub edge: Edge,
+    pub dist_udp: SocketAddr,
+    pub dist_tcp: SocketAddr,
+    pub dist_tls: SocketAddr,
+    pub buffer_udp: SocketAddr,
+    pub buffer_tcp: SocketAddr,
+    pub buffer_https: SocketAddr,
+}
+
+impl System {
+    pub fn start(distributor_extra: &str) -> System {
+        let dir = test_dir();
+        let config = write_config(dir.path(), distributor_extra, "");
+        let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
+        let dist_udp = edge.addr("distributor.udp");
+        let dist_tcp = edge.addr("distributor.tcp");
+        let dist_tls = edge.addr("distributor.tls");
+        let buffer_udp = edge.addr("buffer.udp");
+        let buffer_tcp = edge.addr("buffer.tcp");
+        let buffer_https = edge.addr("buffer.https");
+        edge.wait_line("tunnel-up edge-1", WAIT);
+        System {
+            dir,
+            edge,
+            dist_udp,
+            dist_tcp,
+            dist_tls,
+            buffer_udp,
+            buffer_tcp,
+            buffer_https,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Registers `agent` on the buffer server with its Contact at `contact_port`, over UDP or
+/// TCP, and waits for the distributor to learn of it.
+pub fn register(
+    edge: &mut Edge,
+    dir: &Path,
+    buffer: SocketAddr,
+    agent: &str,
+    contact_port: u16,
+    tcp: bool,
+) {
+    let mut sipp = Sipp::new(
+        "agent_register.xml",
+        free_port(),
+        dir,
+        &format!("register-{agent}-{contact_port}"),
+    )
+    .to(buffer)
+    .token_file(dir, &issue_token(dir, agent))
+    .key("agent", agent)
+    .key("contact_port", &contact_port.to_string())
+    .arg(&["-m", "1"]);
+    sipp = if tcp {
+        sipp.key("contact_transport", ";transport=tcp")
+            .arg(&["-t", "t1"])
+    } else {
+        sipp.key("contact_transport", "")
+    };
+    sipp.run().assert_ok("registration");
+    edge.wait_line(&format!("agent-up {agent} edge-1"), WAIT);
+}
+
+/// An agent UAS listening on a fresh port for `calls` calls.
+pub fn agent(
+    scenario: &str,
+    dir: &Path,
+    name: &str,
+    calls: u32,
+    extra: &[&str],
+) -> (u16, RunningSipp) {
+    let port = free_port();
+    let sipp = Sipp::new(scenario, port, dir, name)
+        .arg(&["-m", &calls.to_string()])
+        .arg(extra)
+        .spawn();
+    (port, sipp)
+}
+
+pub fn caller(scenario: &str, dir: &Path, name: &str, to: SocketAddr) -> Sipp {
+    Sipp::new(scenario, free_port(), dir, name)
+        .to(to)
+        .arg(&["-s", "support", "-d", "200"])
 }

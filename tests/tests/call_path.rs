@@ -6,102 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use agent_edge_tests::{Edge, Sipp, free_port, header_values, ports_in, tags, write_config};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A distributor and a buffer server in one process, tunnel up.
-struct System {
-    dir: tempfile::TempDir,
-    edge: Edge,
-    dist_udp: SocketAddr,
-    dist_tcp: SocketAddr,
-    dist_tls: SocketAddr,
-    buffer_udp: SocketAddr,
-    buffer_tcp: SocketAddr,
-    buffer_https: SocketAddr,
-}
-
-impl System {
-    fn start(distributor_extra: &str) -> System {
-        let dir = agent_edge_tests::test_dir();
-        let config = write_config(dir.path(), distributor_extra, "");
-        let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
-        let dist_udp = edge.addr("distributor.udp");
-        let dist_tcp = edge.addr("distributor.tcp");
-        let dist_tls = edge.addr("distributor.tls");
-        let buffer_udp = edge.addr("buffer.udp");
-        let buffer_tcp = edge.addr("buffer.tcp");
-        let buffer_https = edge.addr("buffer.https");
-        edge.wait_line("tunnel-up edge-1", WAIT);
-        System {
-            dir,
-            edge,
-            dist_udp,
-            dist_tcp,
-            dist_tls,
-            buffer_udp,
-            buffer_tcp,
-            buffer_https,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-/// Registers `agent` on the buffer server with its Contact at `contact_port`, over UDP or
-/// TCP, and waits for the distributor to learn of it.
-fn register(
-    edge: &mut Edge,
-    dir: &Path,
-    buffer: SocketAddr,
-    agent: &str,
-    contact_port: u16,
-    tcp: bool,
-) {
-    let mut sipp = Sipp::new(
-        "agent_register.xml",
-        free_port(),
-        dir,
-        &format!("register-{agent}-{contact_port}"),
-    )
-    .to(buffer)
-    .key("agent", agent)
-    .key("contact_port", &contact_port.to_string())
-    .arg(&["-m", "1"]);
-    sipp = if tcp {
-        sipp.key("contact_transport", ";transport=tcp")
-            .arg(&["-t", "t1"])
-    } else {
-        sipp.key("contact_transport", "")
-    };
-    sipp.run().assert_ok("registration");
-    edge.wait_line(&format!("agent-up {agent} edge-1"), WAIT);
-}
-
-/// An agent UAS listening on a fresh port for `calls` calls.
-fn agent(
-    scenario: &str,
-    dir: &Path,
-    name: &str,
-    calls: u32,
-    extra: &[&str],
-) -> (u16, agent_edge_tests::RunningSipp) {
-    let port = free_port();
-    let sipp = Sipp::new(scenario, port, dir, name)
-        .arg(&["-m", &calls.to_string()])
-        .arg(extra)
-        .spawn();
-    (port, sipp)
-}
-
-fn caller(scenario: &str, dir: &Path, name: &str, to: SocketAddr) -> Sipp {
-    Sipp::new(scenario, free_port(), dir, name)
-        .to(to)
-        .arg(&["-s", "support", "-d", "200"])
-}
+use agent_edge_tests::{
+    Edge, Sipp, System, WAIT, agent, caller, free_port, header_values, ports_in, register, tags,
+    write_config,
+};
 
 #[test]
 fn udp_agent_answers_and_caller_hangs_up() {
@@ -686,9 +594,16 @@ async fn websocket_without_subprotocol_sip_is_refused() {
     .expect("a client offering sip is accepted");
     assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "sip");
 
-    let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS client.invalid;branch=z9hG4bKws1\r\n\
+    let dir = sys.path().to_owned();
+    let token = tokio::task::spawn_blocking(move || agent_edge_tests::issue_token(&dir, "bob"))
+        .await
+        .unwrap();
+    let register = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS client.invalid;branch=z9hG4bKws1\r\n\
         From: <sip:bob@127.0.0.1>;tag=w1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: ws-reg-1\r\nCSeq: 1 REGISTER\r\n\
-        Contact: <sip:bob@client.invalid;transport=ws>\r\nExpires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        Contact: <sip:bob@client.invalid;transport=ws>\r\nExpires: 600\r\nMax-Forwards: 70\r\n\
+        Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
     ws.send(Message::text(register)).await.unwrap();
     let answer = tokio::time::timeout(WAIT, ws.next())
         .await

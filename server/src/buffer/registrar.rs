@@ -36,6 +36,17 @@ pub enum RegisterRequest {
     Fetch { agent: String },
 }
 
+impl RegisterRequest {
+    /// The agent (address-of-record user) the REGISTER is about.
+    pub fn agent(&self) -> &str {
+        match self {
+            RegisterRequest::Bind { agent, .. }
+            | RegisterRequest::Unbind { agent }
+            | RegisterRequest::Fetch { agent } => agent,
+        }
+    }
+}
+
 /// Reads a REGISTER. The agent is the To user (the address-of-record).
 pub fn parse_register(msg: &SipMessage, max_expires: u32) -> Result<RegisterRequest, SipError> {
     let to = NameAddr::parse(msg.header("To").unwrap_or_default())?;

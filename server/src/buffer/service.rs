@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::readdress::{self, LocalAddr};
 use super::registrar::{self, RegisterRequest, Registrar};
 use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
+use crate::admin::tokens::{self, TokenError, TokenVerifier, VerifierSettings};
 use crate::config::{BufferConfig, SipConfig};
 use crate::ids;
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
@@ -48,6 +49,8 @@ pub struct Buffer {
     table: RoutingTable,
     addrs: BoundAddrs,
     tunnel: Option<(ConnId, mpsc::Sender<Frame>)>,
+    /// Checks agent tokens with the distributor's public keys, once the tunnel brought them.
+    verifier: Option<TokenVerifier>,
     /// (Call-ID, agent) named by the tunnel frame being handled: the layer reports its INVITE
     /// within the same step, and the slot is cleared after it.
     handoff: Option<(String, String)>,
@@ -92,6 +95,7 @@ impl Buffer {
             table: RoutingTable::new(),
             addrs,
             tunnel: None,
+            verifier: None,
             handoff: None,
             client_invites: HashMap::new(),
             agent_invites: HashMap::new(),
@@ -173,6 +177,14 @@ impl Buffer {
                     };
                     self.on_tunnel_sip(agent, &message, from, now);
                 }
+                Frame::Keys { json } => match serde_json::from_str::<VerifierSettings>(&json) {
+                    Ok(settings) => {
+                        let verifier = TokenVerifier::new(&settings);
+                        info!(?verifier, "agent token keys received");
+                        self.verifier = Some(verifier);
+                    }
+                    Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
+                },
                 other => debug!(frame = ?other, "ignoring tunnel frame"),
             },
         }
@@ -289,6 +301,10 @@ impl Buffer {
                 return;
             }
         };
+        if let Err(refusal) = self.authenticate(msg, request.agent()) {
+            let _ = self.layer.send_response(tx, *refusal, now);
+            return;
+        }
         let mut resp = msg.response(200, Some(&ids::tag()));
         match request {
             RegisterRequest::Bind {
@@ -323,6 +339,44 @@ impl Buffer {
             }
         }
         let _ = self.layer.send_response(tx, resp, now);
+    }
+
+    /// RFC 8898: a REGISTER carries `Authorization: Bearer <token>` whose subject is the agent
+    /// it registers. Returns the refusal to send otherwise.
+    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<(), Box<SipMessage>> {
+        let refuse = |code: u16, why: &str, challenge: Option<String>| {
+            let mut resp = msg.response(code, Some(&ids::tag()));
+            resp.set_reason(why);
+            if let Some(c) = challenge {
+                resp.push_header("WWW-Authenticate", c);
+            }
+            info!(%agent, code, reason = %why, "registration refused");
+            Box::new(resp)
+        };
+        let Some(verifier) = &self.verifier else {
+            let mut resp = refuse(503, "Agent tokens not known yet", None);
+            resp.push_header("Retry-After", "5");
+            return Err(resp);
+        };
+        let realm = "Bearer realm=\"agent-edge\"";
+        let token = match tokens::bearer(msg.header("Authorization")) {
+            Ok(t) => t,
+            Err(_) => return Err(refuse(401, "Unauthorized", Some(realm.to_owned()))),
+        };
+        match verifier.verify(token) {
+            Ok(claims) if claims.sub == agent => Ok(()),
+            Ok(_) => Err(refuse(403, "Token is for another agent", None)),
+            Err(e) => {
+                let challenge =
+                    format!("{realm}, error=\"invalid_token\", error_description=\"{e}\"");
+                let why = match e {
+                    TokenError::Expired => "Token expired",
+                    TokenError::NotYetValid => "Token not yet valid",
+                    _ => "Invalid token",
+                };
+                Err(refuse(401, why, Some(challenge)))
+            }
+        }
     }
 
     fn agent_gone(&mut self, agent: &str) {

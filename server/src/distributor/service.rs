@@ -81,6 +81,7 @@ struct Proxied {
 }
 
 pub struct Distributor {
+    identity: String,
     config: DistributorConfig,
     layer: TransactionLayer,
     transports: Transports,
@@ -116,13 +117,17 @@ fn tunnel_target(conn: ConnId) -> Target {
 }
 
 impl Distributor {
+    /// `identity` is the JSON of [`crate::admin::tokens::VerifierSettings`], sent to every
+    /// edge so it can check agent tokens.
     pub fn new(
         config: DistributorConfig,
         sip: &SipConfig,
         transports: Transports,
         addrs: BoundAddrs,
+        identity: String,
     ) -> Distributor {
         Distributor {
+            identity,
             config,
             layer: TransactionLayer::new(transaction::Config {
                 timers: sip.timers(),
@@ -188,6 +193,12 @@ impl Distributor {
                     self.edge_down(old, now);
                 }
                 info!(edge = %edge_id, "edge up");
+                let keys = Frame::Keys {
+                    json: self.identity.clone(),
+                };
+                if sender.try_send(keys).is_err() {
+                    warn!(edge = %edge_id, "could not send token keys to the edge");
+                }
                 self.edge_ids.insert(edge_id.clone(), conn);
                 self.edges.insert(
                     conn,

@@ -1,0 +1,5 @@
+//! Agent identity: the distributor's signing key, agent tokens (JWT, ES256) and their
+//! verification on buffer servers, which hold only public keys.
+
+pub mod keys;
+pub mod tokens;
