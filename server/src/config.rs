@@ -55,6 +55,11 @@ pub struct IdentityConfig {
     pub audience: String,
     /// Lifetime of a token issued without one, in seconds.
     pub token_ttl_s: u64,
+    /// The `aud` of edge (buffer server) credentials, distinct from agents' so that an agent
+    /// token can never open a tunnel.
+    pub edge_audience: String,
+    /// Lifetime of an edge credential issued without one, in seconds.
+    pub edge_token_ttl_s: u64,
 }
 
 impl Default for IdentityConfig {
@@ -64,6 +69,8 @@ impl Default for IdentityConfig {
             issuer: "agent-edge".into(),
             audience: "agent-edge-agents".into(),
             token_ttl_s: 8 * 3600,
+            edge_audience: "agent-edge-edges".into(),
+            edge_token_ttl_s: 90 * 24 * 3600,
         }
     }
 }
@@ -185,6 +192,9 @@ pub struct BufferConfig {
     pub https: SocketAddr,
     /// Longest registration granted, in seconds.
     pub max_expires: u32,
+    /// File holding this edge's credential for the tunnel (an edge token). The environment
+    /// variable `AGENT_EDGE_EDGE_TOKEN` takes precedence; never put the token itself here.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for BufferConfig {
@@ -196,6 +206,7 @@ impl Default for BufferConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 5070)),
             https: SocketAddr::from(([127, 0, 0, 1], 8443)),
             max_expires: 3600,
+            token_file: None,
         }
     }
 }
@@ -244,8 +255,12 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");
         }
-        if self.identity.issuer.is_empty() || self.identity.audience.is_empty() {
-            return invalid("identity.issuer and identity.audience must not be empty");
+        let id = &self.identity;
+        if id.issuer.is_empty() || id.audience.is_empty() || id.edge_audience.is_empty() {
+            return invalid("identity.issuer, audience and edge_audience must not be empty");
+        }
+        if id.audience == id.edge_audience {
+            return invalid("identity.audience and edge_audience must differ");
         }
         if !(60..=31 * 24 * 3600).contains(&self.identity.token_ttl_s) {
             return invalid("identity.token_ttl_s must be between 60 s and 31 days");

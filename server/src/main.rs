@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agent_edge::admin::keys::SigningKey;
-use agent_edge::admin::tokens::TokenIssuer;
+use agent_edge::admin::tokens::{TokenIssuer, TokenVerifier};
 use agent_edge::config::Config;
 use agent_edge::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use agent_edge::transport::{self, Transports};
@@ -46,11 +46,15 @@ enum Role {
 
 #[derive(Debug, Subcommand)]
 enum TokenAction {
-    /// Prints a new token for an agent, alone on stdout.
+    /// Prints a new token alone on stdout: for an agent, or an edge's tunnel credential.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["agent", "edge"])))]
     Issue {
         /// The agent's identifier (the user part of its SIP address).
         #[arg(long)]
-        agent: String,
+        agent: Option<String>,
+        /// A buffer server's id: the token lets it open the tunnel.
+        #[arg(long)]
+        edge: Option<String>,
         /// The agent's display name.
         #[arg(long)]
         name: Option<String>,
@@ -79,15 +83,26 @@ fn main() -> anyhow::Result<()> {
         None => Config::default(),
     };
     if let Some(Role::Token {
-        action: TokenAction::Issue { agent, name, ttl },
+        action:
+            TokenAction::Issue {
+                agent,
+                edge,
+                name,
+                ttl,
+            },
     }) = &cli.role
     {
+        let id = &config.identity;
+        let (subject, issuer, default_ttl) = match (agent, edge) {
+            (Some(agent), _) => (agent, token_issuer(&config)?, id.token_ttl_s),
+            (None, Some(edge)) => (edge, edge_token_issuer(&config)?, id.edge_token_ttl_s),
+            (None, None) => anyhow::bail!("name --agent or --edge"),
+        };
         anyhow::ensure!(
-            proto_tunnel::valid_id(agent, 128),
-            "--agent must be 1-128 visible characters without spaces"
+            proto_tunnel::valid_id(subject, 128),
+            "the agent or edge must be 1-128 visible characters without spaces"
         );
-        let ttl = ttl.unwrap_or(config.identity.token_ttl_s);
-        let token = token_issuer(&config)?.issue(agent, name.as_deref(), ttl)?;
+        let token = issuer.issue(subject, name.as_deref(), ttl.unwrap_or(default_ttl))?;
         println!("{token}");
         return Ok(());
     }
@@ -97,14 +112,20 @@ fn main() -> anyhow::Result<()> {
             None => {
                 let tunnel = start_distributor(&config).await?;
                 let url = format!("wss://{tunnel}/tunnel");
-                start_buffer(&config, url).await?;
+                // One process, one key: the edge gets its credential directly.
+                let token = edge_token_issuer(&config)?.issue(
+                    &config.buffer.id,
+                    None,
+                    config.identity.edge_token_ttl_s,
+                )?;
+                start_buffer(&config, url, Some(token)).await?;
             }
             Some(Role::Distributor) => {
                 start_distributor(&config).await?;
             }
             Some(Role::Buffer { connect }) => {
                 let url = connect.unwrap_or_else(|| config.buffer.connect.clone());
-                start_buffer(&config, url).await?;
+                start_buffer(&config, url, edge_credential(&config)?).await?;
             }
             Some(Role::Token { .. }) => {}
         }
@@ -120,6 +141,35 @@ fn token_issuer(config: &Config) -> anyhow::Result<TokenIssuer> {
     let key = SigningKey::ensure(&id.keys_dir)
         .with_context(|| format!("preparing the signing key in {}", id.keys_dir.display()))?;
     Ok(TokenIssuer::new(key, &id.issuer, &id.audience))
+}
+
+/// Issues edge credentials: the same key, the edge audience.
+fn edge_token_issuer(config: &Config) -> anyhow::Result<TokenIssuer> {
+    let id = &config.identity;
+    let key = SigningKey::ensure(&id.keys_dir)
+        .with_context(|| format!("preparing the signing key in {}", id.keys_dir.display()))?;
+    Ok(TokenIssuer::new(key, &id.issuer, &id.edge_audience))
+}
+
+/// The buffer server's tunnel credential: `AGENT_EDGE_EDGE_TOKEN`, else `buffer.token_file`.
+fn edge_credential(config: &Config) -> anyhow::Result<Option<String>> {
+    if let Ok(token) = std::env::var("AGENT_EDGE_EDGE_TOKEN") {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    match &config.buffer.token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the edge token {}", path.display()))?;
+            Ok(Some(token.trim().to_owned()))
+        }
+        None => {
+            tracing::warn!(
+                "no tunnel credential: set AGENT_EDGE_EDGE_TOKEN or buffer.token_file \
+                 (agent-edge token issue --edge ID); the distributor will refuse this edge"
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn tls_files(config: &Config) -> anyhow::Result<certs::TlsFiles> {
@@ -154,7 +204,8 @@ async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAd
         .await
         .with_context(|| format!("binding distributor TLS {}", d.tls))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
-    let tunnel_addr = tunnel::listen(d.tunnel, tls, &d.id, tunnel_tx)
+    let edges = TokenVerifier::new(&edge_token_issuer(config)?.verifier_settings());
+    let tunnel_addr = tunnel::listen(d.tunnel, tls, &d.id, edges, tunnel_tx)
         .await
         .with_context(|| format!("binding the tunnel endpoint {}", d.tunnel))?;
     let addrs = distributor::service::BoundAddrs {
@@ -174,7 +225,11 @@ async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAd
 }
 
 /// Binds the buffer server's listeners, starts its task and its tunnel dialler.
-async fn start_buffer(config: &Config, connect: String) -> anyhow::Result<()> {
+async fn start_buffer(
+    config: &Config,
+    connect: String,
+    token: Option<String>,
+) -> anyhow::Result<()> {
     let b = &config.buffer;
     let files = tls_files(config)?;
     let tls = certs::server_config(&files)?;
@@ -195,13 +250,14 @@ async fn start_buffer(config: &Config, connect: String) -> anyhow::Result<()> {
     let addrs = buffer::service::BoundAddrs { udp, tcp, https };
     let service = buffer::service::Buffer::new(b.clone(), &config.sip, transports, addrs);
     tokio::spawn(service.run(sip_rx, tunnel_rx));
-    tunnel::spawn_dialler(
-        connect,
-        client_tls,
-        b.id.clone(),
-        vec!["tunnel".into()],
-        tunnel_tx,
-    );
+    let dial = tunnel::DialSettings {
+        url: connect,
+        tls: client_tls,
+        edge_id: b.id.clone(),
+        handoffs: vec!["tunnel".into()],
+        token,
+    };
+    tunnel::spawn_dialler(dial, tunnel_tx);
     announce(&format!("listening buffer.udp {udp}"));
     announce(&format!("listening buffer.tcp {tcp}"));
     announce(&format!("listening buffer.https {https}"));

@@ -75,8 +75,17 @@ pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> 
 /// A token for `agent` from `agent-edge token issue`, signed with the key of the config in
 /// `dir` (the one [`write_config`] wrote).
 pub fn issue_token(dir: &Path, agent: &str) -> String {
+    token_cli(dir, "--agent", agent)
+}
+
+/// A buffer server's tunnel credential from `agent-edge token issue --edge`.
+pub fn issue_edge_token(dir: &Path, edge: &str) -> String {
+    token_cli(dir, "--edge", edge)
+}
+
+fn token_cli(dir: &Path, kind: &str, subject: &str) -> String {
     let out = Command::new(binary())
-        .args(["token", "issue", "--agent", agent, "--config"])
+        .args(["token", "issue", kind, subject, "--config"])
         .arg(dir.join("agent-edge.toml"))
         .output()
         .unwrap();
@@ -100,8 +109,15 @@ pub struct Edge {
 impl Edge {
     /// Starts `agent-edge ARGS --config CONFIG`, logging stderr to `log`.
     pub fn start(args: &[&str], config: &Path, log: &Path) -> Edge {
+        Edge::start_with_env(args, config, log, &[])
+    }
+
+    /// The same, with extra environment variables (an edge's credential).
+    pub fn start_with_env(args: &[&str], config: &Path, log: &Path, env: &[(&str, &str)]) -> Edge {
         let stderr = std::fs::File::create(log).unwrap();
         let mut child = Command::new(binary())
+            .env_remove("AGENT_EDGE_EDGE_TOKEN")
+            .envs(env.iter().copied())
             .args(args)
             .arg("--config")
             .arg(config)

@@ -426,7 +426,13 @@ fn distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
 fn buffer(dir: &Path, tunnel_port: u16, log: &str) -> (Edge, SocketAddr) {
     let config = write_config(dir, "", "");
     let url = format!("wss://127.0.0.1:{tunnel_port}/tunnel");
-    let mut edge = Edge::start(&["buffer", "--connect", &url], &config, &dir.join(log));
+    let token = agent_edge_tests::issue_edge_token(dir, "edge-1");
+    let mut edge = Edge::start_with_env(
+        &["buffer", "--connect", &url],
+        &config,
+        &dir.join(log),
+        &[("AGENT_EDGE_EDGE_TOKEN", &token)],
+    );
     let udp = edge.addr("buffer.udp");
     (edge, udp)
 }

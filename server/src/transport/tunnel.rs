@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::next_conn_id;
 use super::tls_listener::{PeerAddr, TlsListener};
+use crate::admin::tokens::{self, TokenVerifier};
 use crate::sip::ConnId;
 
 /// Silence after which a ping is sent.
@@ -64,6 +65,8 @@ pub enum TunnelClientEvent {
 #[derive(Clone)]
 struct ServerState {
     distributor_id: Arc<str>,
+    /// Checks the credential every edge presents before its tunnel opens.
+    edges: Arc<TokenVerifier>,
     events: mpsc::Sender<TunnelServerEvent>,
     limits: Arc<Limits>,
 }
@@ -73,12 +76,14 @@ pub async fn listen(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     distributor_id: &str,
+    edges: TokenVerifier,
     events: mpsc::Sender<TunnelServerEvent>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TlsListener::bind(addr, tls).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
     let state = ServerState {
         distributor_id: distributor_id.into(),
+        edges: Arc::new(edges),
         events,
         limits: Arc::new(Limits::default()),
     };
@@ -98,7 +103,29 @@ async fn tunnel_upgrade(
     ws: WebSocketUpgrade,
     State(state): State<ServerState>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
 ) -> Response {
+    // The credential is checked before the upgrade: nothing unauthenticated ever holds a
+    // tunnel, let alone passes SIP through it.
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let credential = tokens::bearer(authorization).and_then(|t| state.edges.verify(t));
+    let edge = match credential {
+        Ok(claims) => claims.sub,
+        Err(e) => {
+            info!(%peer, error = %e, "refusing tunnel without a valid edge credential");
+            let challenge = format!(
+                "Bearer realm=\"agent-edge-tunnel\", error=\"invalid_token\", error_description=\"{e}\""
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, challenge)],
+                "an edge credential is required: agent-edge token issue --edge ID\n",
+            )
+                .into_response();
+        }
+    };
     let ws = ws
         .protocols([proto_tunnel::SUBPROTOCOL])
         .max_message_size(state.limits.max_frame);
@@ -110,10 +137,10 @@ async fn tunnel_upgrade(
         )
             .into_response();
     }
-    ws.on_upgrade(move |socket| serve_edge(state, socket, peer))
+    ws.on_upgrade(move |socket| serve_edge(state, socket, peer, edge))
 }
 
-async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr) {
+async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr, credential: String) {
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
         while let Some(Ok(msg)) = stream.next().await {
@@ -127,13 +154,21 @@ async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr) {
         debug!(%peer, "tunnel closed before Hello");
         return;
     };
-    let (edge_id, handoffs) = match proto_tunnel::check_hello(&hello) {
+    let checked = proto_tunnel::check_hello(&hello).map_err(|e| e.to_string());
+    let checked = checked.and_then(|(edge_id, handoffs)| {
+        if edge_id == credential {
+            Ok((edge_id, handoffs))
+        } else {
+            Err(format!(
+                "the credential is for edge {credential}, not {edge_id}"
+            ))
+        }
+    });
+    let (edge_id, handoffs) = match checked {
         Ok(h) => h,
         Err(e) => {
             warn!(%peer, error = %e, "refusing tunnel");
-            let close = Frame::Close {
-                reason: e.to_string(),
-            };
+            let close = Frame::Close { reason: e };
             let _ = sink
                 .send(Message::Binary(proto_tunnel::encode(&close)))
                 .await;
@@ -271,20 +306,37 @@ async fn pump<Si, St, D, F>(
 
 /// Dials the distributor for ever: connect, Hello, pump frames, and on any end back off and
 /// dial again.
-pub fn spawn_dialler(
-    url: String,
-    tls: Arc<rustls::ClientConfig>,
-    edge_id: String,
-    handoffs: Vec<String>,
-    events: mpsc::Sender<TunnelClientEvent>,
-) {
+/// How an edge dials its distributor.
+#[derive(Debug, Clone)]
+pub struct DialSettings {
+    pub url: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub edge_id: String,
+    pub handoffs: Vec<String>,
+    /// The edge's credential (an edge token), sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+}
+
+pub fn spawn_dialler(settings: DialSettings, events: mpsc::Sender<TunnelClientEvent>) {
     tokio::spawn(async move {
         let limits = Limits::default();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut last_refusal = None;
         loop {
-            match dial_once(&url, &tls, &edge_id, &handoffs, &events, &limits).await {
-                Ok(()) => backoff.reset(),
-                Err(e) => debug!(%url, error = %e, "tunnel dial failed"),
+            match dial_once(&settings, &events, &limits).await {
+                Ok(()) => {
+                    backoff.reset();
+                    last_refusal = None;
+                }
+                Err(DialError::Refused(why)) => {
+                    // Said once per reason: a refused edge retries quietly.
+                    if last_refusal.as_ref() != Some(&why) {
+                        warn!(url = %settings.url, reason = %why, "distributor refused the tunnel");
+                        crate::announce(&format!("tunnel-refused {} {why}", settings.edge_id));
+                        last_refusal = Some(why);
+                    }
+                }
+                Err(e) => debug!(url = %settings.url, error = %e, "tunnel dial failed"),
             }
             if events.is_closed() {
                 break;
@@ -304,39 +356,51 @@ enum DialError {
     /// The distributor did not answer Hello with Welcome.
     #[error("distributor did not welcome us: {0}")]
     NotWelcomed(String),
+    /// The distributor refused our credential or our Hello.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The distributor did not select the tunnel subprotocol.
     #[error("distributor does not speak {}", proto_tunnel::SUBPROTOCOL)]
     NoSubprotocol,
 }
 
 async fn dial_once(
-    url: &str,
-    tls: &Arc<rustls::ClientConfig>,
-    edge_id: &str,
-    handoffs: &[String],
+    settings: &DialSettings,
     events: &mpsc::Sender<TunnelClientEvent>,
     limits: &Limits,
 ) -> Result<(), DialError> {
     use tungstenite::client::IntoClientRequest;
-    let mut request = url.into_client_request()?;
+    let mut request = settings.url.as_str().into_client_request()?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         tungstenite::http::HeaderValue::from_static(proto_tunnel::SUBPROTOCOL),
     );
-    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    if let Some(token) = &settings.token {
+        let value = tungstenite::http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| DialError::Refused("the edge token is not a valid header value".into()))?;
+        request.headers_mut().insert("Authorization", value);
+    }
+    let connector = tokio_tungstenite::Connector::Rustls(settings.tls.clone());
     let connect =
         tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
-    let (ws, response) = tokio::time::timeout(HELLO_TIMEOUT, connect)
-        .await
-        .map_err(|_| DialError::NotWelcomed("connect timed out".into()))??;
+    let (ws, response) = match tokio::time::timeout(HELLO_TIMEOUT, connect).await {
+        Err(_) => return Err(DialError::NotWelcomed("connect timed out".into())),
+        Ok(Err(tungstenite::Error::Http(resp))) if matches!(resp.status().as_u16(), 401 | 403) => {
+            return Err(DialError::Refused(format!(
+                "HTTP {}",
+                resp.status().as_u16()
+            )));
+        }
+        Ok(r) => r?,
+    };
     if response.headers().get("Sec-WebSocket-Protocol").is_none() {
         return Err(DialError::NoSubprotocol);
     }
     let (mut sink, mut stream) = ws.split();
     let hello = Frame::Hello {
         version: proto_tunnel::PROTOCOL_VERSION,
-        edge_id: edge_id.to_owned(),
-        handoffs: handoffs.to_vec(),
+        edge_id: settings.edge_id.clone(),
+        handoffs: settings.handoffs.clone(),
     };
     sink.send(tungstenite::Message::Binary(proto_tunnel::encode(&hello)))
         .await?;
@@ -352,7 +416,7 @@ async fn dial_once(
     .map_err(|_| DialError::NotWelcomed("no answer to Hello".into()))??;
     match welcome {
         Some(Ok(Frame::Welcome { version, .. })) if version == proto_tunnel::PROTOCOL_VERSION => {}
-        Some(Ok(Frame::Close { reason })) => return Err(DialError::NotWelcomed(reason)),
+        Some(Ok(Frame::Close { reason })) => return Err(DialError::Refused(reason)),
         other => return Err(DialError::NotWelcomed(format!("{other:?}"))),
     }
     let conn = next_conn_id();
