@@ -15,6 +15,7 @@ const PING: u8 = 6;
 const PONG: u8 = 7;
 const CLOSE: u8 = 8;
 const KEYS: u8 = 9;
+const REVOKE: u8 = 10;
 
 /// Bounds on what a peer may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +153,10 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             buf.put_u8(KEYS);
             put_bytes(buf, json.as_bytes());
         }
+        Frame::Revoke { jti } => {
+            buf.put_u8(REVOKE);
+            put_bytes(buf, jti.as_bytes());
+        }
     }
 }
 
@@ -224,6 +229,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         KEYS => Frame::Keys {
             json: r.text("keys", limits.max_frame)?,
         },
+        REVOKE => Frame::Revoke { jti: r.id("jti")? },
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if !r.buf.is_empty() {
@@ -327,6 +333,9 @@ mod tests {
             Frame::Keys {
                 json: "{\"keys\":[]}".into(),
             },
+            Frame::Revoke {
+                jti: "0123abcd".into(),
+            },
         ]
     }
 
@@ -429,6 +438,7 @@ mod tests {
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
             ".{0,100}".prop_map(|reason| Frame::Close { reason }),
             ".{0,300}".prop_map(|json| Frame::Keys { json }),
+            id().prop_map(|jti| Frame::Revoke { jti }),
         ]
     }
 

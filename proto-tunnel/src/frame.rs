@@ -34,6 +34,9 @@ pub enum Frame {
     /// issuer, audience and public keys (a JWK set). Sent after Welcome and on every change,
     /// so edges verify tokens without ever holding a secret.
     Keys { json: String },
+    /// An agent token was revoked: an edge refuses it from now on and drops any registration
+    /// made with it.
+    Revoke { jti: String },
     /// The sender is closing the tunnel, and why.
     Close { reason: String },
 }

@@ -41,6 +41,30 @@ pub struct Config {
     pub buffer: BufferConfig,
     /// Agent tokens.
     pub identity: IdentityConfig,
+    /// The distributor's admin HTTP API.
+    pub admin: AdminConfig,
+}
+
+/// The admin API: where it listens, where agents are stored, where its key is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Loopback by default: the API manages identities.
+    pub listen: SocketAddr,
+    /// The SQLite database of agents and revocations.
+    pub db: PathBuf,
+    /// The admin key when `AGENT_EDGE_ADMIN_KEY` is not set; generated (0600) when missing.
+    pub key_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            db: PathBuf::from(".agent-edge/agent-edge.db"),
+            key_file: PathBuf::from(".agent-edge/admin-key"),
+        }
+    }
 }
 
 /// Agent tokens: who signs them, for whom, for how long, and where the signing key lives.
@@ -289,6 +313,23 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.distributor.udp.port(), 5060);
         assert_eq!(c.buffer.https.port(), 8443);
+    }
+
+    #[test]
+    fn every_listener_is_on_loopback_by_default() {
+        let c = Config::default();
+        for addr in [
+            c.distributor.udp,
+            c.distributor.tcp,
+            c.distributor.tls,
+            c.distributor.tunnel,
+            c.buffer.udp,
+            c.buffer.tcp,
+            c.buffer.https,
+            c.admin.listen,
+        ] {
+            assert!(addr.ip().is_loopback(), "{addr}");
+        }
     }
 
     #[test]

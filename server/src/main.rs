@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agent_edge::admin::api::AdminState;
 use agent_edge::admin::keys::SigningKey;
+use agent_edge::admin::store::Store;
 use agent_edge::admin::tokens::{TokenIssuer, TokenVerifier};
 use agent_edge::config::Config;
 use agent_edge::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
@@ -172,6 +174,29 @@ fn edge_credential(config: &Config) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// The admin key: `AGENT_EDGE_ADMIN_KEY`, else `admin.key_file`, generated when missing.
+fn admin_key(config: &Config) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var("AGENT_EDGE_ADMIN_KEY") {
+        anyhow::ensure!(
+            key.trim().len() >= 16,
+            "AGENT_EDGE_ADMIN_KEY must be at least 16 characters"
+        );
+        return Ok(key.trim().to_owned());
+    }
+    let path = &config.admin.key_file;
+    if !path.is_file() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let key = format!("{:032x}", rand::random::<u128>());
+        certs::write_atomic(path, key.as_bytes(), true)?;
+        tracing::info!(path = %path.display(), "generated an admin key");
+    }
+    let key = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin key {}", path.display()))?;
+    Ok(key.trim().to_owned())
+}
+
 fn tls_files(config: &Config) -> anyhow::Result<certs::TlsFiles> {
     match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => Ok(certs::TlsFiles {
@@ -213,14 +238,41 @@ async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAd
         tcp,
         tls: tls_addr,
     };
-    let identity = serde_json::to_string(&token_issuer(config)?.verifier_settings())?;
-    let service =
-        distributor::service::Distributor::new(d.clone(), &config.sip, transports, addrs, identity);
-    tokio::spawn(service.run(sip_rx, tunnel_rx));
+    let issuer = token_issuer(config)?;
+    let identity = serde_json::to_string(&issuer.verifier_settings())?;
+    let store = Arc::new(
+        Store::open(&config.admin.db)
+            .with_context(|| format!("opening {}", config.admin.db.display()))?,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let revoked = store.revoked(now)?;
+    let service = distributor::service::Distributor::new(
+        d.clone(),
+        &config.sip,
+        transports,
+        addrs,
+        identity,
+        revoked,
+    );
+    let (command_tx, command_rx) = mpsc::channel(64);
+    tokio::spawn(service.run(sip_rx, tunnel_rx, command_rx));
+    let admin = AdminState {
+        store,
+        issuer,
+        token_ttl_s: config.identity.token_ttl_s,
+        admin_key: admin_key(config)?.into(),
+        commands: command_tx,
+    };
+    let admin_addr = agent_edge::admin::api::listen(config.admin.listen, admin)
+        .await
+        .with_context(|| format!("binding the admin API {}", config.admin.listen))?;
     announce(&format!("listening distributor.udp {udp}"));
     announce(&format!("listening distributor.tcp {tcp}"));
     announce(&format!("listening distributor.tls {tls_addr}"));
     announce(&format!("listening distributor.tunnel {tunnel_addr}"));
+    announce(&format!("listening distributor.admin {admin_addr}"));
     Ok(tunnel_addr)
 }
 

@@ -62,10 +62,13 @@ pub fn free_port() -> u16 {
 pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> PathBuf {
     let path = dir.join("agent-edge.toml");
     let text = format!(
-        "[identity]\nkeys_dir = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
+        "[identity]\nkeys_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ndb = \"{}\"\n\
+         key_file = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
          tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
          udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n{buffer_extra}\n",
         dir.join("keys").display(),
+        dir.join("agent-edge.db").display(),
+        dir.join("admin-key").display(),
         dir.join("certs").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -76,6 +79,48 @@ pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> 
 /// `dir` (the one [`write_config`] wrote).
 pub fn issue_token(dir: &Path, agent: &str) -> String {
     token_cli(dir, "--agent", agent)
+}
+
+/// One HTTP/1.1 request to the admin API over plain TCP: (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies from axum: keep only the JSON.
+    let body = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
+        (Some(a), Some(b)) if a <= b => body[a..=b].to_owned(),
+        _ => body,
+    };
+    (status, body)
 }
 
 /// A buffer server's tunnel credential from `agent-edge token issue --edge`.

@@ -98,6 +98,18 @@ impl TokenIssuer {
 
     /// A token for `agent`, valid from now for `ttl_s` seconds.
     pub fn issue(&self, agent: &str, name: Option<&str>, ttl_s: u64) -> Result<String, TokenError> {
+        self.issue_claims(agent, name, &BTreeMap::new(), ttl_s)
+            .map(|(token, _)| token)
+    }
+
+    /// A token with the agent's name and skills, and the claims it carries.
+    pub fn issue_claims(
+        &self,
+        agent: &str,
+        name: Option<&str>,
+        skills: &BTreeMap<String, u8>,
+        ttl_s: u64,
+    ) -> Result<(String, Claims), TokenError> {
         let now = now_unix();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -108,9 +120,9 @@ impl TokenIssuer {
             exp: now + ttl_s,
             jti: format!("{:032x}", rand::random::<u128>()),
             name: name.map(str::to_owned),
-            skills: BTreeMap::new(),
+            skills: skills.clone(),
         };
-        self.sign(&claims)
+        Ok((self.sign(&claims)?, claims))
     }
 
     /// Signs arbitrary claims with our key (and `kid`).

@@ -19,6 +19,8 @@ pub struct Binding {
     /// The transport and, for connection-oriented agents, the connection it registered on.
     pub target: Target,
     pub expires_at: Instant,
+    /// The id of the token the agent registered with, so revoking it ends the binding.
+    pub jti: String,
 }
 
 /// What a REGISTER asks for.
@@ -132,6 +134,7 @@ impl Registrar {
     pub fn bind(
         &mut self,
         agent: &str,
+        jti: &str,
         contact: String,
         target: Target,
         expires: Duration,
@@ -142,6 +145,7 @@ impl Registrar {
             contact,
             target,
             expires_at: now + expires,
+            jti: jti.to_owned(),
         };
         self.bindings.insert(agent.to_owned(), binding).is_none()
     }
@@ -170,6 +174,19 @@ impl Registrar {
         for agent in &gone {
             self.bindings.remove(agent);
         }
+        gone
+    }
+
+    /// Removes the bindings made with a revoked token and returns their agents.
+    pub fn revoke(&mut self, jti: &str) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.bindings.retain(|agent, b| {
+            let keep = b.jti != jti;
+            if !keep {
+                gone.push(agent.clone());
+            }
+            keep
+        });
         gone
     }
 
@@ -286,6 +303,7 @@ CSeq: 1 REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         };
         assert!(r.bind(
             "alice",
+            "j1",
             "sip:a@x;transport=ws".into(),
             ws,
             Duration::from_secs(60),
@@ -293,6 +311,7 @@ CSeq: 1 REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         ));
         assert!(r.bind(
             "bob",
+            "j2",
             "sip:b@127.0.0.1:9;transport=tcp".into(),
             tcp,
             Duration::from_secs(30),
@@ -300,21 +319,25 @@ CSeq: 1 REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         ));
         assert!(!r.bind(
             "bob",
+            "j3",
             "sip:b@127.0.0.1:9;transport=tcp".into(),
             Target::udp("127.0.0.1:9".parse().unwrap()),
             Duration::from_secs(30),
             now
         ));
         assert_eq!(r.next_expiry(), Some(now + Duration::from_secs(30)));
+        assert_eq!(
+            r.revoke("j2"),
+            Vec::<String>::new(),
+            "bob re-registered with j3"
+        );
         assert_eq!(r.connection_closed(ConnId(7)), vec!["alice".to_string()]);
         assert_eq!(
             r.expire(now + Duration::from_secs(29)),
             Vec::<String>::new()
         );
-        assert_eq!(
-            r.expire(now + Duration::from_secs(30)),
-            vec!["bob".to_string()]
-        );
+        assert!(!r.is_empty());
+        assert_eq!(r.revoke("j3"), vec!["bob".to_string()]);
         assert!(r.is_empty());
     }
 

@@ -2,7 +2,7 @@
 //! registrar and the routing table, fed by the agent-side transports and the tunnel. Every
 //! message from one leg is rebuilt for the other by [`super::readdress`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub struct Buffer {
     tunnel: Option<(ConnId, mpsc::Sender<Frame>)>,
     /// Checks agent tokens with the distributor's public keys, once the tunnel brought them.
     verifier: Option<TokenVerifier>,
+    /// Token ids the distributor revoked.
+    revoked: HashSet<String>,
     /// (Call-ID, agent) named by the tunnel frame being handled: the layer reports its INVITE
     /// within the same step, and the slot is cleared after it.
     handoff: Option<(String, String)>,
@@ -96,6 +98,7 @@ impl Buffer {
             addrs,
             tunnel: None,
             verifier: None,
+            revoked: HashSet::new(),
             handoff: None,
             client_invites: HashMap::new(),
             agent_invites: HashMap::new(),
@@ -185,6 +188,13 @@ impl Buffer {
                     }
                     Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
                 },
+                Frame::Revoke { jti } => {
+                    for agent in self.registrar.revoke(&jti) {
+                        info!(%agent, "token revoked; registration removed");
+                        self.agent_gone(&agent);
+                    }
+                    self.revoked.insert(jti);
+                }
                 other => debug!(frame = ?other, "ignoring tunnel frame"),
             },
         }
@@ -301,10 +311,13 @@ impl Buffer {
                 return;
             }
         };
-        if let Err(refusal) = self.authenticate(msg, request.agent()) {
-            let _ = self.layer.send_response(tx, *refusal, now);
-            return;
-        }
+        let jti = match self.authenticate(msg, request.agent()) {
+            Ok(jti) => jti,
+            Err(refusal) => {
+                let _ = self.layer.send_response(tx, *refusal, now);
+                return;
+            }
+        };
         let mut resp = msg.response(200, Some(&ids::tag()));
         match request {
             RegisterRequest::Bind {
@@ -316,6 +329,7 @@ impl Buffer {
                 resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
                 let new = self.registrar.bind(
                     &agent,
+                    &jti,
                     contact,
                     target,
                     Duration::from_secs(expires.into()),
@@ -342,8 +356,8 @@ impl Buffer {
     }
 
     /// RFC 8898: a REGISTER carries `Authorization: Bearer <token>` whose subject is the agent
-    /// it registers. Returns the refusal to send otherwise.
-    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<(), Box<SipMessage>> {
+    /// it registers. Returns the token's id, or the refusal to send.
+    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<String, Box<SipMessage>> {
         let refuse = |code: u16, why: &str, challenge: Option<String>| {
             let mut resp = msg.response(code, Some(&ids::tag()));
             resp.set_reason(why);
@@ -364,7 +378,13 @@ impl Buffer {
             Err(_) => return Err(refuse(401, "Unauthorized", Some(realm.to_owned()))),
         };
         match verifier.verify(token) {
-            Ok(claims) if claims.sub == agent => Ok(()),
+            Ok(claims) if self.revoked.contains(&claims.jti) => {
+                let challenge = format!(
+                    "{realm}, error=\"invalid_token\", error_description=\"token revoked\""
+                );
+                Err(refuse(401, "Token revoked", Some(challenge)))
+            }
+            Ok(claims) if claims.sub == agent => Ok(claims.jti),
             Ok(_) => Err(refuse(403, "Token is for another agent", None)),
             Err(e) => {
                 let challenge =

@@ -98,6 +98,17 @@ impl AgentPool {
         self.agents.get(agent).map(|r| r.edge)
     }
 
+    /// (agent, edge, calls in progress) for every agent, sorted by agent.
+    pub fn snapshot(&self) -> Vec<(String, ConnId, usize)> {
+        let mut out: Vec<_> = self
+            .agents
+            .iter()
+            .map(|(a, r)| (a.clone(), r.edge, r.calls))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.agents.len()
     }

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proto_tunnel::Frame;
-use tokio::sync::mpsc;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::agents::AgentPool;
@@ -24,6 +25,37 @@ const EDGE_PARAM: &str = "ae-edge";
 /// Record-Route parameter naming the caller's stream connection, so requests towards the
 /// caller reuse it (RFC 5626's flow idea, kept inside our own URI).
 const FLOW_PARAM: &str = "ae-flow";
+
+/// What the admin API asks of the distributor task.
+#[derive(Debug)]
+pub enum Command {
+    /// Refuse this token on every edge from now on.
+    Revoke { jti: String },
+    /// Who is logged in where, and the calls in progress.
+    Live { reply: oneshot::Sender<LiveView> },
+}
+
+/// The distributor's state as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveView {
+    pub agents: Vec<LiveAgent>,
+    pub calls: Vec<LiveCall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveAgent {
+    pub id: String,
+    pub edge: String,
+    /// `available` or `on-call`.
+    pub state: &'static str,
+    pub calls: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveCall {
+    pub call_id: String,
+    pub agent: String,
+}
 
 /// The addresses the caller-facing listeners are bound to.
 #[derive(Debug, Clone)]
@@ -82,6 +114,8 @@ struct Proxied {
 
 pub struct Distributor {
     identity: String,
+    /// Revoked token ids, sent to each edge as it connects.
+    revoked: std::collections::BTreeSet<String>,
     config: DistributorConfig,
     layer: TransactionLayer,
     transports: Transports,
@@ -125,9 +159,11 @@ impl Distributor {
         transports: Transports,
         addrs: BoundAddrs,
         identity: String,
+        revoked: Vec<String>,
     ) -> Distributor {
         Distributor {
             identity,
+            revoked: revoked.into_iter().collect(),
             config,
             layer: TransactionLayer::new(transaction::Config {
                 timers: sip.timers(),
@@ -152,6 +188,7 @@ impl Distributor {
         mut self,
         mut sip: mpsc::Receiver<TransportEvent>,
         mut tunnel: mpsc::Receiver<TunnelServerEvent>,
+        mut commands: mpsc::Receiver<Command>,
     ) {
         loop {
             let wake = self
@@ -172,11 +209,51 @@ impl Distributor {
                     Some(ev) => self.on_tunnel(ev, Instant::now()),
                     None => break,
                 },
+                Some(command) = commands.recv() => self.on_command(command),
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     self.layer.handle_timeout(Instant::now());
                 }
             }
             self.drive(Instant::now());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Revoke { jti } => {
+                info!(%jti, "revoking token on every edge");
+                for edge in self.edges.values() {
+                    let _ = edge.sender.try_send(Frame::Revoke { jti: jti.clone() });
+                }
+                self.revoked.insert(jti);
+            }
+            Command::Live { reply } => {
+                let agents = self
+                    .pool
+                    .snapshot()
+                    .into_iter()
+                    .map(|(id, conn, calls)| LiveAgent {
+                        id,
+                        edge: self
+                            .edges
+                            .get(&conn)
+                            .map(|e| e.id.clone())
+                            .unwrap_or_default(),
+                        state: if calls == 0 { "available" } else { "on-call" },
+                        calls,
+                    })
+                    .collect();
+                let mut calls: Vec<LiveCall> = self
+                    .active
+                    .iter()
+                    .map(|(call_id, agent)| LiveCall {
+                        call_id: call_id.clone(),
+                        agent: agent.clone(),
+                    })
+                    .collect();
+                calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+                let _ = reply.send(LiveView { agents, calls });
+            }
         }
     }
 
@@ -198,6 +275,9 @@ impl Distributor {
                 };
                 if sender.try_send(keys).is_err() {
                     warn!(edge = %edge_id, "could not send token keys to the edge");
+                }
+                for jti in &self.revoked {
+                    let _ = sender.try_send(Frame::Revoke { jti: jti.clone() });
                 }
                 self.edge_ids.insert(edge_id.clone(), conn);
                 self.edges.insert(

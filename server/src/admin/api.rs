@@ -1,0 +1,315 @@
+//! The admin HTTP API on the distributor: agents, their tokens, revocation, the live view and
+//! the public keys. Bound to loopback by default; every route but the public keys and the
+//! OpenAPI description needs `Authorization: Bearer <admin key>`, compared in constant time.
+//! Errors are RFC 9457 problem details.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{Agent, Store};
+use super::tokens::TokenIssuer;
+use crate::distributor::service::Command;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Arc<Store>,
+    pub issuer: TokenIssuer,
+    pub token_ttl_s: u64,
+    pub admin_key: Arc<str>,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+/// Longest a revocation is remembered: the longest lifetime a token can be issued with.
+const REVOCATION_KEPT_S: u64 = 31 * 24 * 3600;
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// Binds the admin API and serves it in the background.
+pub async fn listen(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(%local, "the admin API listens beyond loopback; put it behind TLS");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(state)).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(local)
+}
+
+pub fn router(state: AdminState) -> Router {
+    let private = Router::new()
+        .route("/agents", get(list_agents).post(create_agent))
+        .route(
+            "/agents/{id}",
+            get(get_agent).put(put_agent).delete(delete_agent),
+        )
+        .route("/agents/{id}/tokens", post(issue_token))
+        .route("/tokens/revoke", post(revoke_token))
+        .route("/live", get(live))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi))
+        .merge(private)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such resource") })
+        .with_state(state)
+}
+
+/// An RFC 9457 problem: `title` is the status's phrase, `detail` says what happened.
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+async fn require_key(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let ok = aws_lc_rs::constant_time::verify_slices_are_equal(
+        presented.as_bytes(),
+        state.admin_key.as_bytes(),
+    )
+    .is_ok();
+    if !ok {
+        let mut resp = problem(
+            StatusCode::UNAUTHORIZED,
+            "the admin key is missing or wrong",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"agent-edge-admin\""),
+        );
+        return resp;
+    }
+    next.run(request).await
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin store failed");
+    problem(StatusCode::INTERNAL_SERVER_ERROR, "the agent store failed")
+}
+
+/// What is wrong with an agent record, if anything.
+fn agent_problem(agent: &Agent) -> Option<&'static str> {
+    if !proto_tunnel::valid_id(&agent.id, 128) {
+        return Some("id must be 1-128 visible characters without spaces");
+    }
+    if agent.name.is_empty() || agent.name.len() > 200 || agent.name.chars().any(char::is_control) {
+        return Some("name must be 1-200 printable characters");
+    }
+    if !(1..=100).contains(&agent.max_calls) {
+        return Some("max_calls must be 1-100");
+    }
+    let bad_skill =
+        |(s, l): (&String, &u8)| !proto_tunnel::valid_id(s, 64) || !(1..=100).contains(l);
+    if agent.skills.iter().any(bad_skill) {
+        return Some("skills map names without spaces to levels 1-100");
+    }
+    None
+}
+
+async fn list_agents(State(state): State<AdminState>) -> Response {
+    match state.store.agents() {
+        Ok(agents) => Json(agents).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn create_agent(State(state): State<AdminState>, body: Option<Json<Agent>>) -> Response {
+    let Some(Json(agent)) = body else {
+        return problem(StatusCode::BAD_REQUEST, "the body must be a JSON agent");
+    };
+    if let Some(why) = agent_problem(&agent) {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
+    match state.store.agent(&agent.id) {
+        Ok(Some(_)) => return problem(StatusCode::CONFLICT, "an agent with this id exists"),
+        Ok(None) => {}
+        Err(e) => return store_error(e),
+    }
+    match state.store.put_agent(&agent) {
+        Ok(_) => (StatusCode::CREATED, Json(agent)).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn get_agent(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    match state.store.agent(&id) {
+        Ok(Some(agent)) => Json(agent).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no such agent"),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn put_agent(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: Option<Json<Agent>>,
+) -> Response {
+    let Some(Json(agent)) = body else {
+        return problem(StatusCode::BAD_REQUEST, "the body must be a JSON agent");
+    };
+    if agent.id != id {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body's id differs from the path's",
+        );
+    }
+    if let Some(why) = agent_problem(&agent) {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
+    match state.store.put_agent(&agent) {
+        Ok(true) => (StatusCode::CREATED, Json(agent)).into_response(),
+        Ok(false) => Json(agent).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn delete_agent(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    match state.store.delete_agent(&id) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(StatusCode::NOT_FOUND, "no such agent"),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    ttl_s: Option<u64>,
+}
+
+async fn issue_token(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    // The body is optional: no body means the default lifetime.
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        match serde_json::from_slice::<TokenRequest>(&body) {
+            Ok(r) => r,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("bad request body: {e}")),
+        }
+    };
+    let ttl = request.ttl_s.unwrap_or(state.token_ttl_s);
+    if !(60..=REVOCATION_KEPT_S).contains(&ttl) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ttl_s must be 60 s to 31 days",
+        );
+    }
+    let agent = match state.store.agent(&id) {
+        Ok(Some(agent)) => agent,
+        Ok(None) => return problem(StatusCode::NOT_FOUND, "no such agent"),
+        Err(e) => return store_error(e),
+    };
+    match state
+        .issuer
+        .issue_claims(&agent.id, Some(&agent.name), &agent.skills, ttl)
+    {
+        Ok((token, claims)) => Json(json!({
+            "token": token,
+            "jti": claims.jti,
+            "expires": claims.exp,
+        }))
+        .into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    jti: String,
+}
+
+async fn revoke_token(
+    State(state): State<AdminState>,
+    body: Option<Json<RevokeRequest>>,
+) -> Response {
+    let Some(Json(RevokeRequest { jti })) = body else {
+        return problem(StatusCode::BAD_REQUEST, "the body must be {\"jti\": \"…\"}");
+    };
+    if !proto_tunnel::valid_id(&jti, 128) {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "jti is not a token id");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Err(e) = state.store.revoke(&jti, now + REVOCATION_KEPT_S) {
+        return store_error(e);
+    }
+    if state.commands.send(Command::Revoke { jti }).await.is_err() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the distributor is stopping",
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn live(State(state): State<AdminState>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if state.commands.send(Command::Live { reply }).await.is_err() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the distributor is stopping",
+        );
+    }
+    match answer.await {
+        Ok(view) => Json(view).into_response(),
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the distributor is stopping",
+        ),
+    }
+}
+
+async fn jwks(State(state): State<AdminState>) -> Response {
+    Json(state.issuer.verifier_settings().jwks).into_response()
+}
+
+async fn openapi() -> Response {
+    let mut resp = OPENAPI.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
