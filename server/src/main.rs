@@ -2,12 +2,12 @@
 //! process joined by a real WSS tunnel on loopback.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use agent_edge::admin::api::AdminState;
-use agent_edge::admin::keys::SigningKey;
+use agent_edge::admin::keys::KeyRing;
 use agent_edge::admin::store::Store;
-use agent_edge::admin::tokens::{TokenIssuer, TokenVerifier};
+use agent_edge::admin::tokens::{MAX_AGENT_TOKEN_TTL_S, TokenIssuer};
 use agent_edge::config::Config;
 use agent_edge::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use agent_edge::transport::{self, Transports};
@@ -95,16 +95,32 @@ fn main() -> anyhow::Result<()> {
     }) = &cli.role
     {
         let id = &config.identity;
-        let (subject, issuer, default_ttl) = match (agent, edge) {
-            (Some(agent), _) => (agent, token_issuer(&config)?, id.token_ttl_s),
-            (None, Some(edge)) => (edge, edge_token_issuer(&config)?, id.edge_token_ttl_s),
+        let ring = key_ring(&config)?;
+        let (subject, issuer, default_ttl, max_ttl) = match (agent, edge) {
+            (Some(agent), _) => (
+                agent,
+                token_issuer(&config, &ring),
+                id.token_ttl_s,
+                MAX_AGENT_TOKEN_TTL_S,
+            ),
+            (None, Some(edge)) => (
+                edge,
+                edge_token_issuer(&config, &ring),
+                id.edge_token_ttl_s,
+                id.edge_token_ttl_s.max(MAX_AGENT_TOKEN_TTL_S),
+            ),
             (None, None) => anyhow::bail!("name --agent or --edge"),
         };
+        let ttl = ttl.unwrap_or(default_ttl);
+        anyhow::ensure!(
+            (60..=max_ttl).contains(&ttl),
+            "--ttl must be between 60 and {max_ttl} seconds"
+        );
         anyhow::ensure!(
             proto_tunnel::valid_id(subject, 128),
             "the agent or edge must be 1-128 visible characters without spaces"
         );
-        let token = issuer.issue(subject, name.as_deref(), ttl.unwrap_or(default_ttl))?;
+        let token = issuer.issue(subject, name.as_deref(), ttl)?;
         println!("{token}");
         return Ok(());
     }
@@ -112,10 +128,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.role {
             None => {
-                let tunnel = start_distributor(&config).await?;
+                let ring = key_ring(&config)?;
+                let tunnel = start_distributor(&config, &ring).await?;
                 let url = format!("wss://{tunnel}/tunnel");
                 // One process, one key: the edge gets its credential directly.
-                let token = edge_token_issuer(&config)?.issue(
+                let token = edge_token_issuer(&config, &ring).issue(
                     &config.buffer.id,
                     None,
                     config.identity.edge_token_ttl_s,
@@ -123,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 start_buffer(&config, url, Some(token)).await?;
             }
             Some(Role::Distributor) => {
-                start_distributor(&config).await?;
+                start_distributor(&config, &key_ring(&config)?).await?;
             }
             Some(Role::Buffer { connect }) => {
                 let url = connect.unwrap_or_else(|| config.buffer.connect.clone());
@@ -138,19 +155,32 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn token_issuer(config: &Config) -> anyhow::Result<TokenIssuer> {
+/// The distributor's key ring. Retired keys stay published as long as any token they signed
+/// can live: the longest lifetime an agent or edge token may be issued with.
+fn key_ring(config: &Config) -> anyhow::Result<Arc<RwLock<KeyRing>>> {
     let id = &config.identity;
-    let key = SigningKey::ensure(&id.keys_dir)
+    let keep = MAX_AGENT_TOKEN_TTL_S.max(id.edge_token_ttl_s);
+    let ring = KeyRing::load(&id.keys_dir, keep, unix_now())
         .with_context(|| format!("preparing the signing key in {}", id.keys_dir.display()))?;
-    Ok(TokenIssuer::new(key, &id.issuer, &id.audience))
+    Ok(Arc::new(RwLock::new(ring)))
 }
 
-/// Issues edge credentials: the same key, the edge audience.
-fn edge_token_issuer(config: &Config) -> anyhow::Result<TokenIssuer> {
+/// Issues agent tokens.
+fn token_issuer(config: &Config, ring: &Arc<RwLock<KeyRing>>) -> TokenIssuer {
     let id = &config.identity;
-    let key = SigningKey::ensure(&id.keys_dir)
-        .with_context(|| format!("preparing the signing key in {}", id.keys_dir.display()))?;
-    Ok(TokenIssuer::new(key, &id.issuer, &id.edge_audience))
+    TokenIssuer::new(ring.clone(), &id.issuer, &id.audience)
+}
+
+/// Issues edge credentials: the same keys, the edge audience.
+fn edge_token_issuer(config: &Config, ring: &Arc<RwLock<KeyRing>>) -> TokenIssuer {
+    let id = &config.identity;
+    TokenIssuer::new(ring.clone(), &id.issuer, &id.edge_audience)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The buffer server's tunnel credential: `AGENT_EDGE_EDGE_TOKEN`, else `buffer.token_file`.
@@ -214,7 +244,10 @@ fn tls_files(config: &Config) -> anyhow::Result<certs::TlsFiles> {
 }
 
 /// Binds the distributor's listeners, starts its task and returns the tunnel address.
-async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAddr> {
+async fn start_distributor(
+    config: &Config,
+    ring: &Arc<RwLock<KeyRing>>,
+) -> anyhow::Result<std::net::SocketAddr> {
     let d = &config.distributor;
     let tls = certs::server_config(&tls_files(config)?)?;
     let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
@@ -229,7 +262,7 @@ async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAd
         .await
         .with_context(|| format!("binding distributor TLS {}", d.tls))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
-    let edges = TokenVerifier::new(&edge_token_issuer(config)?.verifier_settings());
+    let edges = edge_token_issuer(config, ring);
     let tunnel_addr = tunnel::listen(d.tunnel, tls, &d.id, edges, tunnel_tx)
         .await
         .with_context(|| format!("binding the tunnel endpoint {}", d.tunnel))?;
@@ -238,16 +271,13 @@ async fn start_distributor(config: &Config) -> anyhow::Result<std::net::SocketAd
         tcp,
         tls: tls_addr,
     };
-    let issuer = token_issuer(config)?;
+    let issuer = token_issuer(config, ring);
     let identity = serde_json::to_string(&issuer.verifier_settings())?;
     let store = Arc::new(
         Store::open(&config.admin.db)
             .with_context(|| format!("opening {}", config.admin.db.display()))?,
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let revoked = store.revoked(now)?;
+    let revoked = store.revoked(unix_now())?;
     let service = distributor::service::Distributor::new(
         d.clone(),
         &config.sip,

@@ -148,3 +148,47 @@ fn revoking_a_token_unregisters_its_agent_within_a_second() {
         .assert_ok("no call for a revoked agent");
     assert_eq!(register(sys.buffer_udp, "alice", &token), 401);
 }
+
+#[test]
+fn after_a_key_rotation_old_and_new_tokens_both_register() {
+    let mut sys = System::start("");
+    let key = std::fs::read_to_string(sys.path().join("admin-key")).unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    for id in ["alice", "bob"] {
+        let agent = format!(r#"{{"id":"{id}","name":"{id}"}}"#);
+        assert_eq!(
+            http(admin, "POST", "/agents", Some(&key), Some(&agent)).0,
+            201
+        );
+    }
+    let token_of = |id: &str| {
+        let (status, body) = http(
+            admin,
+            "POST",
+            &format!("/agents/{id}/tokens"),
+            Some(&key),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        json(&body)["token"].as_str().unwrap().to_owned()
+    };
+    let old = token_of("alice");
+    let (status, body) = http(admin, "POST", "/keys/rotate", Some(&key), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["keys"].as_array().unwrap().len(), 2, "{body}");
+    let new = token_of("bob");
+    let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    assert_ne!(
+        kid(&old),
+        kid(&new),
+        "the new token is signed with the new key"
+    );
+    let (_, jwks) = http(admin, "GET", "/.well-known/jwks.json", None, None);
+    assert_eq!(json(&jwks)["keys"].as_array().unwrap().len(), 2);
+
+    // The edge learned the new key and still accepts the old one.
+    assert_eq!(register(sys.buffer_udp, "alice", &old), 200);
+    sys.edge.wait_line("agent-up alice edge-1", WAIT);
+    assert_eq!(register(sys.buffer_udp, "bob", &new), 200);
+    sys.edge.wait_line("agent-up bob edge-1", WAIT);
+}

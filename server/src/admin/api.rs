@@ -38,7 +38,7 @@ impl std::fmt::Debug for AdminState {
 }
 
 /// Longest a revocation is remembered: the longest lifetime a token can be issued with.
-const REVOCATION_KEPT_S: u64 = 31 * 24 * 3600;
+const REVOCATION_KEPT_S: u64 = super::tokens::MAX_AGENT_TOKEN_TTL_S;
 
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -66,6 +66,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/agents/{id}/tokens", post(issue_token))
         .route("/tokens/revoke", post(revoke_token))
+        .route("/keys/rotate", post(rotate_keys))
         .route("/live", get(live))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
@@ -282,6 +283,27 @@ async fn revoke_token(
         );
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// New tokens are signed with a new key; the old key stays published (and every edge keeps
+/// accepting its tokens) until they expire.
+async fn rotate_keys(State(state): State<AdminState>) -> Response {
+    if let Err(e) = state.issuer.rotate() {
+        tracing::error!(error = %e, "key rotation failed");
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "key rotation failed");
+    }
+    let settings = state.issuer.verifier_settings();
+    let json = match serde_json::to_string(&settings) {
+        Ok(j) => j,
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    if state.commands.send(Command::Keys { json }).await.is_err() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the distributor is stopping",
+        );
+    }
+    Json(settings.jwks).into_response()
 }
 
 async fn live(State(state): State<AdminState>) -> Response {

@@ -98,6 +98,95 @@ impl SigningKey {
     }
 }
 
+/// The current signing key and the retired ones, which stay published (and so keep verifying
+/// the tokens they signed) for `keep_s` seconds after retirement: as long as any of their
+/// tokens can live.
+#[derive(Debug)]
+pub struct KeyRing {
+    dir: PathBuf,
+    keep_s: u64,
+    current: SigningKey,
+    /// (retired at, unix seconds; key).
+    retired: Vec<(u64, SigningKey)>,
+}
+
+const RETIRED: &str = "retired";
+
+impl KeyRing {
+    /// Loads the keys in `dir`, generating the current one when missing and deleting retired
+    /// keys older than `keep_s`.
+    pub fn load(dir: &Path, keep_s: u64, now: u64) -> Result<KeyRing, KeyError> {
+        let current = SigningKey::ensure(dir)?;
+        let mut retired = Vec::new();
+        let retired_dir = dir.join(RETIRED);
+        if let Ok(entries) = std::fs::read_dir(&retired_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(at) = name.split('-').next().and_then(|t| t.parse::<u64>().ok()) else {
+                    continue;
+                };
+                if at + keep_s < now {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                let pem = std::fs::read(&path).map_err(|source| KeyError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let key = SigningKey::from_pem(&pem)
+                    .map_err(|source| KeyError::Invalid { path, source })?;
+                retired.push((at, key));
+            }
+        }
+        retired.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.kid.cmp(&b.1.kid)));
+        Ok(KeyRing {
+            dir: dir.to_owned(),
+            keep_s,
+            current,
+            retired,
+        })
+    }
+
+    /// Retires the current key (still published for `keep_s`) and signs with a new one.
+    pub fn rotate(&mut self, now: u64) -> Result<(), KeyError> {
+        let retired_dir = self.dir.join(RETIRED);
+        std::fs::create_dir_all(&retired_dir).map_err(|source| KeyError::Io {
+            path: retired_dir.clone(),
+            source,
+        })?;
+        let current_path = self.dir.join(SIGNING_KEY);
+        let pem = std::fs::read(&current_path).map_err(|source| KeyError::Io {
+            path: current_path.clone(),
+            source,
+        })?;
+        let kept = retired_dir.join(format!("{now}-{}.pem", self.current.kid));
+        certs::write_atomic(&kept, &pem, true)?;
+        let _ = std::fs::remove_file(&current_path);
+        let new = SigningKey::ensure(&self.dir)?;
+        let old = std::mem::replace(&mut self.current, new);
+        self.retired.push((now, old));
+        Ok(())
+    }
+
+    pub fn current(&self) -> &SigningKey {
+        &self.current
+    }
+
+    /// The public keys that verify tokens at `now`: the current one and the retired ones
+    /// still within their grace period.
+    pub fn jwks(&self, now: u64) -> JwkSet {
+        let mut keys = vec![self.current.public.clone()];
+        keys.extend(
+            self.retired
+                .iter()
+                .filter(|(at, _)| at + self.keep_s >= now)
+                .map(|(_, k)| k.public.clone()),
+        );
+        JwkSet { keys }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +216,33 @@ mod tests {
             "the private scalar must not be published: {json}"
         );
         assert!(!format!("{a:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_published_for_its_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ring = KeyRing::load(dir.path(), 100, 1000).unwrap();
+        let old = ring.current().kid().to_owned();
+        ring.rotate(1000).unwrap();
+        let new = ring.current().kid().to_owned();
+        assert_ne!(old, new);
+        let kids = |ring: &KeyRing, now| -> Vec<String> {
+            ring.jwks(now)
+                .keys
+                .iter()
+                .filter_map(|k| k.common.key_id.clone())
+                .collect()
+        };
+        assert_eq!(kids(&ring, 1050), vec![new.clone(), old.clone()]);
+        // A restart finds both, until the grace period ends.
+        let again = KeyRing::load(dir.path(), 100, 1050).unwrap();
+        assert_eq!(kids(&again, 1050), vec![new.clone(), old]);
+        assert_eq!(kids(&again, 1101), vec![new.clone()]);
+        let later = KeyRing::load(dir.path(), 100, 1200).unwrap();
+        assert_eq!(kids(&later, 1200), vec![new]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(RETIRED)).unwrap().count(),
+            0
+        );
     }
 }

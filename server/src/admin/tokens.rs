@@ -9,7 +9,12 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::keys::SigningKey;
+use std::sync::{Arc, RwLock};
+
+use super::keys::{KeyError, KeyRing};
+
+/// Longest lifetime an agent token may be issued with (31 days).
+pub const MAX_AGENT_TOKEN_TTL_S: u64 = 31 * 24 * 3600;
 
 /// Seconds of clock difference tolerated between distributor and edge.
 const LEEWAY_S: u64 = 5;
@@ -79,21 +84,32 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Issues agent tokens (distributor side).
+/// Issues tokens for one audience (distributor side). Clones share the key ring, so a
+/// rotation is seen by every issuer at once.
 #[derive(Debug, Clone)]
 pub struct TokenIssuer {
-    key: SigningKey,
+    ring: Arc<RwLock<KeyRing>>,
     issuer: String,
     audience: String,
 }
 
 impl TokenIssuer {
-    pub fn new(key: SigningKey, issuer: &str, audience: &str) -> Self {
+    pub fn new(ring: Arc<RwLock<KeyRing>>, issuer: &str, audience: &str) -> Self {
         TokenIssuer {
-            key,
+            ring,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         }
+    }
+
+    fn ring(&self) -> std::sync::RwLockReadGuard<'_, KeyRing> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Signs with a new key from now on; the old one keeps verifying its tokens.
+    pub fn rotate(&self) -> Result<(), KeyError> {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        ring.rotate(now_unix())
     }
 
     /// A token for `agent`, valid from now for `ttl_s` seconds.
@@ -127,9 +143,11 @@ impl TokenIssuer {
 
     /// Signs arbitrary claims with our key (and `kid`).
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        let ring = self.ring();
+        let key = ring.current();
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.key.kid().to_owned());
-        jsonwebtoken::encode(&header, claims, self.key.encoding_key())
+        header.kid = Some(key.kid().to_owned());
+        jsonwebtoken::encode(&header, claims, key.encoding_key())
             .map_err(|e| TokenError::Signing(e.to_string()))
     }
 
@@ -138,7 +156,7 @@ impl TokenIssuer {
         VerifierSettings {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
-            jwks: self.key.jwks(),
+            jwks: self.ring().jwks(now_unix()),
         }
     }
 }
@@ -227,8 +245,8 @@ mod tests {
 
     fn setup() -> (TokenIssuer, TokenVerifier, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::ensure(dir.path()).unwrap();
-        let issuer = TokenIssuer::new(key, "agent-edge", "agents");
+        let ring = KeyRing::load(dir.path(), 3600, now_unix()).unwrap();
+        let issuer = TokenIssuer::new(Arc::new(RwLock::new(ring)), "agent-edge", "agents");
         let verifier = TokenVerifier::new(&issuer.verifier_settings());
         (issuer, verifier, dir)
     }
@@ -301,7 +319,7 @@ mod tests {
         // HS256 "signed" with the public key, the classic key-confusion attack.
         let public = serde_json::to_vec(&issuer.verifier_settings().jwks).unwrap();
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(issuer.key.kid().to_owned());
+        header.kid = Some(issuer.ring().current().kid().to_owned());
         let hs = jsonwebtoken::encode(
             &header,
             &serde_json::from_slice::<serde_json::Value>(&B64.decode(parts[1]).unwrap()).unwrap(),
@@ -312,6 +330,21 @@ mod tests {
 
         assert_eq!(verifier.verify("not.a.token"), Err(TokenError::Malformed));
         assert_eq!(verifier.verify(""), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn tokens_signed_before_a_rotation_still_verify() {
+        let (issuer, _, _d) = setup();
+        let before = issuer.issue("alice", None, 600).unwrap();
+        issuer.rotate().unwrap();
+        let after = issuer.issue("alice", None, 600).unwrap();
+        let verifier = TokenVerifier::new(&issuer.verifier_settings());
+        assert!(verifier.verify(&before).is_ok());
+        assert!(verifier.verify(&after).is_ok());
+        assert_ne!(
+            jsonwebtoken::decode_header(&before).unwrap().kid,
+            jsonwebtoken::decode_header(&after).unwrap().kid
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Command {
     Revoke { jti: String },
     /// Who is logged in where, and the calls in progress.
     Live { reply: oneshot::Sender<LiveView> },
+    /// The token keys changed (a rotation): tell every edge.
+    Keys { json: String },
 }
 
 /// The distributor's state as the admin API shows it.
@@ -226,6 +228,12 @@ impl Distributor {
                     let _ = edge.sender.try_send(Frame::Revoke { jti: jti.clone() });
                 }
                 self.revoked.insert(jti);
+            }
+            Command::Keys { json } => {
+                for edge in self.edges.values() {
+                    let _ = edge.sender.try_send(Frame::Keys { json: json.clone() });
+                }
+                self.identity = json;
             }
             Command::Live { reply } => {
                 let agents = self

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::next_conn_id;
 use super::tls_listener::{PeerAddr, TlsListener};
-use crate::admin::tokens::{self, TokenVerifier};
+use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
 use crate::sip::ConnId;
 
 /// Silence after which a ping is sent.
@@ -65,8 +65,9 @@ pub enum TunnelClientEvent {
 #[derive(Clone)]
 struct ServerState {
     distributor_id: Arc<str>,
-    /// Checks the credential every edge presents before its tunnel opens.
-    edges: Arc<TokenVerifier>,
+    /// Whose keys check the credential every edge presents before its tunnel opens (read at
+    /// each dial, so a key rotation applies at once).
+    edges: TokenIssuer,
     events: mpsc::Sender<TunnelServerEvent>,
     limits: Arc<Limits>,
 }
@@ -76,14 +77,14 @@ pub async fn listen(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     distributor_id: &str,
-    edges: TokenVerifier,
+    edges: TokenIssuer,
     events: mpsc::Sender<TunnelServerEvent>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TlsListener::bind(addr, tls).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
     let state = ServerState {
         distributor_id: distributor_id.into(),
-        edges: Arc::new(edges),
+        edges,
         events,
         limits: Arc::new(Limits::default()),
     };
@@ -110,7 +111,8 @@ async fn tunnel_upgrade(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let credential = tokens::bearer(authorization).and_then(|t| state.edges.verify(t));
+    let verifier = TokenVerifier::new(&state.edges.verifier_settings());
+    let credential = tokens::bearer(authorization).and_then(|t| verifier.verify(t));
     let edge = match credential {
         Ok(claims) => claims.sub,
         Err(e) => {
