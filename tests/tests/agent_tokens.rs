@@ -90,9 +90,13 @@ fn only_a_valid_token_for_the_agent_registers_it() {
         B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
         parts[1]
     );
+    // The classic key confusion: HS256 "signed" with the distributor's public key.
+    let public_pem = rcgen::KeyPair::from_pem(std::str::from_utf8(&pem).unwrap())
+        .unwrap()
+        .public_key_pem();
     let hs256 = forged(
         &sys,
-        &EncodingKey::from_secret(&pem),
+        &EncodingKey::from_secret(public_pem.as_bytes()),
         Algorithm::HS256,
         |_| {},
     );
@@ -123,7 +127,7 @@ fn only_a_valid_token_for_the_agent_registers_it() {
             401,
         ),
         ("alg none", Some(alg_none), 401),
-        ("HS256 keyed with our key material", Some(hs256), 401),
+        ("HS256 keyed with our public key", Some(hs256), 401),
         (
             "wrong audience",
             Some(forged(&sys, &ours, Algorithm::ES256, |c| {
