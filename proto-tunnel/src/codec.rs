@@ -16,6 +16,7 @@ const PONG: u8 = 7;
 const CLOSE: u8 = 8;
 const KEYS: u8 = 9;
 const REVOKE: u8 = 10;
+const ROUTE: u8 = 11;
 
 /// Bounds on what a peer may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +158,16 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             buf.put_u8(REVOKE);
             put_bytes(buf, jti.as_bytes());
         }
+        Frame::Route {
+            call_id,
+            agent,
+            ttl_ms,
+        } => {
+            buf.put_u8(ROUTE);
+            put_bytes(buf, call_id.as_bytes());
+            put_bytes(buf, agent.as_bytes());
+            buf.put_u32(*ttl_ms);
+        }
     }
 }
 
@@ -230,6 +241,11 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
             json: r.text("keys", limits.max_frame)?,
         },
         REVOKE => Frame::Revoke { jti: r.id("jti")? },
+        ROUTE => Frame::Route {
+            call_id: r.text("call_id", 1024)?,
+            agent: r.id("agent")?,
+            ttl_ms: r.u32("ttl_ms")?,
+        },
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if !r.buf.is_empty() {
@@ -260,6 +276,11 @@ impl<'a> Reader<'a> {
     fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         let b = self.take(2, field)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
@@ -335,6 +356,11 @@ mod tests {
             },
             Frame::Revoke {
                 jti: "0123abcd".into(),
+            },
+            Frame::Route {
+                call_id: "a84b4c76e66710@pc33".into(),
+                agent: "alice".into(),
+                ttl_ms: 5000,
             },
         ]
     }
@@ -439,6 +465,11 @@ mod tests {
             ".{0,100}".prop_map(|reason| Frame::Close { reason }),
             ".{0,300}".prop_map(|json| Frame::Keys { json }),
             id().prop_map(|jti| Frame::Revoke { jti }),
+            (".{0,60}", id(), any::<u32>()).prop_map(|(call_id, agent, ttl_ms)| Frame::Route {
+                call_id,
+                agent,
+                ttl_ms
+            }),
         ]
     }
 

@@ -37,6 +37,13 @@ pub enum Frame {
     /// An agent token was revoked: an edge refuses it from now on and drops any registration
     /// made with it.
     Revoke { jti: String },
+    /// `table` hand-off: the INVITE with this Call-ID that follows is for `agent`; the entry
+    /// expires after `ttl_ms` if no INVITE comes.
+    Route {
+        call_id: String,
+        agent: String,
+        ttl_ms: u32,
+    },
     /// The sender is closing the tunnel, and why.
     Close { reason: String },
 }

@@ -216,6 +216,8 @@ pub struct BufferConfig {
     pub https: SocketAddr,
     /// Longest registration granted, in seconds.
     pub max_expires: u32,
+    /// How the distributor hands calls to this edge: tunnel, uri, message or table.
+    pub handoff: String,
     /// File holding this edge's credential for the tunnel (an edge token). The environment
     /// variable `AGENT_EDGE_EDGE_TOKEN` takes precedence; never put the token itself here.
     pub token_file: Option<PathBuf>,
@@ -230,6 +232,7 @@ impl Default for BufferConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 5070)),
             https: SocketAddr::from(([127, 0, 0, 1], 8443)),
             max_expires: 3600,
+            handoff: "tunnel".into(),
             token_file: None,
         }
     }
@@ -288,6 +291,9 @@ impl Config {
         }
         if !(60..=31 * 24 * 3600).contains(&self.identity.token_ttl_s) {
             return invalid("identity.token_ttl_s must be between 60 s and 31 days");
+        }
+        if crate::handoff::Mode::parse(&self.buffer.handoff).is_none() {
+            return invalid("buffer.handoff must be tunnel, uri, message or table");
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod buffer;
 pub mod config;
 pub mod distributor;
+pub mod handoff;
 pub mod ids;
 pub mod sip;
 pub mod transport;

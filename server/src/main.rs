@@ -336,7 +336,7 @@ async fn start_buffer(
         url: connect,
         tls: client_tls,
         edge_id: b.id.clone(),
-        handoffs: vec!["tunnel".into()],
+        handoffs: vec![b.handoff.clone()],
         token,
     };
     tunnel::spawn_dialler(dial, tunnel_tx);

@@ -510,8 +510,13 @@ pub struct System {
 
 impl System {
     pub fn start(distributor_extra: &str) -> System {
+        System::start_with(distributor_extra, "")
+    }
+
+    /// With extra lines for the `[distributor]` and `[buffer]` sections.
+    pub fn start_with(distributor_extra: &str, buffer_extra: &str) -> System {
         let dir = test_dir();
-        let config = write_config(dir.path(), distributor_extra, "");
+        let config = write_config(dir.path(), distributor_extra, buffer_extra);
         let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
         let dist_udp = edge.addr("distributor.udp");
         let dist_tcp = edge.addr("distributor.tcp");

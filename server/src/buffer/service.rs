@@ -16,6 +16,7 @@ use super::registrar::{self, RegisterRequest, Registrar};
 use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
 use crate::admin::tokens::{self, TokenError, TokenVerifier, VerifierSettings};
 use crate::config::{BufferConfig, SipConfig};
+use crate::handoff::{self, Mode, RouteTable};
 use crate::ids;
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind};
@@ -53,6 +54,13 @@ pub struct Buffer {
     verifier: Option<TokenVerifier>,
     /// Token ids the distributor revoked.
     revoked: HashSet<String>,
+    /// The tunnel `tunnel-up` was printed for. Verification keeps the last keys through an
+    /// outage, so agents can refresh their registrations meanwhile.
+    announced: Option<ConnId>,
+    /// How the distributor hands calls to this edge.
+    mode: Mode,
+    /// `table` hand-offs waiting for their INVITE.
+    routes: RouteTable,
     /// (Call-ID, agent) named by the tunnel frame being handled: the layer reports its INVITE
     /// within the same step, and the slot is cleared after it.
     handoff: Option<(String, String)>,
@@ -83,6 +91,7 @@ impl Buffer {
         transports: Transports,
         addrs: BoundAddrs,
     ) -> Buffer {
+        let mode = Mode::parse(&config.handoff).unwrap_or(Mode::Tunnel);
         Buffer {
             id: config.id.clone(),
             config,
@@ -99,6 +108,9 @@ impl Buffer {
             tunnel: None,
             verifier: None,
             revoked: HashSet::new(),
+            announced: None,
+            mode,
+            routes: RouteTable::new(),
             handoff: None,
             client_invites: HashMap::new(),
             agent_invites: HashMap::new(),
@@ -115,11 +127,15 @@ impl Buffer {
     ) {
         loop {
             let now = Instant::now();
-            let wake = [self.layer.poll_timeout(), self.registrar.next_expiry()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now + Duration::from_secs(3600));
+            let wake = [
+                self.layer.poll_timeout(),
+                self.registrar.next_expiry(),
+                self.routes.next_expiry(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
                 ev = sip.recv() => match ev {
                     Some(ev) => self.on_transport(ev, Instant::now()),
@@ -134,6 +150,10 @@ impl Buffer {
                     self.layer.handle_timeout(now);
                     for agent in self.registrar.expire(now) {
                         self.agent_gone(&agent);
+                    }
+                    let expired = self.routes.expire(now);
+                    if expired > 0 {
+                        info!(expired, "route entries expired without their INVITE");
                     }
                 }
             }
@@ -156,7 +176,6 @@ impl Buffer {
     fn on_tunnel(&mut self, ev: TunnelClientEvent, now: Instant) {
         match ev {
             TunnelClientEvent::Up { conn, sender } => {
-                crate::announce(&format!("tunnel-up {}", self.id));
                 for agent in self.registrar.agents() {
                     let _ = sender.try_send(Frame::AgentUp {
                         agent: agent.to_owned(),
@@ -185,6 +204,11 @@ impl Buffer {
                         let verifier = TokenVerifier::new(&settings);
                         info!(?verifier, "agent token keys received");
                         self.verifier = Some(verifier);
+                        // Up once agents can log in: the keys follow Welcome on each tunnel.
+                        if self.announced != Some(conn) {
+                            self.announced = Some(conn);
+                            crate::announce(&format!("tunnel-up {}", self.id));
+                        }
                     }
                     Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
                 },
@@ -194,6 +218,14 @@ impl Buffer {
                         self.agent_gone(&agent);
                     }
                     self.revoked.insert(jti);
+                }
+                Frame::Route {
+                    call_id,
+                    agent,
+                    ttl_ms,
+                } => {
+                    let ttl = Duration::from_millis(ttl_ms.into()).min(Duration::from_secs(60));
+                    self.routes.insert(call_id, agent, ttl, now);
                 }
                 other => debug!(frame = ?other, "ignoring tunnel frame"),
             },
@@ -214,10 +246,58 @@ impl Buffer {
                 return;
             }
         };
+        if handoff::is_wrapper_response(&msg) {
+            return;
+        }
+        let (msg, agent) = if handoff::is_wrapper(&msg) {
+            match handoff::unwrap(&msg) {
+                Ok((inner, wrapped_agent)) => {
+                    let ok = msg.response(200, Some(&ids::tag()));
+                    self.send_frame(Frame::Sip {
+                        agent: None,
+                        message: Bytes::from(ok.to_bytes()),
+                    });
+                    (inner, wrapped_agent)
+                }
+                Err(e) => {
+                    warn!(error = %e, "refusing a hand-off MESSAGE");
+                    let mut resp = msg.response(e.status(), Some(&ids::tag()));
+                    resp.set_reason(&e.to_string());
+                    self.send_frame(Frame::Sip {
+                        agent: None,
+                        message: Bytes::from(resp.to_bytes()),
+                    });
+                    return;
+                }
+            }
+        } else if self.mode == Mode::Message {
+            // This edge takes its hand-offs wrapped; a bare INVITE names no agent.
+            (msg, None)
+        } else {
+            (msg, agent)
+        };
+        let initial_invite = msg.method() == Some(&Method::Invite) && msg.to_tag().is_none();
+        // Only the hand-off this edge asked for counts: an agent named any other way is not
+        // taken, so a misconfigured distributor shows at once (404) instead of half working.
+        let agent = match self.mode {
+            Mode::Tunnel | Mode::Message => agent,
+            Mode::Uri if initial_invite => handoff::decode_uri(&msg).ok(),
+            Mode::Table if initial_invite => msg.call_id().and_then(|c| self.routes.take(c, now)),
+            Mode::Uri | Mode::Table => None,
+        };
         if let (Some(agent), Some(call_id)) = (agent, msg.call_id()) {
             self.handoff = Some((call_id.to_owned(), agent));
         }
         self.layer.handle_message(msg, from, now);
+    }
+
+    /// A frame straight to the distributor (answers to hand-off wrappers).
+    fn send_frame(&self, frame: Frame) {
+        if let Some((_, sender)) = &self.tunnel
+            && sender.try_send(frame).is_err()
+        {
+            warn!("tunnel queue full; message dropped");
+        }
     }
 
     /// Runs the layer's events, then sends what it queued.
@@ -235,9 +315,21 @@ impl Buffer {
         if t.to.kind == TransportKind::Tunnel {
             match &self.tunnel {
                 Some((conn, sender)) if Some(*conn) == t.to.conn => {
+                    let message = if self.mode == Mode::Message {
+                        let host = format!("{}.invalid", self.id);
+                        let wrapper = handoff::wrap(
+                            &t.bytes,
+                            "sip:distributor.invalid",
+                            &host,
+                            &transaction::new_branch(),
+                        );
+                        Bytes::from(wrapper.to_bytes())
+                    } else {
+                        t.bytes
+                    };
                     let frame = Frame::Sip {
                         agent: None,
-                        message: t.bytes,
+                        message,
                     };
                     if sender.try_send(frame).is_err() {
                         warn!("tunnel queue full; message dropped");
@@ -451,7 +543,7 @@ impl Buffer {
         };
         let Some(binding) = self.registrar.get(&agent).cloned() else {
             info!(%agent, "call for an agent not registered here");
-            self.respond(tx, &invite, 480, now);
+            self.respond(tx, &invite, 404, now);
             return;
         };
         if invite.max_forwards() == Some(0) {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use proto_tunnel::Frame;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -13,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::agents::AgentPool;
 use crate::config::{DistributorConfig, SipConfig};
+use crate::handoff::{self, Mode};
 use crate::ids;
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
@@ -93,6 +95,18 @@ impl BoundAddrs {
 struct Edge {
     id: String,
     sender: mpsc::Sender<Frame>,
+    /// How this edge wants calls handed to it (the first of its Hello's it names that we know).
+    mode: Mode,
+}
+
+/// Time a `table` route entry waits for its INVITE.
+const ROUTE_TTL_MS: u32 = 5000;
+
+/// The agent (and Call-ID) of the INVITE being handed to an edge, for the encoder.
+#[derive(Debug)]
+struct Handoff {
+    agent: String,
+    call_id: String,
 }
 
 /// A new call handed to an edge, by the client transaction carrying its INVITE.
@@ -271,13 +285,18 @@ impl Distributor {
                 conn,
                 edge_id,
                 sender,
-                ..
+                handoffs,
             } => {
+                let mode = handoffs
+                    .iter()
+                    .find_map(|h| Mode::parse(h))
+                    .unwrap_or(Mode::Tunnel);
                 if let Some(old) = self.edge_ids.get(&edge_id).copied() {
                     // The edge re-dialled before its old tunnel was seen dead.
                     self.edge_down(old, now);
                 }
-                info!(edge = %edge_id, "edge up");
+                info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
+                crate::announce(&format!("edge-up {edge_id} {}", mode.as_str()));
                 let keys = Frame::Keys {
                     json: self.identity.clone(),
                 };
@@ -293,6 +312,7 @@ impl Distributor {
                     Edge {
                         id: edge_id,
                         sender,
+                        mode,
                     },
                 );
             }
@@ -334,11 +354,41 @@ impl Distributor {
     }
 
     fn on_tunnel_sip(&mut self, bytes: &[u8], conn: ConnId, now: Instant) {
-        match SipMessage::parse_checked(bytes) {
-            Ok(msg) => self.layer.handle_message(msg, tunnel_target(conn), now),
+        let msg = match SipMessage::parse_checked(bytes) {
+            Ok(msg) => msg,
             // An edge sending bad SIP is a bug on its side; answering would only echo it.
-            Err(rejected) => warn!(error = %rejected.error, "bad SIP from an edge"),
+            Err(rejected) => {
+                warn!(error = %rejected.error, "bad SIP from an edge");
+                return;
+            }
+        };
+        if handoff::is_wrapper_response(&msg) {
+            return;
         }
+        let msg = if handoff::is_wrapper(&msg) {
+            let (answer, inner) = match handoff::unwrap(&msg) {
+                Ok((inner, _)) => (msg.response(200, Some(&ids::tag())), Some(inner)),
+                Err(e) => {
+                    warn!(error = %e, "bad wrapped SIP from an edge");
+                    let mut resp = msg.response(e.status(), Some(&ids::tag()));
+                    resp.set_reason(&e.to_string());
+                    (resp, None)
+                }
+            };
+            if let Some(edge) = self.edges.get(&conn) {
+                let _ = edge.sender.try_send(Frame::Sip {
+                    agent: None,
+                    message: Bytes::from(answer.to_bytes()),
+                });
+            }
+            match inner {
+                Some(inner) => inner,
+                None => return,
+            }
+        } else {
+            msg
+        };
+        self.layer.handle_message(msg, tunnel_target(conn), now);
     }
 
     fn drive(&mut self, now: Instant) {
@@ -350,11 +400,11 @@ impl Distributor {
 
     /// Sends what the layer queued. `handoff` names the agent for the first message into a
     /// tunnel: the INVITE just handed to the layer.
-    fn flush(&mut self, mut handoff: Option<String>) {
+    fn flush(&mut self, mut handoff: Option<Handoff>) {
         while let Some(t) = self.layer.poll_transmit() {
             if t.to.kind == TransportKind::Tunnel {
-                let agent = handoff.take();
-                self.send_tunnel(t, agent);
+                let h = handoff.take();
+                self.send_tunnel(t, h);
             } else if let Err(e) = self.transports.send(&t.to, t.bytes) {
                 debug!(to = %t.to.addr, error = %e, "send failed");
                 self.layer.transport_failed(&t.to, Instant::now());
@@ -362,18 +412,52 @@ impl Distributor {
         }
     }
 
-    fn send_tunnel(&mut self, t: Transmit, agent: Option<String>) {
+    /// Puts one message into an edge's tunnel, encoding a hand-off the way the edge asked.
+    fn send_tunnel(&mut self, t: Transmit, handoff: Option<Handoff>) {
         let edge = t.to.conn.and_then(|c| self.edges.get(&c));
         let Some(edge) = edge else {
             self.layer.transport_failed(&t.to, Instant::now());
             return;
         };
-        let frame = Frame::Sip {
-            agent,
-            message: t.bytes,
+        let mut frames = Vec::with_capacity(2);
+        let message = match (edge.mode, handoff) {
+            (Mode::Tunnel, Some(h)) => {
+                frames.push(Frame::Sip {
+                    agent: Some(h.agent),
+                    message: t.bytes,
+                });
+                None
+            }
+            (Mode::Table, Some(h)) => {
+                frames.push(Frame::Route {
+                    call_id: h.call_id,
+                    agent: h.agent,
+                    ttl_ms: ROUTE_TTL_MS,
+                });
+                Some(t.bytes)
+            }
+            (Mode::Message, h) => {
+                let target = match h {
+                    Some(h) => format!("sip:{}@{}.invalid", h.agent, edge.id),
+                    None => format!("sip:{}.invalid", edge.id),
+                };
+                let host = format!("{}.invalid", self.config.id);
+                let wrapper = handoff::wrap(&t.bytes, &target, &host, &transaction::new_branch());
+                Some(Bytes::from(wrapper.to_bytes()))
+            }
+            // `uri` was encoded in the request-URI before the layer saw the INVITE.
+            (_, _) => Some(t.bytes),
         };
-        if edge.sender.try_send(frame).is_err() {
-            warn!(edge = %edge.id, "tunnel queue full; message dropped");
+        if let Some(message) = message {
+            frames.push(Frame::Sip {
+                agent: None,
+                message,
+            });
+        }
+        for frame in frames {
+            if edge.sender.try_send(frame).is_err() {
+                warn!(edge = %edge.id, "tunnel queue full; message dropped");
+            }
         }
     }
 
@@ -462,9 +546,16 @@ impl Distributor {
             format!("<sip:{addr};transport={transport};lr{flow}>"),
         );
         self.prepare_forward(&mut fwd, TransportKind::Tunnel);
+        if self.edges.get(&conn).is_some_and(|e| e.mode == Mode::Uri) {
+            // In the request-URI, so the CANCEL the layer may build repeats it.
+            handoff::encode_uri(&mut fwd, &format!("{edge_id}.invalid"), &agent);
+        }
         self.flush(None);
         let client_tx = self.layer.send_request(fwd, tunnel_target(conn), now);
-        self.flush(Some(agent.clone()));
+        self.flush(Some(Handoff {
+            agent: agent.clone(),
+            call_id: call_id.clone(),
+        }));
         self.active.insert(call_id.clone(), agent.clone());
         self.invites.insert(tx, call_id);
         self.offer_of_server.insert(tx, client_tx);
