@@ -537,6 +537,36 @@ impl System {
         }
     }
 
+    /// One call: agent `alice` registered over UDP runs `agent_scenario`, a caller runs
+    /// `caller_scenario`; both SIPp runs must succeed.
+    pub fn one_call(&mut self, agent_scenario: &str, caller_scenario: &str, name: &str) {
+        let (port, uas) = agent(
+            agent_scenario,
+            self.dir.path(),
+            &format!("{name}-agent"),
+            1,
+            &[],
+        );
+        register(
+            &mut self.edge,
+            self.dir.path(),
+            self.buffer_udp,
+            "alice",
+            port,
+            false,
+        );
+        caller(
+            caller_scenario,
+            self.dir.path(),
+            &format!("{name}-caller"),
+            self.dist_udp,
+        )
+        .arg(&["-m", "1"])
+        .run()
+        .assert_ok(&format!("{name}: caller"));
+        uas.wait().assert_ok(&format!("{name}: agent"));
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

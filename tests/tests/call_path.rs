@@ -13,21 +13,7 @@ use agent_edge_tests::{
 
 #[test]
 fn udp_agent_answers_and_caller_hangs_up() {
-    let mut sys = System::start("");
-    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent", 1, &[]);
-    register(
-        &mut sys.edge,
-        sys.dir.path(),
-        sys.buffer_udp,
-        "alice",
-        port,
-        false,
-    );
-    caller("caller_call_hangup.xml", sys.path(), "caller", sys.dist_udp)
-        .arg(&["-m", "1"])
-        .run()
-        .assert_ok("caller");
-    agent.wait().assert_ok("agent");
+    System::start("").one_call("agent_answer.xml", "caller_call_hangup.xml", "udp");
 }
 
 #[test]
@@ -51,26 +37,7 @@ fn tcp_agent_answers_and_caller_hangs_up() {
 
 #[test]
 fn agent_hangs_up() {
-    let mut sys = System::start("");
-    let (port, agent) = agent("agent_answer_hangup.xml", sys.path(), "agent", 1, &[]);
-    register(
-        &mut sys.edge,
-        sys.dir.path(),
-        sys.buffer_udp,
-        "alice",
-        port,
-        false,
-    );
-    caller(
-        "caller_call_wait_bye.xml",
-        sys.path(),
-        "caller",
-        sys.dist_udp,
-    )
-    .arg(&["-m", "1"])
-    .run()
-    .assert_ok("caller");
-    agent.wait().assert_ok("agent");
+    System::start("").one_call("agent_answer_hangup.xml", "caller_call_wait_bye.xml", "bye");
 }
 
 #[test]
@@ -209,41 +176,14 @@ async fn read_message<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String
 
 #[test]
 fn caller_cancels_while_agent_rings() {
-    let mut sys = System::start("");
-    let (port, agent) = agent("agent_ring_cancel.xml", sys.path(), "agent", 1, &[]);
-    register(
-        &mut sys.edge,
-        sys.dir.path(),
-        sys.buffer_udp,
-        "alice",
-        port,
-        false,
-    );
-    caller("caller_cancel.xml", sys.path(), "caller", sys.dist_udp)
-        .arg(&["-m", "1"])
-        .run()
-        .assert_ok("caller (487 after CANCEL)");
-    // The agent's scenario requires the CANCEL: it passes only if the CANCEL reached it.
-    agent.wait().assert_ok("agent (CANCEL received)");
+    // The agent's scenario requires the CANCEL: it passes only if the CANCEL reached it, and
+    // the caller's only if it got 487.
+    System::start("").one_call("agent_ring_cancel.xml", "caller_cancel.xml", "cancel");
 }
 
 #[test]
 fn agent_busy_reaches_the_caller() {
-    let mut sys = System::start("");
-    let (port, agent) = agent("agent_busy.xml", sys.path(), "agent", 1, &[]);
-    register(
-        &mut sys.edge,
-        sys.dir.path(),
-        sys.buffer_udp,
-        "alice",
-        port,
-        false,
-    );
-    caller("caller_expect_486.xml", sys.path(), "caller", sys.dist_udp)
-        .arg(&["-m", "1"])
-        .run()
-        .assert_ok("caller (486)");
-    agent.wait().assert_ok("agent");
+    System::start("").one_call("agent_busy.xml", "caller_expect_486.xml", "busy");
 }
 
 #[test]
@@ -495,25 +435,7 @@ fn sip_request(method: &str, extra: &str, body: &str, via_port: u16) -> String {
 }
 
 fn call_still_works(sys: &mut System) {
-    let (port, agent) = agent("agent_answer.xml", sys.path(), "agent-after", 1, &[]);
-    register(
-        &mut sys.edge,
-        sys.dir.path(),
-        sys.buffer_udp,
-        "alice",
-        port,
-        false,
-    );
-    caller(
-        "caller_call_hangup.xml",
-        sys.path(),
-        "caller-after",
-        sys.dist_udp,
-    )
-    .arg(&["-m", "1"])
-    .run()
-    .assert_ok("the next call");
-    agent.wait().assert_ok("the next call's agent");
+    sys.one_call("agent_answer.xml", "caller_call_hangup.xml", "after");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! agent's identifier reaches the buffer server every way, and the call works end to end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use agent_edge_tests::{System, agent, caller, register};
+use agent_edge_tests::{System, WAIT};
 
 /// Answer and caller hang-up, agent hang-up, and cancel while ringing, through one mode,
 /// each on a fresh system so one agent takes each call.
@@ -11,44 +11,24 @@ fn calls_through(mode: &str) {
         (
             "agent_answer.xml",
             "caller_call_hangup.xml",
-            "answered, caller hangs up",
+            "caller-hangs-up",
         ),
         (
             "agent_answer_hangup.xml",
             "caller_call_wait_bye.xml",
-            "answered, agent hangs up",
+            "agent-hangs-up",
         ),
         (
             "agent_ring_cancel.xml",
             "caller_cancel.xml",
-            "cancelled while ringing",
+            "cancel-while-ringing",
         ),
     ];
-    for (i, (agent_scenario, caller_scenario, what)) in cases.into_iter().enumerate() {
+    for (agent_scenario, caller_scenario, what) in cases {
         let mut sys = System::start_with("", &format!("handoff = \"{mode}\""));
         // The distributor agreed to hand calls this way; the buffer server takes no other.
-        sys.edge
-            .wait_line(&format!("edge-up edge-1 {mode}"), agent_edge_tests::WAIT);
-        let name = format!("{mode}-{i}");
-        let (port, uas) = agent(agent_scenario, sys.path(), &format!("{name}-agent"), 1, &[]);
-        register(
-            &mut sys.edge,
-            sys.dir.path(),
-            sys.buffer_udp,
-            "alice",
-            port,
-            false,
-        );
-        caller(
-            caller_scenario,
-            sys.path(),
-            &format!("{name}-caller"),
-            sys.dist_udp,
-        )
-        .arg(&["-m", "1"])
-        .run()
-        .assert_ok(&format!("{mode}: {what} (caller)"));
-        uas.wait().assert_ok(&format!("{mode}: {what} (agent)"));
+        sys.edge.wait_line(&format!("edge-up edge-1 {mode}"), WAIT);
+        sys.one_call(agent_scenario, caller_scenario, &format!("{mode}-{what}"));
     }
 }
 

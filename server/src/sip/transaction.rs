@@ -693,29 +693,19 @@ impl TransactionLayer {
             return;
         };
         match (timer, tx.kind, tx.state) {
+            // Timer A doubles without a cap (RFC 3261 §17.1.1.2).
             (Timer::Retransmit, Kind::ClientInvite, State::Calling) => {
                 tx.interval *= 2;
-                let next = now + tx.interval;
-                let t2 = Transmit {
-                    to: tx.peer.clone(),
-                    bytes: tx.wire.clone(),
-                };
-                self.transmits.push_back(t2);
-                self.set_timer(id, Timer::Retransmit, next);
+                self.resend(id, Timer::Retransmit, now);
             }
+            // Timer E doubles up to T2, and stays at T2 once a provisional came.
             (Timer::Retransmit, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
                 tx.interval = if tx.state == State::Trying {
                     (tx.interval * 2).min(t.t2)
                 } else {
                     t.t2
                 };
-                let next = now + tx.interval;
-                let t2 = Transmit {
-                    to: tx.peer.clone(),
-                    bytes: tx.wire.clone(),
-                };
-                self.transmits.push_back(t2);
-                self.set_timer(id, Timer::Retransmit, next);
+                self.resend(id, Timer::Retransmit, now);
             }
             (Timer::Timeout, Kind::ClientInvite, State::Calling)
             | (Timer::Timeout, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
@@ -735,13 +725,7 @@ impl TransactionLayer {
                     return;
                 }
                 tx.interval = (tx.interval * 2).min(t.t2);
-                let next = now + tx.interval;
-                let t2 = Transmit {
-                    to: tx.peer.clone(),
-                    bytes: tx.wire.clone(),
-                };
-                self.transmits.push_back(t2);
-                self.set_timer(id, Timer::ResponseRetransmit, next);
+                self.resend(id, Timer::ResponseRetransmit, now);
             }
             (Timer::WaitAck, Kind::ServerInvite, State::Completed) => {
                 self.events.push_back(TxEvent::Timeout { tx: id });
@@ -756,6 +740,20 @@ impl TransactionLayer {
             (Timer::Linger, _, _) => self.terminate(id),
             _ => {}
         }
+    }
+
+    /// Sends the transaction's stored message again and schedules the next resend one
+    /// (already updated) interval from now.
+    fn resend(&mut self, id: TxId, timer: Timer, now: Instant) {
+        let Some(tx) = self.txs.get(&id) else {
+            return;
+        };
+        let next = now + tx.interval;
+        self.transmits.push_back(Transmit {
+            to: tx.peer.clone(),
+            bytes: tx.wire.clone(),
+        });
+        self.set_timer(id, timer, next);
     }
 
     /// The request a server transaction answers.
