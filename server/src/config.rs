@@ -218,6 +218,12 @@ pub struct BufferConfig {
     pub max_expires: u32,
     /// How the distributor hands calls to this edge: tunnel, uri, message or table.
     pub handoff: String,
+    /// Reach the distributor over plain SIP instead of the tunnel, for an edge with a public
+    /// address: `udp:HOST:PORT` or `tcp:HOST:PORT`. Only the `uri` and `message` hand-offs.
+    pub distributor_sip: Option<String>,
+    /// With `distributor_sip`: the distributor's public keys (its /.well-known/jwks.json), to
+    /// verify agent tokens without a tunnel to learn them from.
+    pub keys_file: Option<PathBuf>,
     /// File holding this edge's credential for the tunnel (an edge token). The environment
     /// variable `AGENT_EDGE_EDGE_TOKEN` takes precedence; never put the token itself here.
     pub token_file: Option<PathBuf>,
@@ -233,8 +239,28 @@ impl Default for BufferConfig {
             https: SocketAddr::from(([127, 0, 0, 1], 8443)),
             max_expires: 3600,
             handoff: "tunnel".into(),
+            distributor_sip: None,
+            keys_file: None,
             token_file: None,
         }
+    }
+}
+
+impl BufferConfig {
+    /// The distributor's plain-SIP address, when the edge has no tunnel.
+    pub fn link_target(&self) -> Option<crate::sip::Target> {
+        let (kind, addr) = self.distributor_sip.as_deref()?.split_once(':')?;
+        let addr: SocketAddr = addr.parse().ok()?;
+        let kind = match kind {
+            "udp" => crate::sip::TransportKind::Udp,
+            "tcp" => crate::sip::TransportKind::Tcp,
+            _ => return None,
+        };
+        Some(crate::sip::Target {
+            kind,
+            addr,
+            conn: None,
+        })
     }
 }
 
@@ -292,8 +318,23 @@ impl Config {
         if !(60..=31 * 24 * 3600).contains(&self.identity.token_ttl_s) {
             return invalid("identity.token_ttl_s must be between 60 s and 31 days");
         }
-        if crate::handoff::Mode::parse(&self.buffer.handoff).is_none() {
+        let Some(mode) = crate::handoff::Mode::parse(&self.buffer.handoff) else {
             return invalid("buffer.handoff must be tunnel, uri, message or table");
+        };
+        if let Some(link) = &self.buffer.distributor_sip {
+            if self.buffer.link_target().is_none() {
+                return invalid("buffer.distributor_sip must be udp:IP:PORT or tcp:IP:PORT");
+            }
+            if !matches!(
+                mode,
+                crate::handoff::Mode::Uri | crate::handoff::Mode::Message
+            ) {
+                return invalid("over buffer.distributor_sip the hand-off is uri or message");
+            }
+            if self.buffer.keys_file.is_none() {
+                return invalid("buffer.distributor_sip needs buffer.keys_file (the JWK set)");
+            }
+            let _ = link;
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");
@@ -353,6 +394,9 @@ mod tests {
             "[buffer]\nid = \"edge 1\"\n",
             "[buffer]\nconnect = \"ws://127.0.0.1:1/tunnel\"\n",
             "[tls]\ncert = \"a.pem\"\n",
+            "[buffer]\ndistributor_sip = \"udp:127.0.0.1:5060\"\nhandoff = \"table\"\nkeys_file = \"k\"\n",
+            "[buffer]\ndistributor_sip = \"sctp:127.0.0.1:5060\"\nhandoff = \"uri\"\nkeys_file = \"k\"\n",
+            "[buffer]\ndistributor_sip = \"udp:127.0.0.1:5060\"\nhandoff = \"uri\"\n",
         ] {
             assert!(
                 matches!(Config::parse(text), Err(ConfigError::Invalid(_))),

@@ -45,6 +45,8 @@ impl Mode {
 
 /// The URI parameter that names the agent in `uri` mode.
 pub const AGENT_PARAM: &str = "agent";
+/// Contact parameter with which an edge on a plain-SIP link names its hand-off mode.
+pub const LINK_MODE_PARAM: &str = "ae-handoff";
 /// The content type of a SIP message carried in a MESSAGE (RFC 3261 §27.5).
 pub const MESSAGE_SIP: &str = "message/sip";
 /// Call-IDs of wrapper MESSAGEs start so, to tell their own responses from the call's.

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use agent_edge::admin::api::AdminState;
 use agent_edge::admin::keys::KeyRing;
 use agent_edge::admin::store::Store;
-use agent_edge::admin::tokens::{MAX_AGENT_TOKEN_TTL_S, TokenIssuer};
+use agent_edge::admin::tokens::{
+    MAX_AGENT_TOKEN_TTL_S, TokenIssuer, TokenVerifier, VerifierSettings,
+};
 use agent_edge::config::Config;
 use agent_edge::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use agent_edge::transport::{self, Transports};
@@ -285,6 +287,7 @@ async fn start_distributor(
         addrs,
         identity,
         revoked,
+        edge_token_issuer(config, ring),
     );
     let (command_tx, command_rx) = mpsc::channel(64);
     tokio::spawn(service.run(sip_rx, tunnel_rx, command_rx));
@@ -330,16 +333,43 @@ async fn start_buffer(
         .with_context(|| format!("binding buffer HTTPS {}", b.https))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelClientEvent>(EVENT_QUEUE);
     let addrs = buffer::service::BoundAddrs { udp, tcp, https };
-    let service = buffer::service::Buffer::new(b.clone(), &config.sip, transports, addrs);
-    tokio::spawn(service.run(sip_rx, tunnel_rx));
-    let dial = tunnel::DialSettings {
-        url: connect,
-        tls: client_tls,
-        edge_id: b.id.clone(),
-        handoffs: vec![b.handoff.clone()],
-        token,
+    // An edge with a public address may skip the tunnel and reach the distributor over SIP.
+    let (link, verifier) = match b.link_target() {
+        Some(target) => {
+            let token = token.clone().context(
+                "buffer.distributor_sip needs the edge credential (AGENT_EDGE_EDGE_TOKEN)",
+            )?;
+            let path = b
+                .keys_file
+                .clone()
+                .context("buffer.keys_file is required")?;
+            let jwks = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let settings = VerifierSettings {
+                issuer: config.identity.issuer.clone(),
+                audience: config.identity.audience.clone(),
+                jwks: serde_json::from_str(&jwks)
+                    .with_context(|| format!("{} is not a JWK set", path.display()))?,
+            };
+            let link = buffer::service::Link { target, token };
+            (Some(link), Some(TokenVerifier::new(&settings)))
+        }
+        None => (None, None),
     };
-    tunnel::spawn_dialler(dial, tunnel_tx);
+    let linked = link.is_some();
+    let service =
+        buffer::service::Buffer::new(b.clone(), &config.sip, transports, addrs, link, verifier);
+    tokio::spawn(service.run(sip_rx, tunnel_rx));
+    if !linked {
+        let dial = tunnel::DialSettings {
+            url: connect,
+            tls: client_tls,
+            edge_id: b.id.clone(),
+            handoffs: vec![b.handoff.clone()],
+            token,
+        };
+        tunnel::spawn_dialler(dial, tunnel_tx);
+    }
     announce(&format!("listening buffer.udp {udp}"));
     announce(&format!("listening buffer.tcp {tcp}"));
     announce(&format!("listening buffer.https {https}"));

@@ -38,8 +38,11 @@ pub fn test_dir() -> tempfile::TempDir {
     dir
 }
 
-/// Where the SIPp scenarios live.
+/// Where the SIPp scenarios live (an absolute path is taken as it is).
 pub fn scenario(name: &str) -> PathBuf {
+    if Path::new(name).is_absolute() {
+        return PathBuf::from(name);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scenarios")
         .join(name)

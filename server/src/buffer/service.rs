@@ -31,6 +31,18 @@ pub struct BoundAddrs {
     pub https: SocketAddr,
 }
 
+/// How an edge without a tunnel reaches its distributor: plain SIP to a known address, where
+/// it registers its agents with its own credential.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub target: Target,
+    /// The edge credential (an edge token), sent as a bearer token on each REGISTER.
+    pub token: String,
+}
+
+/// How long a link registration of an agent lasts; refreshed at half of it.
+const LINK_EXPIRES: Duration = Duration::from_secs(600);
+
 /// A request forwarded from one leg to the other, waiting for its answer.
 #[derive(Debug)]
 struct Forwarded {
@@ -61,6 +73,11 @@ pub struct Buffer {
     mode: Mode,
     /// `table` hand-offs waiting for their INVITE.
     routes: RouteTable,
+    /// The distributor over plain SIP (UDP or TCP), for an edge with no tunnel.
+    link: Option<Link>,
+    /// When the agents' link registrations are next refreshed.
+    link_refresh: Option<Instant>,
+    link_cseq: u32,
     /// (Call-ID, agent) named by the tunnel frame being handled: the layer reports its INVITE
     /// within the same step, and the slot is cleared after it.
     handoff: Option<(String, String)>,
@@ -85,11 +102,15 @@ impl std::fmt::Debug for Buffer {
 }
 
 impl Buffer {
+    /// `link` and `verifier` are set for an edge without a tunnel: it reaches the distributor
+    /// over plain SIP and knows the token keys from a file.
     pub fn new(
         config: BufferConfig,
         sip: &SipConfig,
         transports: Transports,
         addrs: BoundAddrs,
+        link: Option<Link>,
+        verifier: Option<TokenVerifier>,
     ) -> Buffer {
         let mode = Mode::parse(&config.handoff).unwrap_or(Mode::Tunnel);
         Buffer {
@@ -106,7 +127,10 @@ impl Buffer {
             table: RoutingTable::new(),
             addrs,
             tunnel: None,
-            verifier: None,
+            verifier,
+            link,
+            link_refresh: None,
+            link_cseq: 0,
             revoked: HashSet::new(),
             announced: None,
             mode,
@@ -119,7 +143,7 @@ impl Buffer {
         }
     }
 
-    /// Serves until both event sources close.
+    /// Serves until the transports stop.
     pub async fn run(
         mut self,
         mut sip: mpsc::Receiver<TransportEvent>,
@@ -131,6 +155,7 @@ impl Buffer {
                 self.layer.poll_timeout(),
                 self.registrar.next_expiry(),
                 self.routes.next_expiry(),
+                self.link_refresh,
             ]
             .into_iter()
             .flatten()
@@ -141,15 +166,16 @@ impl Buffer {
                     Some(ev) => self.on_transport(ev, Instant::now()),
                     None => break,
                 },
-                ev = tunnel.recv() => match ev {
-                    Some(ev) => self.on_tunnel(ev, Instant::now()),
-                    None => break,
-                },
+                // Without a tunnel (a plain-SIP edge) this source is simply closed.
+                Some(ev) = tunnel.recv() => self.on_tunnel(ev, Instant::now()),
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
                     for agent in self.registrar.expire(now) {
                         self.agent_gone(&agent);
+                    }
+                    if self.link_refresh.is_some_and(|at| at <= now) {
+                        self.refresh_link(now);
                     }
                     let expired = self.routes.expire(now);
                     if expired > 0 {
@@ -163,6 +189,9 @@ impl Buffer {
 
     fn on_transport(&mut self, ev: TransportEvent, now: Instant) {
         match ev {
+            TransportEvent::Message { msg, from } if self.is_distributor(&from) => {
+                self.on_distributor_msg(msg, None, from, now);
+            }
             TransportEvent::Message { msg, from } => self.layer.handle_message(msg, from, now),
             TransportEvent::Closed { conn } => {
                 self.layer.connection_closed(conn, now);
@@ -246,6 +275,28 @@ impl Buffer {
                 return;
             }
         };
+        self.on_distributor_msg(msg, agent, from, now);
+    }
+
+    /// Whether a message comes from (or goes to) the distributor: its tunnel, or its address
+    /// on the plain-SIP link.
+    fn is_distributor(&self, peer: &Target) -> bool {
+        peer.kind == TransportKind::Tunnel
+            || self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.target.kind == peer.kind && l.target.addr == peer.addr)
+    }
+
+    /// SIP from the distributor, however it came: unwraps hand-off MESSAGEs, finds the agent
+    /// of a new call the way this edge's mode says, and hands the message to the layer.
+    fn on_distributor_msg(
+        &mut self,
+        msg: SipMessage,
+        agent: Option<String>,
+        from: Target,
+        now: Instant,
+    ) {
         if handoff::is_wrapper_response(&msg) {
             return;
         }
@@ -253,20 +304,14 @@ impl Buffer {
             match handoff::unwrap(&msg) {
                 Ok((inner, wrapped_agent)) => {
                     let ok = msg.response(200, Some(&ids::tag()));
-                    self.send_frame(Frame::Sip {
-                        agent: None,
-                        message: Bytes::from(ok.to_bytes()),
-                    });
+                    self.send_raw(&from, Bytes::from(ok.to_bytes()));
                     (inner, wrapped_agent)
                 }
                 Err(e) => {
                     warn!(error = %e, "refusing a hand-off MESSAGE");
                     let mut resp = msg.response(e.status(), Some(&ids::tag()));
                     resp.set_reason(&e.to_string());
-                    self.send_frame(Frame::Sip {
-                        agent: None,
-                        message: Bytes::from(resp.to_bytes()),
-                    });
+                    self.send_raw(&from, Bytes::from(resp.to_bytes()));
                     return;
                 }
             }
@@ -291,15 +336,6 @@ impl Buffer {
         self.layer.handle_message(msg, from, now);
     }
 
-    /// A frame straight to the distributor (answers to hand-off wrappers).
-    fn send_frame(&self, frame: Frame) {
-        if let Some((_, sender)) = &self.tunnel
-            && sender.try_send(frame).is_err()
-        {
-            warn!("tunnel queue full; message dropped");
-        }
-    }
-
     /// Runs the layer's events, then sends what it queued.
     fn drive(&mut self, now: Instant) {
         while let Some(ev) = self.layer.poll_event() {
@@ -311,25 +347,29 @@ impl Buffer {
         self.handoff = None;
     }
 
+    /// Sends what the layer queued; to the distributor in `message` mode, wrapped.
     fn send(&mut self, t: Transmit) {
-        if t.to.kind == TransportKind::Tunnel {
+        // The edge's own REGISTERs of its agents are not part of any call: never wrapped.
+        let call_message = !t.bytes.starts_with(b"REGISTER ");
+        let bytes = if self.mode == Mode::Message && call_message && self.is_distributor(&t.to) {
+            let host = format!("{}.invalid", self.id);
+            let branch = transaction::new_branch();
+            let wrapper = handoff::wrap(&t.bytes, "sip:distributor.invalid", &host, &branch);
+            Bytes::from(wrapper.to_bytes())
+        } else {
+            t.bytes
+        };
+        self.send_raw(&t.to, bytes);
+    }
+
+    /// Sends bytes as they are: into the tunnel, or on a SIP transport.
+    fn send_raw(&mut self, to: &Target, bytes: Bytes) {
+        if to.kind == TransportKind::Tunnel {
             match &self.tunnel {
-                Some((conn, sender)) if Some(*conn) == t.to.conn => {
-                    let message = if self.mode == Mode::Message {
-                        let host = format!("{}.invalid", self.id);
-                        let wrapper = handoff::wrap(
-                            &t.bytes,
-                            "sip:distributor.invalid",
-                            &host,
-                            &transaction::new_branch(),
-                        );
-                        Bytes::from(wrapper.to_bytes())
-                    } else {
-                        t.bytes
-                    };
+                Some((conn, sender)) if Some(*conn) == to.conn => {
                     let frame = Frame::Sip {
                         agent: None,
-                        message,
+                        message: bytes,
                     };
                     if sender.try_send(frame).is_err() {
                         warn!("tunnel queue full; message dropped");
@@ -339,9 +379,9 @@ impl Buffer {
             }
             return;
         }
-        if let Err(e) = self.transports.send(&t.to, t.bytes) {
-            debug!(to = %t.to.addr, error = %e, "send failed");
-            self.layer.transport_failed(&t.to, Instant::now());
+        if let Err(e) = self.transports.send(to, bytes) {
+            debug!(to = %to.addr, error = %e, "send failed");
+            self.layer.transport_failed(to, Instant::now());
         }
     }
 
@@ -377,10 +417,10 @@ impl Buffer {
         let in_dialog = msg.to_tag().is_some();
         let routed = msg.call_id().and_then(|c| self.table.lookup(c));
         match (method, routed) {
-            (Method::Register, _) if from.kind != TransportKind::Tunnel => {
+            (Method::Register, _) if !self.is_distributor(&from) => {
                 self.on_register(tx, &msg, &from, now);
             }
-            (Method::Invite, None) if !in_dialog && from.kind == TransportKind::Tunnel => {
+            (Method::Invite, None) if !in_dialog && self.is_distributor(&from) => {
                 self.on_new_call(tx, msg, from, now);
             }
             (_, Some((key, side))) if in_dialog => {
@@ -429,7 +469,7 @@ impl Buffer {
                 );
                 if new {
                     info!(%agent, "agent registered");
-                    self.to_distributor(Frame::AgentUp { agent });
+                    self.agent_presence(&agent, true);
                 }
             }
             RegisterRequest::Unbind { agent } => {
@@ -493,14 +533,75 @@ impl Buffer {
 
     fn agent_gone(&mut self, agent: &str) {
         info!(%agent, "agent unregistered");
-        self.to_distributor(Frame::AgentDown {
-            agent: agent.to_owned(),
-        });
+        self.agent_presence(agent, false);
     }
 
-    fn to_distributor(&self, frame: Frame) {
+    /// Tells the distributor an agent logged in or out: a tunnel frame, or over a plain-SIP
+    /// link a REGISTER of the agent at this edge, with the edge's credential.
+    fn agent_presence(&mut self, agent: &str, up: bool) {
+        if self.link.is_some() {
+            let expires = if up { LINK_EXPIRES } else { Duration::ZERO };
+            self.link_register(agent, expires, Instant::now());
+            return;
+        }
+        let frame = if up {
+            Frame::AgentUp {
+                agent: agent.to_owned(),
+            }
+        } else {
+            Frame::AgentDown {
+                agent: agent.to_owned(),
+            }
+        };
         if let Some((_, sender)) = &self.tunnel {
             let _ = sender.try_send(frame);
+        }
+    }
+
+    fn link_register(&mut self, agent: &str, expires: Duration, now: Instant) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        let local = self.local_addr(link.target.kind);
+        let dist = link.target.addr;
+        let transport = local.transport.to_ascii_lowercase();
+        self.link_cseq = self.link_cseq.wrapping_add(1);
+        let text = format!(
+            "REGISTER sip:{dist} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{agent}@{dist}>;tag={}\r\nTo: <sip:{agent}@{dist}>\r\n\
+             Call-ID: {}-{agent}@{}\r\nCSeq: {} REGISTER\r\n\
+             Contact: <sip:{agent}@{};transport={transport};{}={}>\r\nExpires: {}\r\n\
+             Authorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+            local.transport,
+            local.sent_by,
+            transaction::new_branch(),
+            ids::tag(),
+            self.id,
+            local.host,
+            self.link_cseq,
+            local.host,
+            handoff::LINK_MODE_PARAM,
+            self.mode.as_str(),
+            expires.as_secs(),
+            link.token,
+        );
+        match SipMessage::parse(text.as_bytes()) {
+            Ok(register) => {
+                self.layer.send_request(register, link.target, now);
+            }
+            Err(e) => warn!(error = %e, "could not build the link REGISTER"),
+        }
+        if self.link_refresh.is_none() {
+            self.link_refresh = Some(now + LINK_EXPIRES / 2);
+        }
+    }
+
+    /// Registers every agent again before the distributor forgets them.
+    fn refresh_link(&mut self, now: Instant) {
+        self.link_refresh = Some(now + LINK_EXPIRES / 2);
+        let agents: Vec<String> = self.registrar.agents().map(str::to_owned).collect();
+        for agent in agents {
+            self.link_register(&agent, LINK_EXPIRES, now);
         }
     }
 
@@ -788,7 +889,7 @@ impl Buffer {
             return;
         }
         let local_tag = entry.client.local_tag.clone();
-        let local = self.local_addr(TransportKind::Tunnel);
+        let local = self.local_addr(entry.client.target.kind);
         if let Some(req) = self.layer.server_request(client_tx) {
             let out = readdress::response_for_leg(req, &resp, &local_tag, &local);
             let _ = self.layer.send_response(client_tx, out, now);
@@ -822,7 +923,10 @@ impl Buffer {
 
     /// Hangs up the client leg (the caller never confirmed our answer).
     fn bye_client(&mut self, key: CallKey, now: Instant) {
-        let local = self.local_addr(TransportKind::Tunnel);
+        let Some(kind) = self.table.get(key).map(|e| e.client.target.kind) else {
+            return;
+        };
+        let local = self.local_addr(kind);
         let Some(entry) = self.table.get_mut(key) else {
             return;
         };

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::agents::AgentPool;
+use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
+use crate::buffer::registrar::{self, RegisterRequest};
 use crate::config::{DistributorConfig, SipConfig};
 use crate::handoff::{self, Mode};
 use crate::ids;
@@ -94,7 +96,10 @@ impl BoundAddrs {
 #[derive(Debug)]
 struct Edge {
     id: String,
-    sender: mpsc::Sender<Frame>,
+    /// The edge's tunnel; `None` for an edge reached over plain SIP.
+    sender: Option<mpsc::Sender<Frame>>,
+    /// Where a plain-SIP edge is reached (the transport and address it registered from).
+    link: Option<Target>,
     /// How this edge wants calls handed to it (the first of its Hello's it names that we know).
     mode: Mode,
 }
@@ -130,6 +135,8 @@ struct Proxied {
 
 pub struct Distributor {
     identity: String,
+    /// Checks the credentials of edges that register over plain SIP.
+    edge_issuer: TokenIssuer,
     /// Revoked token ids, sent to each edge as it connects.
     revoked: std::collections::BTreeSet<String>,
     config: DistributorConfig,
@@ -147,6 +154,17 @@ pub struct Distributor {
     /// Call-ID of each caller INVITE server transaction, to free the agent if the caller
     /// never confirms the answer.
     invites: HashMap<TxId, String>,
+}
+
+impl Edge {
+    /// A frame into the edge's tunnel; plain-SIP edges have none and take no frames.
+    fn send_frame(&self, frame: Frame) {
+        if let Some(sender) = &self.sender
+            && sender.try_send(frame).is_err()
+        {
+            warn!(edge = %self.id, "tunnel queue full; frame dropped");
+        }
+    }
 }
 
 impl std::fmt::Debug for Distributor {
@@ -176,9 +194,11 @@ impl Distributor {
         addrs: BoundAddrs,
         identity: String,
         revoked: Vec<String>,
+        edge_issuer: TokenIssuer,
     ) -> Distributor {
         Distributor {
             identity,
+            edge_issuer,
             revoked: revoked.into_iter().collect(),
             config,
             layer: TransactionLayer::new(transaction::Config {
@@ -213,9 +233,10 @@ impl Distributor {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 ev = sip.recv() => match ev {
-                    Some(TransportEvent::Message { msg, from }) => {
-                        self.layer.handle_message(msg, from, Instant::now());
-                    }
+                    Some(TransportEvent::Message { msg, from }) => match self.edge_conn_of(&from) {
+                        Some(conn) => self.on_edge_msg(msg, from, conn, Instant::now()),
+                        None => self.layer.handle_message(msg, from, Instant::now()),
+                    },
                     Some(TransportEvent::Closed { conn }) => {
                         self.layer.connection_closed(conn, Instant::now());
                     }
@@ -239,13 +260,13 @@ impl Distributor {
             Command::Revoke { jti } => {
                 info!(%jti, "revoking token on every edge");
                 for edge in self.edges.values() {
-                    let _ = edge.sender.try_send(Frame::Revoke { jti: jti.clone() });
+                    edge.send_frame(Frame::Revoke { jti: jti.clone() });
                 }
                 self.revoked.insert(jti);
             }
             Command::Keys { json } => {
                 for edge in self.edges.values() {
-                    let _ = edge.sender.try_send(Frame::Keys { json: json.clone() });
+                    edge.send_frame(Frame::Keys { json: json.clone() });
                 }
                 self.identity = json;
             }
@@ -311,7 +332,8 @@ impl Distributor {
                     conn,
                     Edge {
                         id: edge_id,
-                        sender,
+                        sender: Some(sender),
+                        link: None,
                         mode,
                     },
                 );
@@ -354,14 +376,15 @@ impl Distributor {
     }
 
     fn on_tunnel_sip(&mut self, bytes: &[u8], conn: ConnId, now: Instant) {
-        let msg = match SipMessage::parse_checked(bytes) {
-            Ok(msg) => msg,
+        match SipMessage::parse_checked(bytes) {
+            Ok(msg) => self.on_edge_msg(msg, tunnel_target(conn), conn, now),
             // An edge sending bad SIP is a bug on its side; answering would only echo it.
-            Err(rejected) => {
-                warn!(error = %rejected.error, "bad SIP from an edge");
-                return;
-            }
-        };
+            Err(rejected) => warn!(error = %rejected.error, "bad SIP from an edge"),
+        }
+    }
+
+    /// SIP from an edge, by tunnel or plain SIP: hand-off wrappers are answered and opened.
+    fn on_edge_msg(&mut self, msg: SipMessage, from: Target, conn: ConnId, now: Instant) {
         if handoff::is_wrapper_response(&msg) {
             return;
         }
@@ -375,12 +398,7 @@ impl Distributor {
                     (resp, None)
                 }
             };
-            if let Some(edge) = self.edges.get(&conn) {
-                let _ = edge.sender.try_send(Frame::Sip {
-                    agent: None,
-                    message: Bytes::from(answer.to_bytes()),
-                });
-            }
+            self.send_raw(conn, &from, Bytes::from(answer.to_bytes()));
             match inner {
                 Some(inner) => inner,
                 None => return,
@@ -388,7 +406,48 @@ impl Distributor {
         } else {
             msg
         };
-        self.layer.handle_message(msg, tunnel_target(conn), now);
+        self.layer.handle_message(msg, from, now);
+    }
+
+    /// The edge a message came from (or goes to), by tunnel or by plain-SIP address.
+    fn edge_conn_of(&self, peer: &Target) -> Option<ConnId> {
+        if peer.kind == TransportKind::Tunnel {
+            return peer.conn.filter(|c| self.edges.contains_key(c));
+        }
+        self.edges
+            .iter()
+            .find(|(_, e)| {
+                // A TCP edge talks on the connection it registered on, from a port of its own.
+                e.link.as_ref().is_some_and(|l| {
+                    l.kind == peer.kind
+                        && (l.addr == peer.addr || (l.conn.is_some() && l.conn == peer.conn))
+                })
+            })
+            .map(|(c, _)| *c)
+    }
+
+    /// Where requests for an edge go.
+    fn edge_target(&self, conn: ConnId) -> Target {
+        self.edges
+            .get(&conn)
+            .and_then(|e| e.link.clone())
+            .unwrap_or_else(|| tunnel_target(conn))
+    }
+
+    /// Bytes as they are, to an edge: a tunnel frame or a plain-SIP send.
+    fn send_raw(&mut self, conn: ConnId, to: &Target, bytes: Bytes) {
+        let Some(edge) = self.edges.get(&conn) else {
+            return;
+        };
+        if edge.sender.is_some() {
+            edge.send_frame(Frame::Sip {
+                agent: None,
+                message: bytes,
+            });
+        } else if let Err(e) = self.transports.send(to, bytes) {
+            debug!(to = %to.addr, error = %e, "send to an edge failed");
+            self.layer.transport_failed(to, Instant::now());
+        }
     }
 
     fn drive(&mut self, now: Instant) {
@@ -402,9 +461,12 @@ impl Distributor {
     /// tunnel: the INVITE just handed to the layer.
     fn flush(&mut self, mut handoff: Option<Handoff>) {
         while let Some(t) = self.layer.poll_transmit() {
-            if t.to.kind == TransportKind::Tunnel {
+            if let Some(conn) = self.edge_conn_of(&t.to) {
                 let h = handoff.take();
-                self.send_tunnel(t, h);
+                self.send_edge(conn, t, h);
+            } else if t.to.kind == TransportKind::Tunnel {
+                // That edge is gone.
+                self.layer.transport_failed(&t.to, Instant::now());
             } else if let Err(e) = self.transports.send(&t.to, t.bytes) {
                 debug!(to = %t.to.addr, error = %e, "send failed");
                 self.layer.transport_failed(&t.to, Instant::now());
@@ -412,13 +474,24 @@ impl Distributor {
         }
     }
 
-    /// Puts one message into an edge's tunnel, encoding a hand-off the way the edge asked.
-    fn send_tunnel(&mut self, t: Transmit, handoff: Option<Handoff>) {
-        let edge = t.to.conn.and_then(|c| self.edges.get(&c));
-        let Some(edge) = edge else {
-            self.layer.transport_failed(&t.to, Instant::now());
+    /// Sends one message to an edge, encoding a hand-off the way the edge asked.
+    fn send_edge(&mut self, conn: ConnId, t: Transmit, handoff: Option<Handoff>) {
+        let Some(edge) = self.edges.get(&conn) else {
             return;
         };
+        // Over plain SIP an INVITE may be retransmitted: each copy's wrapper names the agent.
+        let handoff = handoff.or_else(|| {
+            if edge.mode != Mode::Message || !t.bytes.starts_with(b"INVITE ") {
+                return None;
+            }
+            let msg = SipMessage::parse(&t.bytes).ok()?;
+            let call_id = msg.call_id()?;
+            let agent = self.active.get(call_id)?;
+            Some(Handoff {
+                agent: agent.clone(),
+                call_id: call_id.to_owned(),
+            })
+        });
         let mut frames = Vec::with_capacity(2);
         let message = match (edge.mode, handoff) {
             (Mode::Tunnel, Some(h)) => {
@@ -448,6 +521,16 @@ impl Distributor {
             // `uri` was encoded in the request-URI before the layer saw the INVITE.
             (_, _) => Some(t.bytes),
         };
+        if edge.sender.is_none() {
+            // A plain-SIP edge: only `uri` and `message` exist there, both plain bytes.
+            if let Some(message) = message
+                && let Err(e) = self.transports.send(&t.to, message)
+            {
+                debug!(to = %t.to.addr, error = %e, "send to an edge failed");
+                self.layer.transport_failed(&t.to, Instant::now());
+            }
+            return;
+        }
         if let Some(message) = message {
             frames.push(Frame::Sip {
                 agent: None,
@@ -455,16 +538,14 @@ impl Distributor {
             });
         }
         for frame in frames {
-            if edge.sender.try_send(frame).is_err() {
-                warn!(edge = %edge.id, "tunnel queue full; message dropped");
-            }
+            edge.send_frame(frame);
         }
     }
 
     fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
         match ev {
             TxEvent::Request { tx, msg, from } => {
-                if from.kind == TransportKind::Tunnel {
+                if self.edge_conn_of(&from).is_some() {
                     self.request_from_edge(tx, msg, from, now);
                 } else {
                     self.request_from_caller(tx, msg, from, now);
@@ -501,8 +582,93 @@ impl Distributor {
             (Some(tx), Some(Method::Invite)) if !in_dialog => self.new_call(tx, msg, from, now),
             (tx, Some(_)) if in_dialog => self.proxy_to_edge(tx, msg, &from, now),
             (Some(tx), Some(Method::Options)) => self.respond(tx, &msg, 200, now),
+            (Some(tx), Some(Method::Register)) => self.edge_register(tx, &msg, from, now),
             (Some(tx), Some(_)) => self.respond(tx, &msg, 405, now),
             _ => {}
+        }
+    }
+
+    /// An edge without a tunnel registers its agents here, each REGISTER carrying the edge's
+    /// credential; its Contact says where and how (`ae-handoff`) calls reach the agent.
+    fn edge_register(&mut self, tx: TxId, msg: &SipMessage, from: Target, now: Instant) {
+        let refuse = |this: &mut Self, code: u16, why: &str| {
+            let mut resp = msg.response(code, Some(&ids::tag()));
+            resp.set_reason(why);
+            if code == 401 {
+                resp.push_header("WWW-Authenticate", "Bearer realm=\"agent-edge-edges\"");
+            }
+            let _ = this.layer.send_response(tx, resp, now);
+        };
+        let verifier = TokenVerifier::new(&self.edge_issuer.verifier_settings());
+        let edge_id = match tokens::bearer(msg.header("Authorization"))
+            .and_then(|t| verifier.verify(t))
+        {
+            Ok(claims) => claims.sub,
+            Err(e) => {
+                info!(peer = %from.addr, error = %e, "refusing a REGISTER without an edge credential");
+                return refuse(self, 401, "An edge credential is required");
+            }
+        };
+        let request = match registrar::parse_register(msg, 3600) {
+            Ok(r) => r,
+            Err(e) => return refuse(self, e.status(), &e.to_string()),
+        };
+        let conn = match self.edge_ids.get(&edge_id).copied() {
+            Some(conn) if self.edges.get(&conn).is_some_and(|e| e.sender.is_some()) => {
+                return refuse(self, 409, "This edge is connected by tunnel");
+            }
+            Some(conn) => conn,
+            None => crate::transport::next_conn_id(),
+        };
+        match request {
+            RegisterRequest::Bind {
+                agent,
+                contact,
+                expires,
+            } => {
+                let mode = SipUri::parse(&contact).ok().and_then(|u| {
+                    u.param(handoff::LINK_MODE_PARAM)
+                        .flatten()
+                        .and_then(Mode::parse)
+                });
+                let Some(mode @ (Mode::Uri | Mode::Message)) = mode else {
+                    return refuse(self, 488, "Over plain SIP the hand-off is uri or message");
+                };
+                let link = registrar::target_for(&contact, &from);
+                if !self.edges.contains_key(&conn) {
+                    info!(edge = %edge_id, handoff = mode.as_str(), "edge up over plain SIP");
+                    crate::announce(&format!("edge-up {edge_id} {}", mode.as_str()));
+                }
+                self.edge_ids.insert(edge_id.clone(), conn);
+                self.edges.insert(
+                    conn,
+                    Edge {
+                        id: edge_id.clone(),
+                        sender: None,
+                        link: Some(link),
+                        mode,
+                    },
+                );
+                if self.pool.up(&agent, conn, now) {
+                    crate::announce(&format!("agent-up {agent} {edge_id}"));
+                }
+                let mut resp = msg.response(200, Some(&ids::tag()));
+                resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
+                let _ = self.layer.send_response(tx, resp, now);
+            }
+            RegisterRequest::Unbind { agent } => {
+                if self.pool.down(&agent, conn) {
+                    crate::announce(&format!("agent-down {agent} {edge_id}"));
+                }
+                let _ = self
+                    .layer
+                    .send_response(tx, msg.response(200, Some(&ids::tag())), now);
+            }
+            RegisterRequest::Fetch { .. } => {
+                let _ = self
+                    .layer
+                    .send_response(tx, msg.response(200, Some(&ids::tag())), now);
+            }
         }
     }
 
@@ -545,13 +711,18 @@ impl Distributor {
             "Record-Route",
             format!("<sip:{addr};transport={transport};lr{flow}>"),
         );
-        self.prepare_forward(&mut fwd, TransportKind::Tunnel);
+        let target = self.edge_target(conn);
+        self.prepare_forward(&mut fwd, target.kind);
         if self.edges.get(&conn).is_some_and(|e| e.mode == Mode::Uri) {
             // In the request-URI, so the CANCEL the layer may build repeats it.
-            handoff::encode_uri(&mut fwd, &format!("{edge_id}.invalid"), &agent);
+            let host = match target.kind {
+                TransportKind::Tunnel => format!("{edge_id}.invalid"),
+                _ => target.addr.to_string(),
+            };
+            handoff::encode_uri(&mut fwd, &host, &agent);
         }
         self.flush(None);
-        let client_tx = self.layer.send_request(fwd, tunnel_target(conn), now);
+        let client_tx = self.layer.send_request(fwd, target, now);
         self.flush(Some(Handoff {
             agent: agent.clone(),
             call_id: call_id.clone(),
@@ -633,10 +804,11 @@ impl Distributor {
             return;
         }
         self.note_bye(&msg, now);
-        self.prepare_forward(&mut msg, TransportKind::Tunnel);
+        let target = self.edge_target(conn);
+        self.prepare_forward(&mut msg, target.kind);
         match tx {
             Some(tx) => {
-                let client_tx = self.layer.send_request(msg, tunnel_target(conn), now);
+                let client_tx = self.layer.send_request(msg, target, now);
                 self.proxied.insert(
                     client_tx,
                     Proxied {
@@ -646,7 +818,7 @@ impl Distributor {
                     },
                 );
             }
-            None => self.layer.send_stateless(msg, tunnel_target(conn)),
+            None => self.layer.send_stateless(msg, target),
         }
     }
 
@@ -657,8 +829,8 @@ impl Distributor {
         from: Target,
         now: Instant,
     ) {
-        let Some(edge_id) = from
-            .conn
+        let Some(edge_id) = self
+            .edge_conn_of(&from)
             .and_then(|c| self.edges.get(&c))
             .map(|e| e.id.clone())
         else {
@@ -779,9 +951,10 @@ impl Distributor {
     /// A response no transaction waits for: a 2xx retransmitted after its transaction ended.
     /// It is forwarded by its next Via, as a stateless proxy would.
     fn on_stray_response(&mut self, mut resp: SipMessage, from: &Target) {
-        if from.kind != TransportKind::Tunnel
-            || !resp.status().is_some_and(|c| (200..300).contains(&c))
-        {
+        let Some(conn) = self.edge_conn_of(from) else {
+            return;
+        };
+        if !resp.status().is_some_and(|c| (200..300).contains(&c)) {
             return;
         }
         resp.pop_header("Via");
@@ -789,11 +962,7 @@ impl Distributor {
             return;
         };
         if let Some(target) = self.via_target(&via) {
-            if let Some(edge_id) = from
-                .conn
-                .and_then(|c| self.edges.get(&c))
-                .map(|e| e.id.clone())
-            {
+            if let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) {
                 self.rewrite_contact(&mut resp, target.kind, &edge_id);
             }
             self.layer.send_stateless(resp, target);
