@@ -321,7 +321,7 @@ impl Config {
         let Some(mode) = crate::handoff::Mode::parse(&self.buffer.handoff) else {
             return invalid("buffer.handoff must be tunnel, uri, message or table");
         };
-        if let Some(link) = &self.buffer.distributor_sip {
+        if self.buffer.distributor_sip.is_some() {
             if self.buffer.link_target().is_none() {
                 return invalid("buffer.distributor_sip must be udp:IP:PORT or tcp:IP:PORT");
             }
@@ -334,7 +334,6 @@ impl Config {
             if self.buffer.keys_file.is_none() {
                 return invalid("buffer.distributor_sip needs buffer.keys_file (the JWK set)");
             }
-            let _ = link;
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");

@@ -194,7 +194,7 @@ impl Buffer {
             }
             TransportEvent::Message { msg, from } => self.layer.handle_message(msg, from, now),
             TransportEvent::Closed { conn } => {
-                self.layer.connection_closed(conn, now);
+                self.layer.connection_closed(conn);
                 for agent in self.registrar.connection_closed(conn) {
                     self.agent_gone(&agent);
                 }
@@ -217,7 +217,7 @@ impl Buffer {
                     self.tunnel = None;
                     crate::announce(&format!("tunnel-down {}", self.id));
                 }
-                self.layer.connection_closed(conn, now);
+                self.layer.connection_closed(conn);
             }
             TunnelClientEvent::Frame { conn, frame } => match frame {
                 Frame::Sip { agent, message } => {
@@ -381,7 +381,7 @@ impl Buffer {
         }
         if let Err(e) = self.transports.send(to, bytes) {
             debug!(to = %to.addr, error = %e, "send failed");
-            self.layer.transport_failed(to, Instant::now());
+            self.layer.transport_failed(to);
         }
     }
 

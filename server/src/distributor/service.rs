@@ -238,7 +238,7 @@ impl Distributor {
                         None => self.layer.handle_message(msg, from, Instant::now()),
                     },
                     Some(TransportEvent::Closed { conn }) => {
-                        self.layer.connection_closed(conn, Instant::now());
+                        self.layer.connection_closed(conn);
                     }
                     None => break,
                 },
@@ -314,7 +314,7 @@ impl Distributor {
                     .unwrap_or(Mode::Tunnel);
                 if let Some(old) = self.edge_ids.get(&edge_id).copied() {
                     // The edge re-dialled before its old tunnel was seen dead.
-                    self.edge_down(old, now);
+                    self.edge_down(old);
                 }
                 info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
                 crate::announce(&format!("edge-up {edge_id} {}", mode.as_str()));
@@ -338,7 +338,7 @@ impl Distributor {
                     },
                 );
             }
-            TunnelServerEvent::Down { conn } => self.edge_down(conn, now),
+            TunnelServerEvent::Down { conn } => self.edge_down(conn),
             TunnelServerEvent::Frame { conn, frame } => {
                 let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
                     return;
@@ -361,7 +361,7 @@ impl Distributor {
         }
     }
 
-    fn edge_down(&mut self, conn: ConnId, now: Instant) {
+    fn edge_down(&mut self, conn: ConnId) {
         let Some(edge) = self.edges.remove(&conn) else {
             return;
         };
@@ -372,7 +372,7 @@ impl Distributor {
         for agent in self.pool.edge_down(conn) {
             crate::announce(&format!("agent-down {agent} {}", edge.id));
         }
-        self.layer.connection_closed(conn, now);
+        self.layer.connection_closed(conn);
     }
 
     fn on_tunnel_sip(&mut self, bytes: &[u8], conn: ConnId, now: Instant) {
@@ -446,7 +446,7 @@ impl Distributor {
             });
         } else if let Err(e) = self.transports.send(to, bytes) {
             debug!(to = %to.addr, error = %e, "send to an edge failed");
-            self.layer.transport_failed(to, Instant::now());
+            self.layer.transport_failed(to);
         }
     }
 
@@ -466,10 +466,10 @@ impl Distributor {
                 self.send_edge(conn, t, h);
             } else if t.to.kind == TransportKind::Tunnel {
                 // That edge is gone.
-                self.layer.transport_failed(&t.to, Instant::now());
+                self.layer.transport_failed(&t.to);
             } else if let Err(e) = self.transports.send(&t.to, t.bytes) {
                 debug!(to = %t.to.addr, error = %e, "send failed");
-                self.layer.transport_failed(&t.to, Instant::now());
+                self.layer.transport_failed(&t.to);
             }
         }
     }
@@ -527,7 +527,7 @@ impl Distributor {
                 && let Err(e) = self.transports.send(&t.to, message)
             {
                 debug!(to = %t.to.addr, error = %e, "send to an edge failed");
-                self.layer.transport_failed(&t.to, Instant::now());
+                self.layer.transport_failed(&t.to);
             }
             return;
         }

@@ -615,8 +615,7 @@ impl TransactionLayer {
     }
 
     /// Sending to `to` failed: every transaction with that peer fails.
-    pub fn transport_failed(&mut self, to: &Target, now: Instant) {
-        let _ = now;
+    pub fn transport_failed(&mut self, to: &Target) {
         let ids: Vec<TxId> = self
             .txs
             .iter()
@@ -630,8 +629,7 @@ impl TransactionLayer {
     }
 
     /// A connection closed: every transaction bound to it fails.
-    pub fn connection_closed(&mut self, conn: ConnId, now: Instant) {
-        let _ = now;
+    pub fn connection_closed(&mut self, conn: ConnId) {
         let ids: Vec<TxId> = self
             .txs
             .iter()

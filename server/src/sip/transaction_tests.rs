@@ -312,7 +312,7 @@ fn transport_failure_fails_the_transactions_on_that_connection() {
     let mut l = layer();
     let tx = l.send_request(request("INVITE", "z9hG4bKk", 1), tcp_peer(), t0);
     let other = l.send_request(request("BYE", "z9hG4bKl", 2), udp_peer(), t0);
-    l.connection_closed(ConnId(9), t0);
+    l.connection_closed(ConnId(9));
     assert_eq!(
         drain_events(&mut l),
         vec![TxEvent::TransportError { tx }, TxEvent::Terminated { tx }]
