@@ -806,17 +806,29 @@ impl Distributor {
         self.note_bye(&msg, now);
         let target = self.edge_target(conn);
         self.prepare_forward(&mut msg, target.kind);
+        self.forward(tx, msg, target, Some(from.kind), edge_id, now);
+    }
+
+    /// Sends a proxied request on: statefully when it has a server transaction (its answers
+    /// come back through [`Proxied`]), else (an ACK) statelessly.
+    fn forward(
+        &mut self,
+        tx: Option<TxId>,
+        msg: SipMessage,
+        target: Target,
+        caller_kind: Option<TransportKind>,
+        edge_id: String,
+        now: Instant,
+    ) {
         match tx {
             Some(tx) => {
                 let client_tx = self.layer.send_request(msg, target, now);
-                self.proxied.insert(
-                    client_tx,
-                    Proxied {
-                        server_tx: tx,
-                        caller_kind: Some(from.kind),
-                        edge_id,
-                    },
-                );
+                let proxied = Proxied {
+                    server_tx: tx,
+                    caller_kind,
+                    edge_id,
+                };
+                self.proxied.insert(client_tx, proxied);
             }
             None => self.layer.send_stateless(msg, target),
         }
@@ -873,20 +885,7 @@ impl Distributor {
         self.note_bye(&msg, now);
         self.rewrite_contact(&mut msg, kind, &edge_id);
         self.prepare_forward(&mut msg, kind);
-        match tx {
-            Some(tx) => {
-                let client_tx = self.layer.send_request(msg, target, now);
-                self.proxied.insert(
-                    client_tx,
-                    Proxied {
-                        server_tx: tx,
-                        caller_kind: None,
-                        edge_id,
-                    },
-                );
-            }
-            None => self.layer.send_stateless(msg, target),
-        }
+        self.forward(tx, msg, target, None, edge_id, now);
     }
 
     /// A BYE either way ends the call for the agent's count.
