@@ -18,7 +18,8 @@ const KEYS: u8 = 9;
 const REVOKE: u8 = 10;
 const ROUTE: u8 = 11;
 
-/// Bounds on what a peer may send.
+/// Bounds on what a peer may send, so a broken or hostile peer cannot make us allocate
+/// without limit. The defaults fit any SIP message an agent sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest frame accepted, in bytes.
@@ -67,7 +68,8 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
-    /// An identifier is empty or holds whitespace or control characters.
+    /// An identifier is empty or holds whitespace or control characters (or, for the Sip
+    /// frame's optional agent, its presence byte is neither 0 nor 1).
     #[error("invalid identifier in {field}")]
     BadId {
         /// The field.
@@ -87,12 +89,16 @@ pub fn valid_id(id: &str, max: usize) -> bool {
     !id.is_empty() && id.len() <= max && !id.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// Encodes one frame as the payload of one WebSocket binary message.
 pub fn encode(frame: &Frame) -> Bytes {
     let mut buf = BytesMut::new();
     encode_into(frame, &mut buf);
     buf.freeze()
 }
 
+/// Appends one frame to `buf`, so a shell can reuse one buffer instead of allocating per frame.
+/// Encoding never fails and does not check ids: the peer's decoder is the one line of defence
+/// that matters, and our own frames come from already validated state.
 pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
     match frame {
         Frame::Hello {
@@ -171,12 +177,17 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
     }
 }
 
+/// A field over 4 GiB cannot be framed; it is cut (the peer's `max_frame` refuses it anyway)
+/// rather than making encoding fallible for a case no caller can reach.
 fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
-    let n = b.len().min(u32::MAX as usize);
-    buf.put_u32(n as u32);
-    buf.put_slice(&b[..n]);
+    let n = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    buf.put_u32(n);
+    buf.put_slice(b.get(..n as usize).unwrap_or(b));
 }
 
+/// Decodes one whole WebSocket message. The bytes come from the other side of the internet,
+/// so this checks everything and never panics; a frame that decodes re-encodes to exactly the
+/// same bytes (the encoding is canonical), which the fuzz target relies on.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
     if buf.len() > limits.max_frame {
         return Err(DecodeError::TooLarge {
@@ -217,6 +228,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
             let agent = match r.u8("agent")? {
                 0 => None,
                 1 => Some(r.id("agent")?),
+                // Only 0 and 1 are canonical; anything else would not re-encode identically.
                 _ => return Err(DecodeError::BadId { field: "agent" }),
             };
             let message = Bytes::copy_from_slice(r.bytes("message", limits.max_frame)?);
@@ -269,30 +281,30 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        self.take(N, field)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated { field })
+    }
+
     fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.take(1, field)?[0])
+        Ok(u8::from_be_bytes(self.array(field)?))
     }
 
     fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
-        let b = self.take(2, field)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(u16::from_be_bytes(self.array(field)?))
     }
 
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        let b = self.take(4, field)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_be_bytes(self.array(field)?))
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        let b = self.take(8, field)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
+        Ok(u64::from_be_bytes(self.array(field)?))
     }
 
     fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
-        let b = self.take(4, field)?;
-        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let len = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
         if len > max {
             return Err(DecodeError::TooLarge { field, len, max });
         }
@@ -433,6 +445,207 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn every_id_field_is_checked() {
+        let l = Limits::default();
+        for bad in ["", "a b", "a\tb", "a\u{7}b", "a\u{a0}b", "a\nb", "\u{2028}"] {
+            let cases = [
+                (
+                    Frame::Hello {
+                        version: 1,
+                        edge_id: bad.into(),
+                        handoffs: vec![],
+                    },
+                    "edge_id",
+                ),
+                (
+                    Frame::Hello {
+                        version: 1,
+                        edge_id: "e".into(),
+                        handoffs: vec!["ok".into(), bad.into()],
+                    },
+                    "handoff",
+                ),
+                (
+                    Frame::Welcome {
+                        version: 1,
+                        distributor_id: bad.into(),
+                    },
+                    "distributor_id",
+                ),
+                (
+                    Frame::Sip {
+                        agent: Some(bad.into()),
+                        message: Bytes::new(),
+                    },
+                    "agent",
+                ),
+                (Frame::AgentDown { agent: bad.into() }, "agent"),
+                (Frame::Revoke { jti: bad.into() }, "jti"),
+            ];
+            for (frame, field) in cases {
+                assert_eq!(
+                    decode(&encode(&frame), &l),
+                    Err(DecodeError::BadId { field }),
+                    "{bad:?} in {field}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn valid_id_counts_bytes_and_allows_non_ascii_letters() {
+        assert!(valid_id("alice", 5));
+        assert!(!valid_id("alice", 4));
+        assert!(valid_id("josé@example.com", 128));
+        assert!(!valid_id("é", 1), "two UTF-8 bytes");
+        assert!(!valid_id("", 128));
+        assert!(!valid_id("a\u{7f}", 128), "DEL is a control character");
+    }
+
+    #[test]
+    fn sip_agent_presence_must_be_zero_or_one() {
+        let l = Limits::default();
+        assert_eq!(
+            decode(&[SIP, 2, 0, 0, 0, 0], &l),
+            Err(DecodeError::BadId { field: "agent" })
+        );
+        assert_eq!(
+            decode(&[SIP, 0, 0, 0, 0, 0], &l),
+            Ok(Frame::Sip {
+                agent: None,
+                message: Bytes::new()
+            })
+        );
+    }
+
+    #[test]
+    fn truncation_names_the_field() {
+        let l = Limits::default();
+        let t = |field| Err(DecodeError::Truncated { field });
+        assert_eq!(decode(&[HELLO, 0], &l), t("version"));
+        assert_eq!(decode(&[HELLO, 0, 1, 0, 0], &l), t("edge_id"));
+        assert_eq!(decode(&[HELLO, 0, 1, 0, 0, 0, 1, b'e'], &l), t("handoffs"));
+        assert_eq!(
+            decode(&[HELLO, 0, 1, 0, 0, 0, 1, b'e', 0, 1], &l),
+            t("handoff")
+        );
+        assert_eq!(decode(&[SIP], &l), t("agent"));
+        assert_eq!(decode(&[SIP, 0, 0, 0, 0, 5, b'x'], &l), t("message"));
+        assert_eq!(decode(&[PONG, 1, 2, 3, 4, 5, 6, 7], &l), t("nonce"));
+        let route = encode(&Frame::Route {
+            call_id: "c".into(),
+            agent: "a".into(),
+            ttl_ms: 1,
+        });
+        assert_eq!(decode(&route[..route.len() - 1], &l), t("ttl_ms"));
+    }
+
+    #[test]
+    fn lengths_are_checked_before_reading() {
+        let l = Limits::default();
+        // A length prefix claiming 4 GiB is refused from the prefix alone.
+        assert_eq!(
+            decode(&[SIP, 0, 0xff, 0xff, 0xff, 0xff], &l),
+            Err(DecodeError::TooLarge {
+                field: "message",
+                len: u32::MAX as usize,
+                max: l.max_frame
+            })
+        );
+        let reason = encode(&Frame::Close {
+            reason: "x".repeat(1025),
+        });
+        assert!(matches!(
+            decode(&reason, &l),
+            Err(DecodeError::TooLarge {
+                field: "reason",
+                ..
+            })
+        ));
+        let exact = Frame::AgentUp {
+            agent: "a".repeat(l.max_id),
+        };
+        assert_eq!(decode(&encode(&exact), &l), Ok(exact));
+    }
+
+    #[test]
+    fn limits_are_the_callers() {
+        let l = Limits {
+            max_frame: 16,
+            max_id: 4,
+            max_handoffs: 0,
+        };
+        // 1 tag + 1 presence + 4 length + 10 = 16 bytes: exactly at the limit.
+        let fits = Frame::Sip {
+            agent: None,
+            message: Bytes::from_static(b"0123456789"),
+        };
+        assert_eq!(decode(&encode(&fits), &l), Ok(fits));
+        let over = encode(&Frame::Sip {
+            agent: None,
+            message: Bytes::from_static(b"0123456789a"),
+        });
+        assert_eq!(
+            decode(&over, &l),
+            Err(DecodeError::TooLarge {
+                field: "frame",
+                len: 17,
+                max: 16,
+            })
+        );
+        assert!(matches!(
+            decode(
+                &encode(&Frame::AgentUp {
+                    agent: "abcde".into()
+                }),
+                &l
+            ),
+            Err(DecodeError::TooLarge {
+                field: "agent",
+                len: 5,
+                max: 4
+            })
+        ));
+        let one = Frame::Hello {
+            version: 1,
+            edge_id: "e".into(),
+            handoffs: vec!["t".into()],
+        };
+        assert_eq!(
+            decode(&encode(&one), &l),
+            Err(DecodeError::TooLarge {
+                field: "handoffs",
+                len: 1,
+                max: 0
+            })
+        );
+    }
+
+    #[test]
+    fn encode_into_appends() {
+        let mut buf = BytesMut::new();
+        encode_into(&Frame::Ping { nonce: 1 }, &mut buf);
+        encode_into(&Frame::Pong { nonce: 2 }, &mut buf);
+        let (a, b) = buf.split_at(9);
+        let l = Limits::default();
+        assert_eq!(decode(a, &l), Ok(Frame::Ping { nonce: 1 }));
+        assert_eq!(decode(b, &l), Ok(Frame::Pong { nonce: 2 }));
+    }
+
+    #[test]
+    fn errors_read_well() {
+        assert_eq!(
+            DecodeError::TooLarge {
+                field: "agent",
+                len: 200,
+                max: 128
+            }
+            .to_string(),
+            "agent of 200 bytes exceeds the limit of 128"
+        );
+    }
+
     fn id() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9._@-]{1,40}"
     }
@@ -482,6 +695,40 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode(&b, &Limits::default());
+        }
+
+        /// Random bytes rarely get past the tag, so also start from a valid frame and damage it.
+        #[test]
+        fn damaged_frames_never_panic(
+            f in frame(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut b = encode(&f).to_vec();
+            let i = at.index(b.len());
+            b[i] = byte;
+            if let Ok(again) = decode(&b, &Limits::default()) {
+                prop_assert_eq!(&encode(&again)[..], &b[..]);
+            }
+        }
+
+        #[test]
+        fn every_strict_prefix_is_refused(f in frame(), at in any::<prop::sample::Index>()) {
+            let b = encode(&f);
+            let cut = at.index(b.len());
+            prop_assert!(decode(&b[..cut], &Limits::default()).is_err());
+        }
+
+        #[test]
+        fn what_decodes_re_encodes_identically(
+            tag in 1u8..=11,
+            rest in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut b = vec![tag];
+            b.extend(rest);
+            if let Ok(f) = decode(&b, &Limits::default()) {
+                prop_assert_eq!(&encode(&f)[..], &b[..]);
+            }
         }
     }
 }

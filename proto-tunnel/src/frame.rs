@@ -7,43 +7,74 @@ use bytes::Bytes;
 pub enum Frame {
     /// First frame from the edge: who it is and which hand-off encodings it accepts.
     Hello {
+        /// The edge's protocol version; the distributor refuses one it does not speak.
         version: u16,
+        /// Unique per edge, so the distributor can tell a reconnect from a second edge.
         edge_id: String,
+        /// Hand-off encodings the edge understands, so the distributor picks one both speak.
         handoffs: Vec<String>,
     },
     /// The distributor's answer to an acceptable Hello.
     Welcome {
+        /// The distributor's protocol version.
         version: u16,
+        /// Names the distributor in the edge's logs.
         distributor_id: String,
     },
     /// One raw SIP message. `agent` names the agent for an INVITE handed off to the edge and
     /// is `None` for every other message.
     Sip {
+        /// The agent a handed-off INVITE is for.
         agent: Option<String>,
+        /// The SIP message exactly as it travels on the wire, so nothing is lost in transit.
         message: Bytes,
     },
     /// The edge has this agent registered.
-    AgentUp { agent: String },
+    AgentUp {
+        /// The agent, so the distributor knows this edge can take its calls.
+        agent: String,
+    },
     /// The agent is no longer registered on the edge.
-    AgentDown { agent: String },
+    AgentDown {
+        /// The agent, so the distributor stops routing its calls here.
+        agent: String,
+    },
     /// Liveness probe; answered with a Pong carrying the same nonce.
-    Ping { nonce: u64 },
+    Ping {
+        /// Echoed in the Pong, so a late Pong is told apart from the current one.
+        nonce: u64,
+    },
     /// Answer to a Ping.
-    Pong { nonce: u64 },
+    Pong {
+        /// The nonce of the Ping answered.
+        nonce: u64,
+    },
     /// The distributor's identity settings for verifying agent tokens: JSON holding the
     /// issuer, audience and public keys (a JWK set). Sent after Welcome and on every change,
     /// so edges verify tokens without ever holding a secret.
-    Keys { json: String },
+    Keys {
+        /// The settings as JSON, kept opaque here so this crate needs no JSON dependency.
+        json: String,
+    },
     /// An agent token was revoked: an edge refuses it from now on and drops any registration
     /// made with it.
-    Revoke { jti: String },
+    Revoke {
+        /// The revoked token's `jti` claim.
+        jti: String,
+    },
     /// `table` hand-off: the INVITE with this Call-ID that follows is for `agent`; the entry
     /// expires after `ttl_ms` if no INVITE comes.
     Route {
+        /// Call-ID of the INVITE to come.
         call_id: String,
+        /// The agent it is for.
         agent: String,
+        /// How long the entry lives, so a lost INVITE does not leave it forever.
         ttl_ms: u32,
     },
     /// The sender is closing the tunnel, and why.
-    Close { reason: String },
+    Close {
+        /// Free text for the peer's logs, so an operator sees why without packet captures.
+        reason: String,
+    },
 }

@@ -33,36 +33,56 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// Starts the clock at `now`, the moment the tunnel opened: the handshake itself is the
+    /// first proof that the peer is alive.
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> Self {
         Heartbeat {
             interval,
             timeout,
             last_received: now,
-            next_ping: now + interval,
+            next_ping: later(now, interval),
             nonce: 0,
         }
     }
 
+    /// Call for every frame from the peer, not only Pongs: SIP traffic proves liveness just as
+    /// well, so a busy tunnel sends no Pings at all.
     pub fn on_frame_received(&mut self, now: Instant) {
         self.last_received = now;
-        self.next_ping = now + self.interval;
+        self.next_ping = later(now, self.interval);
     }
 
-    /// When [`Heartbeat::handle_timeout`] next has something to do.
+    /// When [`Heartbeat::handle_timeout`] next has something to do, so the shell can sleep
+    /// until then instead of polling.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_ping.min(self.last_received + self.timeout)
+        self.next_ping.min(later(self.last_received, self.timeout))
     }
 
+    /// Call when [`Heartbeat::poll_timeout`] has passed (calling early or late is harmless).
+    /// Death wins over a Ping: once the peer has been silent for `timeout`, one more Ping
+    /// cannot save the tunnel. A late call sends one Ping, not one per missed interval.
     pub fn handle_timeout(&mut self, now: Instant) -> HeartbeatAction {
-        if now >= self.last_received + self.timeout {
+        if now >= later(self.last_received, self.timeout) {
             return HeartbeatAction::Dead;
         }
         if now >= self.next_ping {
-            self.nonce += 1;
-            self.next_ping = now + self.interval;
+            self.nonce = self.nonce.wrapping_add(1);
+            self.next_ping = later(now, self.interval);
             return HeartbeatAction::SendPing(self.nonce);
         }
         HeartbeatAction::None
+    }
+}
+
+/// `t + d`, but never panicking: a deadline past what `Instant` can hold is "never" in practice,
+/// and a configured `Duration::MAX` must not crash the tunnel.
+fn later(t: Instant, d: Duration) -> Instant {
+    let mut d = d;
+    loop {
+        match t.checked_add(d) {
+            Some(at) => return at,
+            None => d /= 2,
+        }
     }
 }
 
@@ -76,7 +96,10 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// `initial` is the first step and `max` caps every step (an `initial` above `max` is
+    /// capped too), so an edge never waits longer than `max` to find its distributor again.
     pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.min(max);
         Backoff {
             initial,
             max,
@@ -85,11 +108,18 @@ impl Backoff {
     }
 
     /// The delay before the next attempt. `jitter` in `0.0..=1.0` comes from the caller's
-    /// random source; the delay is between half and all of the current step.
+    /// random source (this crate has none, so tests are deterministic); the delay is between
+    /// half and all of the current step. Out-of-range jitter is clamped and NaN counts as 0.
     pub fn next_delay(&mut self, jitter: f64) -> Duration {
         let step = self.current;
-        self.current = (self.current * 2).min(self.max);
-        step.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        self.current = step.checked_mul(2).unwrap_or(self.max).min(self.max);
+        let jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
+        // Float rounding near Duration::MAX can overflow; the un-jittered step is then fine.
+        Duration::try_from_secs_f64(step.as_secs_f64() * (0.5 + jitter / 2.0)).unwrap_or(step)
     }
 
     /// A tunnel that carried traffic starts the next outage from the first step again.
@@ -133,6 +163,7 @@ pub fn check_hello(frame: &Frame) -> Result<(String, Vec<String>), HandshakeErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::any;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -167,6 +198,107 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(0.0), Duration::from_millis(50));
         assert_eq!(b.next_delay(0.5), Duration::from_millis(150));
+    }
+
+    #[test]
+    fn nonces_keep_increasing_across_received_frames() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(5 * S, 15 * S, t0);
+        assert_eq!(hb.handle_timeout(t0 + 5 * S), HeartbeatAction::SendPing(1));
+        hb.on_frame_received(t0 + 6 * S);
+        assert_eq!(hb.handle_timeout(t0 + 10 * S), HeartbeatAction::None);
+        assert_eq!(hb.handle_timeout(t0 + 11 * S), HeartbeatAction::SendPing(2));
+    }
+
+    #[test]
+    fn a_late_wake_up_sends_one_ping() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(5 * S, 60 * S, t0);
+        assert_eq!(hb.handle_timeout(t0 + 23 * S), HeartbeatAction::SendPing(1));
+        assert_eq!(hb.handle_timeout(t0 + 23 * S), HeartbeatAction::None);
+        assert_eq!(hb.poll_timeout(), t0 + 28 * S);
+    }
+
+    #[test]
+    fn death_wins_when_the_timeout_is_shorter_than_the_interval() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(10 * S, 3 * S, t0);
+        assert_eq!(hb.poll_timeout(), t0 + 3 * S);
+        assert_eq!(hb.handle_timeout(t0 + 3 * S), HeartbeatAction::Dead);
+    }
+
+    #[test]
+    fn huge_durations_do_not_panic() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Duration::MAX, Duration::MAX, t0);
+        assert!(hb.poll_timeout() > t0);
+        assert_eq!(hb.handle_timeout(t0 + 1000 * S), HeartbeatAction::None);
+        hb.on_frame_received(t0 + S);
+        let mut b = Backoff::new(Duration::MAX / 2, Duration::MAX);
+        for _ in 0..4 {
+            let d = b.next_delay(1.0);
+            assert!(d >= Duration::MAX / 2);
+        }
+    }
+
+    #[test]
+    fn backoff_jitter_is_clamped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        assert_eq!(b.next_delay(f64::NAN), Duration::from_millis(50));
+        assert_eq!(b.next_delay(-3.0), Duration::from_millis(100));
+        assert_eq!(b.next_delay(7.0), Duration::from_millis(400));
+        assert_eq!(b.next_delay(f64::INFINITY), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn backoff_initial_above_max_is_capped() {
+        let mut b = Backoff::new(Duration::from_secs(10), Duration::from_secs(2));
+        assert_eq!(b.next_delay(1.0), Duration::from_secs(2));
+        b.reset();
+        assert_eq!(b.next_delay(1.0), Duration::from_secs(2));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn heartbeat_never_panics_and_always_looks_ahead(
+            interval_ms in 1u64..10_000,
+            timeout_ms in 1u64..30_000,
+            steps in proptest::collection::vec((any::<bool>(), 0u64..20_000), 0..50),
+        ) {
+            let t0 = Instant::now();
+            let ms = Duration::from_millis;
+            let mut hb = Heartbeat::new(ms(interval_ms), ms(timeout_ms), t0);
+            let mut now = t0;
+            let mut last_nonce = 0;
+            for (received, dt) in steps {
+                now += ms(dt);
+                if received {
+                    hb.on_frame_received(now);
+                }
+                match hb.handle_timeout(now) {
+                    HeartbeatAction::Dead => break,
+                    HeartbeatAction::SendPing(n) => {
+                        proptest::prop_assert!(n > last_nonce);
+                        last_nonce = n;
+                        proptest::prop_assert!(hb.poll_timeout() > now);
+                    }
+                    HeartbeatAction::None => proptest::prop_assert!(hb.poll_timeout() > now),
+                }
+            }
+        }
+
+        #[test]
+        fn backoff_stays_within_half_and_all_of_max(
+            initial_ms in 0u64..10_000,
+            max_ms in 0u64..100_000,
+            jitters in proptest::collection::vec(proptest::num::f64::ANY, 0..40),
+        ) {
+            let max = Duration::from_millis(max_ms);
+            let mut b = Backoff::new(Duration::from_millis(initial_ms), max);
+            for j in jitters {
+                proptest::prop_assert!(b.next_delay(j) <= max);
+            }
+        }
     }
 
     #[test]
