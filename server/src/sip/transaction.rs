@@ -171,6 +171,8 @@ struct Tx {
     got_provisional: bool,
     cancel_pending: bool,
     cancel_sent: bool,
+    /// A Timeout was already reported (timer C), so the CANCEL's limit does not repeat it.
+    timed_out: bool,
     ack_received: bool,
     server_key: Option<ServerKey>,
     client_key: Option<ClientKey>,
@@ -191,6 +193,7 @@ impl Tx {
             got_provisional: false,
             cancel_pending: false,
             cancel_sent: false,
+            timed_out: false,
             ack_received: false,
             server_key: None,
             client_key: None,
@@ -711,10 +714,14 @@ impl TransactionLayer {
                 self.terminate(id);
             }
             (Timer::Timeout, Kind::ClientInvite, State::Proceeding) if tx.cancel_sent => {
-                self.events.push_back(TxEvent::Timeout { tx: id });
+                // Timer C already reported the timeout that made us cancel.
+                if !tx.timed_out {
+                    self.events.push_back(TxEvent::Timeout { tx: id });
+                }
                 self.terminate(id);
             }
             (Timer::C, Kind::ClientInvite, State::Proceeding) => {
+                tx.timed_out = true;
                 self.events.push_back(TxEvent::Timeout { tx: id });
                 self.send_cancel(id, now);
             }

@@ -307,6 +307,34 @@ fn client_cancel_waits_for_a_provisional() {
 }
 
 #[test]
+fn timer_c_cancels_a_ringing_invite_and_reports_the_timeout_once() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(Config {
+        timer_c: Some(Duration::from_secs(180)),
+        ..Config::default()
+    });
+    let invite = request("INVITE", "z9hG4bKc1", 1);
+    let tx = l.send_request(invite.clone(), udp_peer(), t0);
+    l.handle_message(invite.response(180, Some("a")), udp_peer(), t0 + 100 * MS);
+    drain_transmits(&mut l);
+    drain_events(&mut l);
+    l.handle_timeout(t0 + Duration::from_secs(181));
+    let sent = drain_transmits(&mut l);
+    assert!(
+        sent.iter().any(|t| t.bytes.starts_with(b"CANCEL ")),
+        "timer C sends CANCEL"
+    );
+    // The peer never answers; the INVITE ends 64*T1 after the CANCEL.
+    l.handle_timeout(t0 + Duration::from_secs(300));
+    let timeouts = drain_events(&mut l)
+        .into_iter()
+        .filter(|e| *e == TxEvent::Timeout { tx })
+        .count();
+    assert_eq!(timeouts, 1);
+    assert!(l.client_request(tx).is_none());
+}
+
+#[test]
 fn transport_failure_fails_the_transactions_on_that_connection() {
     let t0 = Instant::now();
     let mut l = layer();
