@@ -1,6 +1,7 @@
 //! agent-edge: a contact-centre agent edge.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acd;
 pub mod admin;
 pub mod buffer;
 pub mod config;

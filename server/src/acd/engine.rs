@@ -1,0 +1,987 @@
+//! The ACD: one owner of every agent's and queue's state. Events and the time come in as
+//! method calls; decisions (offer this call to that agent, withdraw an offer, refuse a call)
+//! and published state changes come out through `poll_*`, as the SIP layer's transactions do.
+//!
+//! The rules it keeps, whatever order events arrive in:
+//! - an agent holds at most one offer at a time, and only while it is signed in, available,
+//!   out of wrap-up, below its call limit and has the queue's skills;
+//! - a call waits only while some signed-in agent could take it, and ends exactly once:
+//!   answered, abandoned, timed out or refused, with the reason;
+//! - an offer not answered within the queue's ring time is withdrawn, the agent made away,
+//!   and the call goes back to the head of its queue;
+//! - a declined offer goes to the next agent (the one who declined is not asked again for
+//!   that call); a failed one (the agent unreachable) makes the agent away as well.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::config::{QueueConfig, Strategy};
+use super::rules::CallType;
+
+/// How long a withdrawn offer may take to end (the edge's 487) before the call is offered
+/// elsewhere anyway.
+pub const WITHDRAW_GRACE: Duration = Duration::from_secs(5);
+
+/// What the admin store says about an agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Skill → level (1-100).
+    pub skills: BTreeMap<String, u8>,
+    /// Calls at once (at least 1).
+    pub max_calls: u32,
+}
+
+/// What the agent (or a supervisor) says about being ready for calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Available,
+    Away { reason: String },
+}
+
+/// How an offer ended, as the SIP side saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferEnd {
+    /// 2xx from the agent.
+    Answered,
+    /// A final failure from the agent's side (busy, decline, 487 after a withdrawal).
+    Declined { status: u16 },
+    /// No answer at all: timeout, transport failure, the edge gone.
+    Failed,
+}
+
+/// What the distributor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the call's INVITE to this agent.
+    Offer { call: String, agent: String },
+    /// Cancel the offer to this agent (ring-no-answer, or the agent signed out).
+    Withdraw { call: String, agent: String },
+    /// The call waits: tell the caller (ringback).
+    Queued { call: String },
+    /// Answer the caller with this final status.
+    Refuse {
+        call: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+/// How a call left the ACD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Answered,
+    Abandoned,
+    TimedOut,
+    Refused,
+}
+
+/// An agent's state as supervisors see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    Offline,
+    Available,
+    /// Chosen for a call; the INVITE is on its way.
+    Reserved,
+    /// The agent's phone or page rings.
+    Ringing,
+    OnCall,
+    WrapUp,
+    Away,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentView {
+    pub agent: String,
+    pub state: AgentState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub calls: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueView {
+    pub queue: String,
+    /// Calls waiting for an agent.
+    pub depth: usize,
+    /// Calls being offered to an agent.
+    pub offering: usize,
+    /// The longest current wait, in milliseconds.
+    pub longest_wait_ms: u64,
+}
+
+/// A state change, for the live event stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AcdEvent {
+    Agent(AgentView),
+    Queue(QueueView),
+    CallQueued {
+        call: String,
+        call_type: String,
+        queue: String,
+        priority: i32,
+    },
+    CallOffered {
+        call: String,
+        agent: String,
+    },
+    CallEnded {
+        call: String,
+        queue: String,
+        outcome: Outcome,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        waited_ms: u64,
+    },
+}
+
+/// Everything at once, for a new subscriber or the live view.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub agents: Vec<AgentView>,
+    pub queues: Vec<QueueView>,
+}
+
+#[derive(Debug)]
+struct Agent {
+    profile: Profile,
+    presence: Presence,
+    /// The call offered to the agent, if any (at most one).
+    offer: Option<String>,
+    /// Calls the agent answered and has not finished.
+    calls: BTreeSet<String>,
+    wrap_until: Option<Instant>,
+    idle_since: Instant,
+    answered: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CallState {
+    Queued,
+    Offered {
+        agent: String,
+        until: Instant,
+        ringing: bool,
+    },
+    /// The offer is being cancelled; the call waits for it to end before going elsewhere.
+    /// `held`: the agent is still signed in (and so holds the offer); after a sign-out the
+    /// same agent may sign in again and take other calls meanwhile.
+    Withdrawing {
+        agent: String,
+        until: Instant,
+        held: bool,
+    },
+    /// Answered. `counted`: against the agent's current session (not when the answer came
+    /// from a registration that had signed out meanwhile).
+    Connected {
+        agent: String,
+        counted: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Call {
+    call_type: CallType,
+    queue: String,
+    state: CallState,
+    arrived: Instant,
+    /// When the call entered its current queue (its wait there counts from here).
+    queued_at: Instant,
+    /// Place in line among calls of the same priority: lower goes first.
+    order: i64,
+    /// Agents who declined this call.
+    declined: BTreeSet<String>,
+    /// Whether the caller was told the call waits.
+    told_queued: bool,
+}
+
+/// The ACD core. See the module documentation for the rules it keeps.
+#[derive(Debug)]
+pub struct Acd {
+    queues: BTreeMap<String, QueueConfig>,
+    agents: BTreeMap<String, Agent>,
+    calls: BTreeMap<String, Call>,
+    /// Last agent each round-robin queue chose.
+    round_robin: BTreeMap<String, String>,
+    next_order: i64,
+    next_head: i64,
+    decisions: VecDeque<Decision>,
+    events: VecDeque<AcdEvent>,
+    dirty_agents: BTreeSet<String>,
+    dirty_queues: BTreeSet<String>,
+}
+
+impl Acd {
+    /// `queues` must be validated (see [`super::config::validate`]) and include every queue a
+    /// call type names.
+    pub fn new(queues: Vec<QueueConfig>) -> Acd {
+        Acd {
+            queues: queues.into_iter().map(|q| (q.name.clone(), q)).collect(),
+            agents: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            round_robin: BTreeMap::new(),
+            next_order: 0,
+            next_head: 0,
+            decisions: VecDeque::new(),
+            events: VecDeque::new(),
+            dirty_agents: BTreeSet::new(),
+            dirty_queues: BTreeSet::new(),
+        }
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// An agent signed in (or its profile changed while signed in). A new sign-in starts
+    /// available.
+    pub fn sign_in(&mut self, agent: &str, profile: Profile, now: Instant) {
+        let profile = Profile {
+            max_calls: profile.max_calls.max(1),
+            ..profile
+        };
+        match self.agents.get_mut(agent) {
+            Some(a) => a.profile = profile,
+            None => {
+                self.agents.insert(
+                    agent.to_owned(),
+                    Agent {
+                        profile,
+                        presence: Presence::Available,
+                        offer: None,
+                        calls: BTreeSet::new(),
+                        wrap_until: None,
+                        idle_since: now,
+                        answered: 0,
+                    },
+                );
+            }
+        }
+        self.dirty_agents.insert(agent.to_owned());
+        self.settle(now);
+    }
+
+    /// The agent signed out or its edge went away. A call offered to it goes elsewhere.
+    pub fn sign_out(&mut self, agent: &str, now: Instant) {
+        let Some(a) = self.agents.remove(agent) else {
+            return;
+        };
+        if let Some(call) = a.offer {
+            self.withdraw(&call, false, now);
+        }
+        // Answered calls continue on the SIP side; they no longer count against the agent,
+        // who may sign in again before they end.
+        for call in &a.calls {
+            if let Some(Call {
+                state: CallState::Connected { counted, .. },
+                ..
+            }) = self.calls.get_mut(call)
+            {
+                *counted = false;
+            }
+        }
+        self.dirty_agents.insert(agent.to_owned());
+        self.settle(now);
+    }
+
+    pub fn set_presence(&mut self, agent: &str, presence: Presence, now: Instant) {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return;
+        };
+        if presence == Presence::Available {
+            // Ready again: wrap-up, if any, is over.
+            a.wrap_until = None;
+            if a.presence != Presence::Available && a.calls.is_empty() {
+                a.idle_since = now;
+            }
+        }
+        a.presence = presence;
+        self.dirty_agents.insert(agent.to_owned());
+        self.settle(now);
+    }
+
+    /// A new call of this type. Its decision (offer, queued or refused) follows at once.
+    pub fn call_arrived(&mut self, call: &str, call_type: CallType, now: Instant) {
+        if self.calls.contains_key(call) {
+            return;
+        }
+        let queue = call_type.queue.clone();
+        self.events.push_back(AcdEvent::CallQueued {
+            call: call.to_owned(),
+            call_type: call_type.name.clone(),
+            queue: queue.clone(),
+            priority: call_type.priority,
+        });
+        self.next_order += 1;
+        self.calls.insert(
+            call.to_owned(),
+            Call {
+                call_type,
+                queue: queue.clone(),
+                state: CallState::Queued,
+                arrived: now,
+                queued_at: now,
+                order: self.next_order,
+                declined: BTreeSet::new(),
+                told_queued: false,
+            },
+        );
+        self.dirty_queues.insert(queue.clone());
+        let waiting = self.waiting_in(&queue);
+        let max_length = self.queues.get(&queue).map_or(0, |q| q.max_length);
+        if waiting > max_length {
+            let status = self.queues.get(&queue).map_or(486, |q| q.full_status);
+            self.refuse(call, status, Outcome::Refused, "queue full", now);
+        }
+        self.settle(now);
+    }
+
+    /// The caller hung up (CANCEL, or BYE before the answer) — or any end of a call not yet
+    /// answered. An answered call is ended instead.
+    pub fn call_abandoned(&mut self, call: &str, now: Instant) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        match c.state.clone() {
+            CallState::Connected { .. } => return self.call_ended(call, now),
+            CallState::Offered { agent, .. } | CallState::Withdrawing { agent, .. } => {
+                self.clear_offer(&agent, call);
+            }
+            CallState::Queued => {}
+        }
+        self.finish(call, Outcome::Abandoned, "caller hung up", None, now);
+        self.settle(now);
+    }
+
+    /// The agent's side rings (a 180 from its edge).
+    pub fn offer_ringing(&mut self, call: &str, agent: &str, now: Instant) {
+        if let Some(Call {
+            state: CallState::Offered {
+                agent: a, ringing, ..
+            },
+            ..
+        }) = self.calls.get_mut(call)
+            && a == agent
+            && !*ringing
+        {
+            *ringing = true;
+            self.dirty_agents.insert(agent.to_owned());
+        }
+        self.settle(now);
+    }
+
+    /// The offer of `call` to `agent` ended. Reports about offers the ACD has already
+    /// moved on from are ignored, except an answer racing a withdrawal, which stands.
+    pub fn offer_ended(&mut self, call: &str, agent: &str, end: OfferEnd, now: Instant) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        match (c.state.clone(), end) {
+            (CallState::Offered { agent: a, .. }, OfferEnd::Answered)
+            | (
+                CallState::Withdrawing {
+                    agent: a,
+                    held: true,
+                    ..
+                },
+                OfferEnd::Answered,
+            ) if a == agent => {
+                self.connect(call, agent, true, now);
+            }
+            // Answered from a registration that has since signed out: the call stands, but
+            // it is not counted against the agent's new session.
+            (CallState::Withdrawing { agent: a, .. }, OfferEnd::Answered) if a == agent => {
+                self.connect(call, agent, false, now);
+            }
+            (CallState::Offered { agent: a, .. }, OfferEnd::Declined { status }) if a == agent => {
+                self.clear_offer(agent, call);
+                if let Some(c) = self.calls.get_mut(call) {
+                    c.declined.insert(agent.to_owned());
+                }
+                tracing::debug!(call, agent, status, "offer declined");
+                self.requeue_at_head(call);
+            }
+            (CallState::Offered { agent: a, .. }, OfferEnd::Failed) if a == agent => {
+                self.clear_offer(agent, call);
+                self.make_away(agent, "unreachable");
+                self.requeue_at_head(call);
+            }
+            (CallState::Withdrawing { agent: a, .. }, _) if a == agent => {
+                self.clear_offer(agent, call);
+                self.requeue_at_head(call);
+            }
+            _ => {}
+        }
+        self.settle(now);
+    }
+
+    /// An answered call ended (BYE either way, or its dialog failed).
+    pub fn call_ended(&mut self, call: &str, now: Instant) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let CallState::Connected { agent, counted } = c.state.clone() else {
+            return self.call_abandoned(call, now);
+        };
+        let wrap_up = self
+            .queues
+            .get(&c.queue)
+            .map_or(0, |q| q.wrap_up_s)
+            .min(24 * 3600);
+        self.calls.remove(call);
+        if let Some(a) = self.agents.get_mut(&agent).filter(|_| counted) {
+            a.calls.remove(call);
+            if a.calls.is_empty() {
+                if wrap_up > 0 {
+                    a.wrap_until = Some(now + Duration::from_secs(wrap_up));
+                } else {
+                    a.idle_since = now;
+                }
+            }
+            self.dirty_agents.insert(agent);
+        }
+        self.settle(now);
+    }
+
+    /// Fires what is due: ring-no-answer, withdrawals that took too long, queue waits,
+    /// wrap-ups.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(String, CallState)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| self.deadline_of(c).is_some_and(|d| d <= now))
+            .map(|(id, c)| (id.clone(), c.state.clone()))
+            .collect();
+        for (call, state) in due {
+            match state {
+                CallState::Offered { agent, .. } => {
+                    tracing::info!(%call, %agent, "ring-no-answer: withdrawing the offer");
+                    self.make_away(&agent, "no answer");
+                    self.withdraw(&call, true, now);
+                }
+                CallState::Withdrawing { agent, .. } => {
+                    self.clear_offer(&agent, &call);
+                    self.requeue_at_head(&call);
+                }
+                CallState::Queued => self.queue_timeout(&call, now),
+                CallState::Connected { .. } => {}
+            }
+        }
+        for (name, a) in &mut self.agents {
+            if let Some(until) = a.wrap_until
+                && until <= now
+            {
+                a.wrap_until = None;
+                a.idle_since = until;
+                self.dirty_agents.insert(name.clone());
+            }
+        }
+        self.settle(now);
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    pub fn poll_decision(&mut self) -> Option<Decision> {
+        self.decisions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<AcdEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next time [`Acd::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let calls = self.calls.values().filter_map(|c| self.deadline_of(c));
+        let wraps = self.agents.values().filter_map(|a| a.wrap_until);
+        calls.chain(wraps).min()
+    }
+
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        Snapshot {
+            agents: self.agents.keys().map(|a| self.agent_view(a)).collect(),
+            queues: self
+                .queues
+                .keys()
+                .map(|q| self.queue_view(q, now))
+                .collect(),
+        }
+    }
+
+    pub fn agent_state(&self, agent: &str) -> AgentState {
+        self.agent_view(agent).state
+    }
+
+    /// The agent a call is offered to or connected with.
+    pub fn agent_of(&self, call: &str) -> Option<&str> {
+        match &self.calls.get(call)?.state {
+            CallState::Offered { agent, .. }
+            | CallState::Withdrawing { agent, .. }
+            | CallState::Connected { agent, .. } => Some(agent),
+            CallState::Queued => None,
+        }
+    }
+
+    /// The call offered to an agent (ringing or being withdrawn).
+    pub fn agent_of_offer(&self, agent: &str) -> Option<&str> {
+        self.agents.get(agent)?.offer.as_deref()
+    }
+
+    /// The call's type and how long it has waited, for the offer's headers.
+    pub fn call_info(&self, call: &str, now: Instant) -> Option<(&CallType, Duration)> {
+        let c = self.calls.get(call)?;
+        Some((&c.call_type, now.saturating_duration_since(c.arrived)))
+    }
+
+    pub fn is_signed_in(&self, agent: &str) -> bool {
+        self.agents.contains_key(agent)
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn deadline_of(&self, c: &Call) -> Option<Instant> {
+        match &c.state {
+            CallState::Offered { until, .. } | CallState::Withdrawing { until, .. } => Some(*until),
+            CallState::Queued => {
+                let wait = self.queues.get(&c.queue).map_or(120, |q| q.max_wait_s);
+                Some(c.queued_at + Duration::from_secs(wait))
+            }
+            CallState::Connected { .. } => None,
+        }
+    }
+
+    fn waiting_in(&self, queue: &str) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.queue == queue && c.state == CallState::Queued)
+            .count()
+    }
+
+    fn clear_offer(&mut self, agent: &str, call: &str) {
+        if let Some(a) = self.agents.get_mut(agent)
+            && a.offer.as_deref() == Some(call)
+        {
+            a.offer = None;
+            self.dirty_agents.insert(agent.to_owned());
+        }
+    }
+
+    fn make_away(&mut self, agent: &str, reason: &str) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.presence = Presence::Away {
+                reason: reason.to_owned(),
+            };
+            self.dirty_agents.insert(agent.to_owned());
+        }
+    }
+
+    /// Cancels the call's offer; the call waits for the offer to end (or the grace time).
+    fn withdraw(&mut self, call: &str, held: bool, now: Instant) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let agent = match &mut c.state {
+            CallState::Offered { agent, .. } => agent.clone(),
+            CallState::Withdrawing { held: h, .. } => {
+                // Already being withdrawn; the agent may have let go of it meanwhile.
+                *h = *h && held;
+                return;
+            }
+            _ => return,
+        };
+        c.state = CallState::Withdrawing {
+            agent: agent.clone(),
+            until: now + WITHDRAW_GRACE,
+            held,
+        };
+        self.dirty_queues.insert(c.queue.clone());
+        self.decisions.push_back(Decision::Withdraw {
+            call: call.to_owned(),
+            agent,
+        });
+    }
+
+    fn requeue_at_head(&mut self, call: &str) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        self.next_head -= 1;
+        c.order = i64::MIN / 2 + self.next_head;
+        c.state = CallState::Queued;
+        self.dirty_queues.insert(c.queue.clone());
+    }
+
+    fn connect(&mut self, call: &str, agent: &str, counted: bool, now: Instant) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        c.state = CallState::Connected {
+            agent: agent.to_owned(),
+            counted,
+        };
+        let waited = now.saturating_duration_since(c.arrived);
+        let queue = c.queue.clone();
+        self.dirty_queues.insert(queue.clone());
+        if let Some(a) = self.agents.get_mut(agent).filter(|_| counted) {
+            if a.offer.as_deref() == Some(call) {
+                a.offer = None;
+            }
+            a.calls.insert(call.to_owned());
+            a.answered += 1;
+            a.wrap_until = None;
+            if matches!(&a.presence, Presence::Away { reason } if reason == "no answer") {
+                // It answered as the offer was being withdrawn: it is there after all.
+                a.presence = Presence::Available;
+            }
+            self.dirty_agents.insert(agent.to_owned());
+        }
+        self.events.push_back(AcdEvent::CallEnded {
+            call: call.to_owned(),
+            queue,
+            outcome: Outcome::Answered,
+            reason: "answered".into(),
+            agent: Some(agent.to_owned()),
+            waited_ms: millis(waited),
+        });
+    }
+
+    fn queue_timeout(&mut self, call: &str, now: Instant) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let Some(q) = self.queues.get(&c.queue) else {
+            return;
+        };
+        match q.overflow.clone() {
+            Some(overflow) => self.move_to(call, &overflow, now),
+            None => {
+                let status = q.timeout_status;
+                self.refuse(call, status, Outcome::TimedOut, "queue timeout", now);
+            }
+        }
+    }
+
+    /// Moves a waiting call to another queue, where it waits afresh.
+    fn move_to(&mut self, call: &str, queue: &str, now: Instant) {
+        let waiting = self.waiting_in(queue);
+        let Some(q) = self.queues.get(queue) else {
+            return;
+        };
+        let full = (waiting >= q.max_length).then_some(q.full_status);
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        self.dirty_queues.insert(c.queue.clone());
+        c.queue = queue.to_owned();
+        c.queued_at = now;
+        self.dirty_queues.insert(queue.to_owned());
+        tracing::info!(%call, %queue, "call overflows");
+        if let Some(status) = full {
+            self.refuse(call, status, Outcome::Refused, "overflow queue full", now);
+        }
+    }
+
+    fn refuse(&mut self, call: &str, status: u16, outcome: Outcome, reason: &str, now: Instant) {
+        self.decisions.push_back(Decision::Refuse {
+            call: call.to_owned(),
+            status,
+            reason: reason.to_owned(),
+        });
+        self.finish(call, outcome, reason, None, now);
+    }
+
+    fn finish(
+        &mut self,
+        call: &str,
+        outcome: Outcome,
+        reason: &str,
+        agent: Option<String>,
+        now: Instant,
+    ) {
+        let Some(c) = self.calls.remove(call) else {
+            return;
+        };
+        self.dirty_queues.insert(c.queue.clone());
+        self.events.push_back(AcdEvent::CallEnded {
+            call: call.to_owned(),
+            queue: c.queue,
+            outcome,
+            reason: reason.to_owned(),
+            agent,
+            waited_ms: millis(now.saturating_duration_since(c.arrived)),
+        });
+    }
+
+    /// Whether the agent meets the queue's skill levels.
+    fn qualified(profile: &Profile, queue: &QueueConfig) -> bool {
+        queue
+            .skills
+            .iter()
+            .all(|(skill, min)| profile.skills.get(skill).is_some_and(|l| l >= min))
+    }
+
+    fn free_for(agent: &Agent, queue: &QueueConfig, now: Instant) -> bool {
+        agent.presence == Presence::Available
+            && agent.offer.is_none()
+            && agent.wrap_until.is_none_or(|w| w <= now)
+            && agent.calls.len() < agent.profile.max_calls as usize
+            && Self::qualified(&agent.profile, queue)
+    }
+
+    /// After every input: refuse or overflow calls nobody signed in could take, offer waiting
+    /// calls to free agents, tell newly waiting callers, publish what changed.
+    fn settle(&mut self, now: Instant) {
+        self.drop_untakeable(now);
+        self.dispatch(now);
+        let waiting: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Queued && !c.told_queued)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call in waiting {
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.told_queued = true;
+            }
+            self.decisions.push_back(Decision::Queued { call });
+        }
+        self.publish(now);
+    }
+
+    /// A waiting call whose queue has no signed-in agent able to take it (skills, not
+    /// declined) overflows, or is refused with the queue's `no_agent_status`.
+    fn drop_untakeable(&mut self, now: Instant) {
+        loop {
+            let stuck = self.calls.iter().find(|(_, c)| {
+                c.state == CallState::Queued
+                    && self.queues.get(&c.queue).is_some_and(|q| {
+                        !self.agents.iter().any(|(name, a)| {
+                            !c.declined.contains(name) && Self::qualified(&a.profile, q)
+                        })
+                    })
+            });
+            let Some((call, c)) = stuck else {
+                return;
+            };
+            let call = call.clone();
+            let Some(q) = self.queues.get(&c.queue) else {
+                return;
+            };
+            match q.overflow.clone() {
+                Some(overflow) => self.move_to(&call, &overflow, now),
+                None => {
+                    let status = q.no_agent_status;
+                    self.refuse(
+                        &call,
+                        status,
+                        Outcome::Refused,
+                        "no agent for the queue",
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Offers waiting calls, best first (higher priority, then place in line), each to the
+    /// agent its queue's strategy picks among those free for it.
+    fn dispatch(&mut self, now: Instant) {
+        let mut waiting: Vec<(Reverse<i32>, i64, String)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Queued)
+            .map(|(id, c)| (Reverse(c.call_type.priority), c.order, id.clone()))
+            .collect();
+        waiting.sort();
+        for (_, _, call) in waiting {
+            let Some(agent) = self.pick(&call, now) else {
+                continue;
+            };
+            let Some(c) = self.calls.get_mut(&call) else {
+                continue;
+            };
+            let ring = self.queues.get(&c.queue).map_or(20, |q| q.ring_timeout_s);
+            c.state = CallState::Offered {
+                agent: agent.clone(),
+                until: now + Duration::from_secs(ring),
+                ringing: false,
+            };
+            self.dirty_queues.insert(c.queue.clone());
+            if self
+                .queues
+                .get(&c.queue)
+                .is_some_and(|q| q.strategy == Strategy::RoundRobin)
+            {
+                self.round_robin.insert(c.queue.clone(), agent.clone());
+            }
+            if let Some(a) = self.agents.get_mut(&agent) {
+                a.offer = Some(call.clone());
+            }
+            self.dirty_agents.insert(agent.clone());
+            self.events.push_back(AcdEvent::CallOffered {
+                call: call.clone(),
+                agent: agent.clone(),
+            });
+            self.decisions.push_back(Decision::Offer { call, agent });
+        }
+    }
+
+    fn pick(&self, call: &str, now: Instant) -> Option<String> {
+        let c = self.calls.get(call)?;
+        let q = self.queues.get(&c.queue)?;
+        let free = self
+            .agents
+            .iter()
+            .filter(|(name, a)| !c.declined.contains(*name) && Self::free_for(a, q, now));
+        let skill_total = |a: &Agent| -> u32 {
+            q.skills
+                .keys()
+                .map(|s| u32::from(a.profile.skills.get(s).copied().unwrap_or(0)))
+                .sum()
+        };
+        let chosen = match q.strategy {
+            Strategy::LongestIdle => free.min_by_key(|(n, a)| (a.idle_since, *n)),
+            Strategy::FewestCalls => free.min_by_key(|(n, a)| (a.answered, a.idle_since, *n)),
+            Strategy::BestSkill => {
+                free.min_by_key(|(n, a)| (Reverse(skill_total(a)), a.idle_since, *n))
+            }
+            Strategy::RoundRobin => {
+                let last = self.round_robin.get(&c.queue);
+                let all: Vec<_> = free.collect();
+                all.iter()
+                    .find(|(n, _)| last.is_none_or(|l| n.as_str() > l.as_str()))
+                    .or_else(|| all.first())
+                    .copied()
+            }
+        };
+        chosen.map(|(n, _)| n.clone())
+    }
+
+    fn agent_view(&self, agent: &str) -> AgentView {
+        let Some(a) = self.agents.get(agent) else {
+            return AgentView {
+                agent: agent.to_owned(),
+                state: AgentState::Offline,
+                reason: None,
+                calls: 0,
+            };
+        };
+        let offered = a.offer.as_ref().and_then(|c| self.calls.get(c));
+        let (state, reason) = match (offered.map(|c| &c.state), &a.presence) {
+            (Some(CallState::Offered { ringing: false, .. }), _) => (AgentState::Reserved, None),
+            (Some(_), _) => (AgentState::Ringing, None),
+            (None, _) if !a.calls.is_empty() => (AgentState::OnCall, None),
+            (None, Presence::Away { reason }) => (AgentState::Away, Some(reason.clone())),
+            (None, Presence::Available) if a.wrap_until.is_some() => (AgentState::WrapUp, None),
+            (None, Presence::Available) => (AgentState::Available, None),
+        };
+        AgentView {
+            agent: agent.to_owned(),
+            state,
+            reason,
+            calls: a.calls.len(),
+        }
+    }
+
+    fn queue_view(&self, queue: &str, now: Instant) -> QueueView {
+        let in_queue = self.calls.values().filter(|c| c.queue == queue);
+        let mut depth = 0;
+        let mut offering = 0;
+        let mut oldest: Option<Instant> = None;
+        for c in in_queue {
+            match c.state {
+                CallState::Queued => {
+                    depth += 1;
+                    oldest = Some(oldest.map_or(c.queued_at, |o| o.min(c.queued_at)));
+                }
+                CallState::Offered { .. } | CallState::Withdrawing { .. } => offering += 1,
+                CallState::Connected { .. } => {}
+            }
+        }
+        QueueView {
+            queue: queue.to_owned(),
+            depth,
+            offering,
+            longest_wait_ms: oldest.map_or(0, |o| millis(now.saturating_duration_since(o))),
+        }
+    }
+
+    fn publish(&mut self, now: Instant) {
+        for agent in std::mem::take(&mut self.dirty_agents) {
+            let view = self.agent_view(&agent);
+            self.events.push_back(AcdEvent::Agent(view));
+        }
+        for queue in std::mem::take(&mut self.dirty_queues) {
+            let view = self.queue_view(&queue, now);
+            self.events.push_back(AcdEvent::Queue(view));
+        }
+    }
+}
+
+impl Acd {
+    /// The internal bookkeeping agrees with itself (for the property tests).
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let mut holders = BTreeSet::new();
+        for (id, c) in &self.calls {
+            match &c.state {
+                CallState::Offered { agent, .. }
+                | CallState::Withdrawing {
+                    agent, held: true, ..
+                } => {
+                    if let Some(a) = self.agents.get(agent) {
+                        if a.offer.as_deref() != Some(id.as_str()) {
+                            return Err(format!(
+                                "{id} offered to {agent}, who holds {:?}",
+                                a.offer
+                            ));
+                        }
+                        if !holders.insert(agent.clone()) {
+                            return Err(format!("{agent} holds two offers"));
+                        }
+                    }
+                }
+                CallState::Connected {
+                    agent,
+                    counted: true,
+                } => {
+                    if self
+                        .agents
+                        .get(agent)
+                        .is_some_and(|a| !a.calls.contains(id))
+                    {
+                        return Err(format!("{id} connected to {agent}, who does not know"));
+                    }
+                }
+                CallState::Withdrawing { .. } | CallState::Connected { .. } | CallState::Queued => {
+                }
+            }
+        }
+        for (name, a) in &self.agents {
+            if let Some(call) = &a.offer {
+                let live = self.calls.get(call).is_some_and(|c| {
+                    matches!(&c.state, CallState::Offered { agent, .. }
+                        | CallState::Withdrawing { agent, held: true, .. } if agent == name)
+                });
+                if !live {
+                    return Err(format!("{name} holds an offer of {call} that is over"));
+                }
+            }
+            if a.calls.len() > a.profile.max_calls as usize {
+                return Err(format!("{name} has more calls than allowed"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
