@@ -1,7 +1,6 @@
 //! The one TOML configuration file: every key optional, unknown keys refused, parsed then
 //! validated so an operator's typo is an error at start-up rather than a surprise on a call.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -174,14 +173,16 @@ pub struct DistributorConfig {
     pub tls: SocketAddr,
     /// The tunnel endpoint buffer servers dial (`wss://ADDR/tunnel`).
     pub tunnel: SocketAddr,
-    /// Status answered when no agent can take a call.
-    pub no_agent_status: u16,
-    /// Calls one agent may have at once.
-    pub agent_max_calls: usize,
-    /// Queue for a request-URI user that `queues` does not name.
+    /// Calls at once for an agent the admin store does not describe (its `max_calls`
+    /// otherwise).
+    pub agent_max_calls: u32,
+    /// Queue of the calls no call type matches (implied with default settings when
+    /// `queues` does not define it).
     pub default_queue: String,
-    /// Request-URI user → queue.
-    pub queues: BTreeMap<String, String>,
+    /// Call-type rules, tried in order.
+    pub call_types: Vec<crate::acd::config::CallTypeConfig>,
+    /// Queues.
+    pub queues: Vec<crate::acd::config::QueueConfig>,
 }
 
 impl Default for DistributorConfig {
@@ -192,10 +193,10 @@ impl Default for DistributorConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tls: SocketAddr::from(([127, 0, 0, 1], 5061)),
             tunnel: SocketAddr::from(([127, 0, 0, 1], 7443)),
-            no_agent_status: 480,
             agent_max_calls: 1,
             default_queue: "default".into(),
-            queues: BTreeMap::new(),
+            call_types: Vec::new(),
+            queues: Vec::new(),
         }
     }
 }
@@ -291,12 +292,11 @@ impl Config {
             return invalid("sip.max_message_bytes must be between 1024 and 16 MiB");
         }
         let d = &self.distributor;
-        if !(400..=699).contains(&d.no_agent_status) {
-            return invalid("distributor.no_agent_status must be a final failure (400-699)");
+        if !(1..=100).contains(&d.agent_max_calls) {
+            return invalid("distributor.agent_max_calls must be 1-100");
         }
-        if d.agent_max_calls == 0 {
-            return invalid("distributor.agent_max_calls must be at least 1");
-        }
+        crate::acd::config::validate(&d.call_types, &d.queues, &d.default_queue)
+            .map_err(|why| ConfigError::Invalid(format!("distributor: {why}")))?;
         for id in [&d.id, &self.buffer.id] {
             if !proto_tunnel::valid_id(id, 128) {
                 return invalid("distributor.id and buffer.id must be 1-128 visible characters");
@@ -389,7 +389,9 @@ mod tests {
         for text in [
             "[sip]\nt1_ms = 0\n",
             "[sip]\nt1_ms = 5000\nt2_ms = 100\n",
-            "[distributor]\nno_agent_status = 200\n",
+            "[distributor]\nagent_max_calls = 0\n",
+            "[[distributor.queues]]\nname = \"q\"\ntimeout_status = 200\n",
+            "[[distributor.call_types]]\nname = \"t\"\nqueue = \"nowhere\"\n",
             "[buffer]\nid = \"edge 1\"\n",
             "[buffer]\nconnect = \"ws://127.0.0.1:1/tunnel\"\n",
             "[tls]\ncert = \"a.pem\"\n",

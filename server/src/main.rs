@@ -285,9 +285,12 @@ async fn start_distributor(
         &config.sip,
         transports,
         addrs,
-        identity,
-        revoked,
-        edge_token_issuer(config, ring),
+        distributor::service::Identities {
+            verifier: identity,
+            revoked,
+            edge_issuer: edge_token_issuer(config, ring),
+            store: Some(store.clone()),
+        },
     );
     let (command_tx, command_rx) = mpsc::channel(64);
     tokio::spawn(service.run(sip_rx, tunnel_rx, command_rx));

@@ -371,6 +371,11 @@ pub struct RunningSipp {
 }
 
 impl RunningSipp {
+    /// The messages received so far (SIPp writes its message trace as it goes).
+    pub fn received_so_far(&self) -> Vec<String> {
+        read_received(&self.sipp.dir.join(format!("{}.msg", self.sipp.name)))
+    }
+
     /// Waits for SIPp to finish by itself (at most its own -timeout), and reads its results.
     pub fn wait(mut self) -> SippRun {
         let status = self.child.take().unwrap().wait().unwrap();
@@ -626,4 +631,71 @@ pub fn caller(scenario: &str, dir: &Path, name: &str, to: SocketAddr) -> Sipp {
     Sipp::new(scenario, free_port(), dir, name)
         .to(to)
         .arg(&["-s", "support", "-d", "200"])
+}
+
+/// The admin API's live event stream (`GET /events`, server-sent events), read in the
+/// background: every `data:` line, parsed, in order.
+#[derive(Debug, Clone)]
+pub struct EventStream {
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl EventStream {
+    pub fn subscribe(admin: SocketAddr, key: &str) -> EventStream {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(admin).unwrap();
+        let request = format!(
+            "GET /events HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {key}\r\n\
+             Accept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                // Chunked transfer: the SSE lines arrive whole inside the chunks.
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(value) = serde_json::from_str(data.trim())
+                {
+                    sink.lock().unwrap().push(value);
+                }
+            }
+        });
+        let stream = EventStream { events };
+        stream.wait_for("the snapshot", |e| e["type"] == "snapshot");
+        stream
+    }
+
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (up to [`WAIT`]) for an event matching `pred`, and returns it.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(e) = self.all().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no event for {what} in the stream:\n{:#?}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The admin key of a system started by [`System`] (generated into its folder).
+pub fn admin_key(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("admin-key"))
+        .unwrap()
+        .trim()
+        .to_owned()
 }

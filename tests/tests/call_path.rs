@@ -182,8 +182,10 @@ fn caller_cancels_while_agent_rings() {
 }
 
 #[test]
-fn agent_busy_reaches_the_caller() {
-    System::start("").one_call("agent_busy.xml", "caller_expect_486.xml", "busy");
+fn agent_busy_with_no_other_agent_gives_the_queue_failure() {
+    // The ACD does not pass an agent's 486 to the caller: it offers the call to the next
+    // agent, and with none left the queue answers its no_agent_status.
+    System::start("").one_call("agent_busy.xml", "caller_expect_480.xml", "busy");
 }
 
 #[test]

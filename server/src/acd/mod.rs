@@ -7,7 +7,7 @@ pub mod engine;
 pub mod rules;
 
 pub use engine::{
-    Acd, AcdEvent, AgentState, AgentView, Decision, OfferEnd, Outcome, Presence, Profile,
+    Acd, AcdEvent, AgentState, AgentView, CallView, Decision, OfferEnd, Outcome, Presence, Profile,
     QueueView, Snapshot,
 };
 pub use rules::{CallFacts, CallType, Classifier};

@@ -153,7 +153,7 @@ impl World {
                 );
             }
         }
-        acd.check().map_err(TestCaseError::fail)
+        acd.audit().map_err(TestCaseError::fail)
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::store::{Agent, Store};
 use super::tokens::TokenIssuer;
+use crate::acd::{Presence, Profile};
 use crate::distributor::service::Command;
 
 /// What the handlers share.
@@ -68,6 +69,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/tokens/revoke", post(revoke_token))
         .route("/keys/rotate", post(rotate_keys))
         .route("/live", get(live))
+        .route("/events", get(events))
+        .route("/agents/{id}/presence", axum::routing::put(put_presence))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
@@ -194,15 +197,40 @@ async fn put_agent(
         return problem(StatusCode::UNPROCESSABLE_ENTITY, why);
     }
     match state.store.put_agent(&agent) {
-        Ok(true) => (StatusCode::CREATED, Json(agent)).into_response(),
-        Ok(false) => Json(agent).into_response(),
+        Ok(created) => {
+            let profile = Profile {
+                skills: agent.skills.clone(),
+                max_calls: agent.max_calls,
+            };
+            let _ = state
+                .commands
+                .send(Command::Profile {
+                    agent: agent.id.clone(),
+                    profile: Some(profile),
+                })
+                .await;
+            if created {
+                (StatusCode::CREATED, Json(agent)).into_response()
+            } else {
+                Json(agent).into_response()
+            }
+        }
         Err(e) => store_error(e),
     }
 }
 
 async fn delete_agent(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     match state.store.delete_agent(&id) {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(true) => {
+            let _ = state
+                .commands
+                .send(Command::Profile {
+                    agent: id,
+                    profile: None,
+                })
+                .await;
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(false) => problem(StatusCode::NOT_FOUND, "no such agent"),
         Err(e) => store_error(e),
     }
@@ -321,6 +349,104 @@ async fn live(State(state): State<AdminState>) -> Response {
             "the distributor is stopping",
         ),
     }
+}
+
+fn stopping() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the distributor is stopping",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(tag = "state")]
+enum PresenceRequest {
+    Available,
+    Away { reason: Option<String> },
+}
+
+/// A supervisor sets an agent available or away (with a reason).
+async fn put_presence(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: Option<Json<PresenceRequest>>,
+) -> Response {
+    let Some(Json(request)) = body else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"state\": \"available\"} or {\"state\": \"away\", \"reason\": \"…\"}",
+        );
+    };
+    let presence = match request {
+        PresenceRequest::Available => Presence::Available,
+        PresenceRequest::Away { reason } => {
+            let reason = reason.unwrap_or_else(|| "away".into());
+            if reason.is_empty() || reason.len() > 100 || reason.chars().any(char::is_control) {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "reason must be 1-100 printable characters",
+                );
+            }
+            Presence::Away { reason }
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let command = Command::Presence {
+        agent: id,
+        presence,
+        reply,
+    };
+    if state.commands.send(command).await.is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(StatusCode::CONFLICT, "the agent is not signed in"),
+        Err(_) => stopping(),
+    }
+}
+
+/// The live event stream (server-sent events): first the whole state (`"type": "snapshot"`),
+/// then every change as the ACD publishes it (agents, queues, calls).
+async fn events(State(state): State<AdminState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
+    let (reply, answer) = oneshot::channel();
+    if state
+        .commands
+        .send(Command::Subscribe { reply })
+        .await
+        .is_err()
+    {
+        return stopping();
+    }
+    let Ok((view, receiver)) = answer.await else {
+        return stopping();
+    };
+    let mut snapshot = serde_json::to_value(&view).unwrap_or_default();
+    if let Some(map) = snapshot.as_object_mut() {
+        map.insert("type".into(), "snapshot".into());
+    }
+    let first = Event::default().data(snapshot.to_string());
+    let rest = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let data = match receiver.recv().await {
+            Ok(json) => json.to_string(),
+            Err(RecvError::Lagged(missed)) => {
+                json!({"type": "lagged", "missed": missed}).to_string()
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Event::default().data(data), receiver))
+    });
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::once(async { first })
+        .chain(rest)
+        .map(Ok::<_, std::convert::Infallible>);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn jwks(State(state): State<AdminState>) -> Response {

@@ -9,7 +9,7 @@ use super::routing_table::Leg;
 use crate::sip::{Header, Method, NameAddr, SipError, SipMessage, SipUri, StartLine, Target};
 
 /// Headers that describe the session or the request itself and mean the same on both legs.
-const END_TO_END: [&str; 9] = [
+const END_TO_END: [&str; 12] = [
     "Content-Type",
     "Content-Disposition",
     "Content-Encoding",
@@ -19,6 +19,10 @@ const END_TO_END: [&str; 9] = [
     "Allow",
     "Subject",
     "Priority",
+    // What the distributor tells the agent about the call: type, queue, seconds waited.
+    "X-AE-Call-Type",
+    "X-AE-Queue",
+    "X-AE-Waited",
 ];
 
 /// Max-Forwards on requests the buffer server originates.

@@ -154,12 +154,29 @@ impl RoutingTable {
         self.calls.get_mut(&key)
     }
 
-    /// Clears an entry and both its Call-IDs.
+    /// Clears an entry and both its Call-IDs (those still naming it).
     pub fn remove(&mut self, key: CallKey) -> Option<CallEntry> {
         let entry = self.calls.remove(&key)?;
-        self.by_call_id.remove(&entry.client.call_id);
-        self.by_call_id.remove(&entry.agent_leg.call_id);
+        for call_id in [&entry.client.call_id, &entry.agent_leg.call_id] {
+            if self.by_call_id.get(call_id).is_some_and(|(k, _)| *k == key) {
+                self.by_call_id.remove(call_id);
+            }
+        }
         Some(entry)
+    }
+
+    /// Forgets the client leg's Call-ID of an entry whose client side is over (answered 487
+    /// after a CANCEL) while its agent leg winds down, so the distributor may offer the same
+    /// call again (serial forking keeps the Call-ID).
+    pub fn detach_client(&mut self, key: CallKey) {
+        if let Some(entry) = self.calls.get(&key)
+            && self
+                .by_call_id
+                .get(&entry.client.call_id)
+                .is_some_and(|(k, _)| *k == key)
+        {
+            self.by_call_id.remove(&entry.client.call_id);
+        }
     }
 
     /// Entries whose agent leg goes to this agent, for when its registration goes away.
@@ -182,6 +199,19 @@ impl RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_client_call_id_can_be_routed_again() {
+        let mut table = RoutingTable::new();
+        let first = table.insert(entry("caller", "agent-1")).unwrap();
+        assert!(table.insert(entry("caller", "agent-2")).is_err());
+        table.detach_client(first);
+        let second = table.insert(entry("caller", "agent-2")).unwrap();
+        assert_eq!(table.lookup("agent-1"), Some((first, Side::Agent)));
+        table.remove(first);
+        assert_eq!(table.lookup("caller"), Some((second, Side::Client)));
+        assert_eq!(table.lookup("agent-1"), None);
+    }
 
     fn leg(call_id: &str) -> Leg {
         Leg {

@@ -778,6 +778,9 @@ impl Buffer {
             let resp = req.response(487, Some(&local_tag));
             let _ = self.layer.send_response(invite_tx, resp, now);
         }
+        // The client side is over; the distributor may offer the same call (same Call-ID)
+        // again, here, while the agent leg winds down.
+        self.table.detach_client(key);
         let agent_tx = self
             .agent_invites
             .iter()
@@ -886,6 +889,9 @@ impl Buffer {
             return;
         };
         if entry.state == CallState::Cancelling {
+            if code >= 300 {
+                self.end_call(key);
+            }
             return;
         }
         let local_tag = entry.client.local_tag.clone();

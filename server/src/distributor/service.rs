@@ -1,18 +1,24 @@
 //! The distributor's SIP side: a transaction-stateful, record-routing proxy between callers
-//! and the edges' tunnels. It chooses the agent for each new call and names it in the tunnel
-//! frame that carries the INVITE; in-dialog requests then follow the Record-Route it added.
+//! and the edges' tunnels. Each new call is typed and queued by the ACD ([`crate::acd`]),
+//! which this service feeds with what SIP tells it (answers, declines, cancels, hang-ups,
+//! agents coming and going) and whose decisions it carries out: offer the INVITE to an agent's
+//! edge, withdraw it (CANCEL), ringback to a waiting caller, refuse. In-dialog requests then
+//! follow the Record-Route it added.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proto_tunnel::Frame;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::agents::AgentPool;
+use super::agents::AgentEdges;
+use crate::acd::{self, Acd, CallFacts, Classifier, Decision, OfferEnd, Presence, Profile};
+use crate::admin::store::Store;
 use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
 use crate::buffer::registrar::{self, RegisterRequest};
 use crate::config::{DistributorConfig, SipConfig};
@@ -39,28 +45,43 @@ pub enum Command {
     Live { reply: oneshot::Sender<LiveView> },
     /// The token keys changed (a rotation): tell every edge.
     Keys { json: String },
+    /// An agent's presence, set by a supervisor. Answers whether the agent is signed in.
+    Presence {
+        agent: String,
+        presence: Presence,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The admin store changed an agent (or removed it: `None`); a signed-in agent's skills
+    /// and call limit follow at once.
+    Profile {
+        agent: String,
+        profile: Option<Profile>,
+    },
+    /// The live event stream: the state now, then every change.
+    Subscribe {
+        reply: oneshot::Sender<(LiveView, broadcast::Receiver<Arc<str>>)>,
+    },
 }
+
+/// Events kept for a slow subscriber before it starts losing them.
+const EVENT_BACKLOG: usize = 1024;
 
 /// The distributor's state as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveView {
     pub agents: Vec<LiveAgent>,
-    pub calls: Vec<LiveCall>,
+    pub queues: Vec<acd::QueueView>,
+    pub calls: Vec<acd::CallView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveAgent {
     pub id: String,
     pub edge: String,
-    /// `available` or `on-call`.
-    pub state: &'static str,
+    pub state: acd::AgentState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub calls: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LiveCall {
-    pub call_id: String,
-    pub agent: String,
 }
 
 /// The addresses the caller-facing listeners are bound to.
@@ -114,13 +135,28 @@ struct Handoff {
     call_id: String,
 }
 
-/// A new call handed to an edge, by the client transaction carrying its INVITE.
+/// A call from a caller, from its INVITE until that transaction ends.
+#[derive(Debug)]
+struct CallerInvite {
+    server_tx: TxId,
+    invite: SipMessage,
+    caller: Target,
+    /// Our To tag for the ringback and a refusal.
+    tag: String,
+}
+
+/// A call offered to an agent's edge, by the client transaction carrying its INVITE.
 #[derive(Debug)]
 struct Offer {
     server_tx: TxId,
+    call_id: String,
     agent: String,
     caller: Target,
     edge_id: String,
+    /// The caller cancelled: the edge's final answer goes back to the caller.
+    abandoned: bool,
+    /// The top Via branch of the INVITE, to know its retransmissions.
+    branch: String,
 }
 
 /// An in-dialog request proxied one way or the other.
@@ -145,14 +181,19 @@ pub struct Distributor {
     addrs: BoundAddrs,
     edges: HashMap<ConnId, Edge>,
     edge_ids: HashMap<String, ConnId>,
-    pool: AgentPool,
+    agents: AgentEdges,
+    acd: Acd,
+    classifier: Classifier,
+    /// Agents' skills and call limits.
+    store: Option<Arc<Store>>,
+    /// The live event stream, as JSON lines.
+    events: broadcast::Sender<Arc<str>>,
+    /// Callers' INVITEs by Call-ID, while their transaction lasts.
+    callers: HashMap<String, CallerInvite>,
     offers: HashMap<TxId, Offer>,
     offer_of_server: HashMap<TxId, TxId>,
     proxied: HashMap<TxId, Proxied>,
-    /// Agent of each call in progress, by Call-ID, to free it when the call ends.
-    active: HashMap<String, String>,
-    /// Call-ID of each caller INVITE server transaction, to free the agent if the caller
-    /// never confirms the answer.
+    /// Call-ID of each caller INVITE server transaction.
     invites: HashMap<TxId, String>,
 }
 
@@ -171,7 +212,7 @@ impl std::fmt::Debug for Distributor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Distributor")
             .field("edges", &self.edges.len())
-            .field("agents", &self.pool.len())
+            .field("agents", &self.agents.len())
             .finish_non_exhaustive()
     }
 }
@@ -184,18 +225,36 @@ fn tunnel_target(conn: ConnId) -> Target {
     }
 }
 
+/// What the distributor knows of identities: for edges, and for agents' profiles.
+#[derive(Debug)]
+pub struct Identities {
+    /// The JSON of [`crate::admin::tokens::VerifierSettings`], sent to every edge so it can
+    /// check agent tokens.
+    pub verifier: String,
+    /// Revoked token ids.
+    pub revoked: Vec<String>,
+    /// Checks the credentials of edges that register over plain SIP.
+    pub edge_issuer: TokenIssuer,
+    /// Agents' skills and call limits (none: every agent gets the defaults).
+    pub store: Option<Arc<Store>>,
+}
+
 impl Distributor {
-    /// `identity` is the JSON of [`crate::admin::tokens::VerifierSettings`], sent to every
-    /// edge so it can check agent tokens.
     pub fn new(
         config: DistributorConfig,
         sip: &SipConfig,
         transports: Transports,
         addrs: BoundAddrs,
-        identity: String,
-        revoked: Vec<String>,
-        edge_issuer: TokenIssuer,
+        ids: Identities,
     ) -> Distributor {
+        let Identities {
+            verifier: identity,
+            revoked,
+            edge_issuer,
+            store,
+        } = ids;
+        let queues = acd::config::queues_with_default(&config.queues, &config.default_queue);
+        let classifier = Classifier::new(&config.call_types, &config.default_queue);
         Distributor {
             identity,
             edge_issuer,
@@ -210,11 +269,15 @@ impl Distributor {
             addrs,
             edges: HashMap::new(),
             edge_ids: HashMap::new(),
-            pool: AgentPool::new(),
+            agents: AgentEdges::new(),
+            acd: Acd::new(queues),
+            classifier,
+            store,
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            callers: HashMap::new(),
             offers: HashMap::new(),
             offer_of_server: HashMap::new(),
             proxied: HashMap::new(),
-            active: HashMap::new(),
             invites: HashMap::new(),
         }
     }
@@ -227,9 +290,10 @@ impl Distributor {
         mut commands: mpsc::Receiver<Command>,
     ) {
         loop {
-            let wake = self
-                .layer
-                .poll_timeout()
+            let wake = [self.layer.poll_timeout(), self.acd.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 ev = sip.recv() => match ev {
@@ -246,16 +310,18 @@ impl Distributor {
                     Some(ev) => self.on_tunnel(ev, Instant::now()),
                     None => break,
                 },
-                Some(command) = commands.recv() => self.on_command(command),
+                Some(command) = commands.recv() => self.on_command(command, Instant::now()),
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    self.layer.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.layer.handle_timeout(now);
+                    self.acd.handle_timeout(now);
                 }
             }
             self.drive(Instant::now());
         }
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command, now: Instant) {
         match command {
             Command::Revoke { jti } => {
                 info!(%jti, "revoking token on every edge");
@@ -271,32 +337,90 @@ impl Distributor {
                 self.identity = json;
             }
             Command::Live { reply } => {
-                let agents = self
-                    .pool
-                    .snapshot()
-                    .into_iter()
-                    .map(|(id, conn, calls)| LiveAgent {
-                        id,
-                        edge: self
-                            .edges
-                            .get(&conn)
-                            .map(|e| e.id.clone())
-                            .unwrap_or_default(),
-                        state: if calls == 0 { "available" } else { "on-call" },
-                        calls,
-                    })
-                    .collect();
-                let mut calls: Vec<LiveCall> = self
-                    .active
-                    .iter()
-                    .map(|(call_id, agent)| LiveCall {
-                        call_id: call_id.clone(),
-                        agent: agent.clone(),
-                    })
-                    .collect();
-                calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
-                let _ = reply.send(LiveView { agents, calls });
+                let _ = reply.send(self.live_view(now));
             }
+            Command::Presence {
+                agent,
+                presence,
+                reply,
+            } => {
+                let known = self.acd.is_signed_in(&agent);
+                self.acd.set_presence(&agent, presence, now);
+                let _ = reply.send(known);
+            }
+            Command::Profile { agent, profile } => {
+                if self.acd.is_signed_in(&agent) {
+                    let profile = profile.unwrap_or_else(|| self.default_profile());
+                    self.acd.sign_in(&agent, profile, now);
+                }
+            }
+            Command::Subscribe { reply } => {
+                let events = self.events.subscribe();
+                let _ = reply.send((self.live_view(now), events));
+            }
+        }
+    }
+
+    fn live_view(&self, now: Instant) -> LiveView {
+        let snapshot = self.acd.snapshot(now);
+        let agents = snapshot
+            .agents
+            .into_iter()
+            .map(|a| LiveAgent {
+                edge: self
+                    .agents
+                    .edge_of(&a.agent)
+                    .and_then(|c| self.edges.get(&c))
+                    .map(|e| e.id.clone())
+                    .unwrap_or_default(),
+                id: a.agent,
+                state: a.state,
+                reason: a.reason,
+                calls: a.calls,
+            })
+            .collect();
+        LiveView {
+            agents,
+            queues: snapshot.queues,
+            calls: snapshot.calls,
+        }
+    }
+
+    fn default_profile(&self) -> Profile {
+        Profile {
+            skills: Default::default(),
+            max_calls: self.config.agent_max_calls,
+        }
+    }
+
+    /// The agent's skills and call limit from the admin store; defaults for an agent the
+    /// store does not know (a token issued from the command line).
+    fn profile_of(&self, agent: &str) -> Profile {
+        match self.store.as_ref().map(|s| s.agent(agent)) {
+            Some(Ok(Some(a))) => Profile {
+                skills: a.skills,
+                max_calls: a.max_calls,
+            },
+            Some(Err(e)) => {
+                warn!(%agent, error = %e, "agent store failed; default profile");
+                self.default_profile()
+            }
+            _ => self.default_profile(),
+        }
+    }
+
+    fn agent_up(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
+        if self.agents.up(agent, conn) {
+            crate::announce(&format!("agent-up {agent} {edge_id}"));
+            let profile = self.profile_of(agent);
+            self.acd.sign_in(agent, profile, now);
+        }
+    }
+
+    fn agent_down(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
+        if self.agents.down(agent, conn) {
+            crate::announce(&format!("agent-down {agent} {edge_id}"));
+            self.acd.sign_out(agent, now);
         }
     }
 
@@ -314,7 +438,7 @@ impl Distributor {
                     .unwrap_or(Mode::Tunnel);
                 if let Some(old) = self.edge_ids.get(&edge_id).copied() {
                     // The edge re-dialled before its old tunnel was seen dead.
-                    self.edge_down(old);
+                    self.edge_down(old, now);
                 }
                 info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
                 crate::announce(&format!("edge-up {edge_id} {}", mode.as_str()));
@@ -338,22 +462,14 @@ impl Distributor {
                     },
                 );
             }
-            TunnelServerEvent::Down { conn } => self.edge_down(conn),
+            TunnelServerEvent::Down { conn } => self.edge_down(conn, now),
             TunnelServerEvent::Frame { conn, frame } => {
                 let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
                     return;
                 };
                 match frame {
-                    Frame::AgentUp { agent } => {
-                        if self.pool.up(&agent, conn, now) {
-                            crate::announce(&format!("agent-up {agent} {edge_id}"));
-                        }
-                    }
-                    Frame::AgentDown { agent } => {
-                        if self.pool.down(&agent, conn) {
-                            crate::announce(&format!("agent-down {agent} {edge_id}"));
-                        }
-                    }
+                    Frame::AgentUp { agent } => self.agent_up(&agent, conn, &edge_id, now),
+                    Frame::AgentDown { agent } => self.agent_down(&agent, conn, &edge_id, now),
                     Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
                     other => debug!(frame = ?other, "ignoring tunnel frame"),
                 }
@@ -361,7 +477,7 @@ impl Distributor {
         }
     }
 
-    fn edge_down(&mut self, conn: ConnId) {
+    fn edge_down(&mut self, conn: ConnId, now: Instant) {
         let Some(edge) = self.edges.remove(&conn) else {
             return;
         };
@@ -369,8 +485,9 @@ impl Distributor {
             self.edge_ids.remove(&edge.id);
         }
         info!(edge = %edge.id, "edge down");
-        for agent in self.pool.edge_down(conn) {
+        for agent in self.agents.edge_down(conn) {
             crate::announce(&format!("agent-down {agent} {}", edge.id));
+            self.acd.sign_out(&agent, now);
         }
         self.layer.connection_closed(conn);
     }
@@ -451,7 +568,11 @@ impl Distributor {
     }
 
     fn drive(&mut self, now: Instant) {
-        while let Some(ev) = self.layer.poll_event() {
+        loop {
+            self.run_acd(now);
+            let Some(ev) = self.layer.poll_event() else {
+                break;
+            };
             self.on_tx_event(ev, now);
         }
         self.flush(None);
@@ -485,11 +606,11 @@ impl Distributor {
                 return None;
             }
             let msg = SipMessage::parse(&t.bytes).ok()?;
-            let call_id = msg.call_id()?;
-            let agent = self.active.get(call_id)?;
+            let branch = msg.top_via().ok()?.branch?;
+            let offer = self.offers.values().find(|o| o.branch == branch)?;
             Some(Handoff {
-                agent: agent.clone(),
-                call_id: call_id.to_owned(),
+                agent: offer.agent.clone(),
+                call_id: offer.call_id.clone(),
             })
         });
         let mut frames = Vec::with_capacity(2);
@@ -556,8 +677,12 @@ impl Distributor {
             TxEvent::StrayResponse { msg, from } => self.on_stray_response(msg, &from),
             TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
             TxEvent::Terminated { tx } => {
-                self.invites.remove(&tx);
-                if let Some(offer) = self.offers.remove(&tx) {
+                if let Some(call_id) = self.invites.remove(&tx) {
+                    self.callers.remove(&call_id);
+                }
+                if let Some(offer) = self.offers.remove(&tx)
+                    && self.offer_of_server.get(&offer.server_tx) == Some(&tx)
+                {
                     self.offer_of_server.remove(&offer.server_tx);
                 }
                 self.proxied.remove(&tx);
@@ -649,17 +774,13 @@ impl Distributor {
                         mode,
                     },
                 );
-                if self.pool.up(&agent, conn, now) {
-                    crate::announce(&format!("agent-up {agent} {edge_id}"));
-                }
+                self.agent_up(&agent, conn, &edge_id, now);
                 let mut resp = msg.response(200, Some(&ids::tag()));
                 resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
                 let _ = self.layer.send_response(tx, resp, now);
             }
             RegisterRequest::Unbind { agent } => {
-                if self.pool.down(&agent, conn) {
-                    crate::announce(&format!("agent-down {agent} {edge_id}"));
-                }
+                self.agent_down(&agent, conn, &edge_id, now);
                 let _ = self
                     .layer
                     .send_response(tx, msg.response(200, Some(&ids::tag())), now);
@@ -678,30 +799,100 @@ impl Distributor {
             self.respond(tx, &invite, 483, now);
             return;
         }
-        let user = invite
-            .request_uri()
-            .and_then(|u| SipUri::parse(u).ok())
-            .and_then(|u| u.user)
-            .unwrap_or_default();
-        let queue = self
-            .config
-            .queues
-            .get(&user)
-            .unwrap_or(&self.config.default_queue)
+        if self.callers.contains_key(&call_id) || self.acd.call_info(&call_id, now).is_some() {
+            // Another caller's call has this Call-ID: the ACD knows calls by it.
+            self.respond(tx, &invite, 482, now);
+            return;
+        }
+        let call_type = self
+            .classifier
+            .classify(&CallFacts::from_invite(&invite))
             .clone();
-        let Some((agent, conn)) = self.pool.take(self.config.agent_max_calls) else {
-            info!(%call_id, %queue, "no agent available");
-            let code = self.config.no_agent_status;
-            self.respond(tx, &invite, code, now);
+        info!(%call_id, call_type = %call_type.name, queue = %call_type.queue, "new call");
+        self.invites.insert(tx, call_id.clone());
+        self.callers.insert(
+            call_id.clone(),
+            CallerInvite {
+                server_tx: tx,
+                invite,
+                caller: from,
+                tag: ids::tag(),
+            },
+        );
+        self.acd.call_arrived(&call_id, call_type, now);
+    }
+
+    /// Carries out what the ACD decided, and publishes what changed, until it is quiet.
+    fn run_acd(&mut self, now: Instant) {
+        while let Some(decision) = self.acd.poll_decision() {
+            match decision {
+                Decision::Offer { call, agent } => self.offer(&call, &agent, now),
+                Decision::Withdraw { call, agent } => {
+                    let client = self
+                        .callers
+                        .get(&call)
+                        .and_then(|c| self.offer_of_server.get(&c.server_tx))
+                        .copied()
+                        .filter(|t| self.offers.get(t).is_some_and(|o| o.agent == agent));
+                    if let Some(client) = client {
+                        info!(%call, %agent, "withdrawing the offer");
+                        self.layer.cancel(client, now);
+                    }
+                }
+                Decision::Queued { call } => {
+                    if let Some(c) = self.callers.get(&call) {
+                        let resp = c.invite.response(180, Some(&c.tag));
+                        let _ = self.layer.send_response(c.server_tx, resp, now);
+                    }
+                }
+                Decision::Refuse {
+                    call,
+                    status,
+                    reason,
+                } => {
+                    if let Some(c) = self.callers.get(&call) {
+                        info!(%call, status, %reason, "refusing the call");
+                        let mut resp = c.invite.response(status, Some(&c.tag));
+                        resp.push_header(
+                            "Reason",
+                            format!("SIP ;cause={status} ;text=\"{reason}\""),
+                        );
+                        let _ = self.layer.send_response(c.server_tx, resp, now);
+                    }
+                }
+            }
+        }
+        while let Some(event) = self.acd.poll_event() {
+            if self.events.receiver_count() == 0 {
+                continue;
+            }
+            match serde_json::to_string(&event) {
+                Ok(json) => {
+                    let _ = self.events.send(Arc::from(json));
+                }
+                Err(e) => warn!(error = %e, "event not published"),
+            }
+        }
+    }
+
+    /// Sends the caller's INVITE to the edge where the agent is signed in.
+    fn offer(&mut self, call_id: &str, agent: &str, now: Instant) {
+        let conn = self.agents.edge_of(agent);
+        let edge_id = conn.and_then(|c| self.edges.get(&c)).map(|e| e.id.clone());
+        let (Some(conn), Some(edge_id), Some(caller)) = (conn, edge_id, self.callers.get(call_id))
+        else {
+            self.acd.offer_ended(call_id, agent, OfferEnd::Failed, now);
             return;
         };
-        let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
-            self.pool.release(&agent, now);
-            self.respond(tx, &invite, 503, now);
-            return;
-        };
-        info!(%call_id, %queue, %agent, edge = %edge_id, "handing call to edge");
-        let mut fwd = invite;
+        let (server_tx, from) = (caller.server_tx, caller.caller.clone());
+        let mut fwd = caller.invite.clone();
+        info!(%call_id, %agent, edge = %edge_id, "offering the call");
+        if let Some((call_type, waited)) = self.acd.call_info(call_id, now) {
+            // For the agent's screen: what the call is and how long the caller waited.
+            fwd.set_header("X-AE-Call-Type", call_type.name.clone());
+            fwd.set_header("X-AE-Queue", call_type.queue.clone());
+            fwd.set_header("X-AE-Waited", waited.as_secs().to_string());
+        }
         let (addr, transport) = self.addrs.for_kind(from.kind);
         let flow = from
             .conn
@@ -713,32 +904,43 @@ impl Distributor {
         );
         let target = self.edge_target(conn);
         self.prepare_forward(&mut fwd, target.kind);
+        let branch = fwd
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch)
+            .unwrap_or_default();
         if self.edges.get(&conn).is_some_and(|e| e.mode == Mode::Uri) {
             // In the request-URI, so the CANCEL the layer may build repeats it.
             let host = match target.kind {
                 TransportKind::Tunnel => format!("{edge_id}.invalid"),
                 _ => target.addr.to_string(),
             };
-            handoff::encode_uri(&mut fwd, &host, &agent);
+            handoff::encode_uri(&mut fwd, &host, agent);
         }
         self.flush(None);
         let client_tx = self.layer.send_request(fwd, target, now);
         self.flush(Some(Handoff {
-            agent: agent.clone(),
-            call_id: call_id.clone(),
+            agent: agent.to_owned(),
+            call_id: call_id.to_owned(),
         }));
-        self.active.insert(call_id.clone(), agent.clone());
-        self.invites.insert(tx, call_id);
-        self.offer_of_server.insert(tx, client_tx);
+        self.offer_of_server.insert(server_tx, client_tx);
         self.offers.insert(
             client_tx,
             Offer {
-                server_tx: tx,
-                agent,
+                server_tx,
+                call_id: call_id.to_owned(),
+                agent: agent.to_owned(),
                 caller: from,
                 edge_id,
+                abandoned: false,
+                branch,
             },
         );
+    }
+
+    /// Whether the ACD still counts on this offer (ringing, or being withdrawn).
+    fn is_current(&self, offer: &Offer) -> bool {
+        self.acd.agent_of(&offer.call_id) == Some(offer.agent.as_str())
     }
 
     /// Max-Forwards down by one and our Via on top, for a request leaving on `kind`.
@@ -888,26 +1090,34 @@ impl Distributor {
         self.forward(tx, msg, target, None, edge_id, now);
     }
 
-    /// A BYE either way ends the call for the agent's count.
+    /// A BYE either way ends the call for the ACD.
     fn note_bye(&mut self, msg: &SipMessage, now: Instant) {
         if msg.method() == Some(&Method::Bye)
-            && let Some(agent) = msg.call_id().and_then(|c| self.active.remove(c))
+            && let Some(call_id) = msg.call_id()
         {
-            self.pool.release(&agent, now);
+            self.acd.call_ended(call_id, now);
         }
     }
 
     fn on_cancel(&mut self, server_tx: TxId, now: Instant) {
-        match self.offer_of_server.get(&server_tx) {
-            Some(&client_tx) => {
+        let call_id = self.invites.get(&server_tx).cloned().unwrap_or_default();
+        let offer = self.offer_of_server.get(&server_tx).copied();
+        match offer.and_then(|t| self.offers.get_mut(&t).map(|o| (t, o))) {
+            Some((client_tx, offer)) if offer.call_id == call_id => {
+                // The edge's final answer (487) goes back to the caller.
+                offer.abandoned = true;
                 self.layer.cancel(client_tx, now);
             }
-            None => {
+            _ => {
                 if let Some(req) = self.layer.server_request(server_tx).cloned() {
-                    self.respond(server_tx, &req, 487, now);
+                    let tag = self.callers.get(&call_id).map(|c| c.tag.clone());
+                    let resp = req.response(487, Some(&tag.unwrap_or_else(ids::tag)));
+                    let _ = self.layer.send_response(server_tx, resp, now);
                 }
             }
         }
+        info!(%call_id, "caller hung up before the answer");
+        self.acd.call_abandoned(&call_id, now);
     }
 
     fn on_response(&mut self, tx: TxId, mut resp: SipMessage, now: Instant) {
@@ -917,15 +1127,41 @@ impl Distributor {
         }
         resp.pop_header("Via");
         if let Some(offer) = self.offers.get(&tx) {
-            let (server_tx, caller, edge_id) =
-                (offer.server_tx, offer.caller.clone(), offer.edge_id.clone());
-            if code >= 300 {
-                let agent = offer.agent.clone();
-                if let Some(call_id) = resp.call_id()
-                    && self.active.remove(call_id).is_some()
-                {
-                    self.pool.release(&agent, now);
+            let current = self.is_current(offer);
+            let (server_tx, caller, edge_id, abandoned) = (
+                offer.server_tx,
+                offer.caller.clone(),
+                offer.edge_id.clone(),
+                offer.abandoned,
+            );
+            let (call_id, agent) = (offer.call_id.clone(), offer.agent.clone());
+            let forward = match code {
+                101..=199 if current => {
+                    self.acd.offer_ringing(&call_id, &agent, now);
+                    true
                 }
+                200..=299 => {
+                    if current {
+                        self.acd
+                            .offer_ended(&call_id, &agent, OfferEnd::Answered, now);
+                    }
+                    // Forwarded in every case, as a proxy must: the caller's side decides.
+                    true
+                }
+                300.. if current => {
+                    let end = match code {
+                        486 | 487 | 600 | 603 => OfferEnd::Declined { status: code },
+                        _ => OfferEnd::Failed,
+                    };
+                    info!(%call_id, %agent, code, "the offer ended without an answer");
+                    self.acd.offer_ended(&call_id, &agent, end, now);
+                    false
+                }
+                // The caller cancelled: its 487 (or the answer that crossed the CANCEL).
+                _ => abandoned,
+            };
+            if !forward {
+                return;
             }
             self.rewrite_contact(&mut resp, caller.kind, &edge_id);
             if self
@@ -989,22 +1225,22 @@ impl Distributor {
     }
 
     fn on_failure(&mut self, tx: TxId, now: Instant) {
-        if let Some(call_id) = self.invites.remove(&tx) {
-            // Our answer to the caller was never ACKed: the call is over for the agent.
-            if let Some(agent) = self.active.remove(&call_id) {
-                warn!(%call_id, %agent, "caller never confirmed the answer");
-                self.pool.release(&agent, now);
-            }
+        if let Some(call_id) = self.invites.get(&tx).cloned() {
+            // Our answer to the caller was never ACKed: the call is over.
+            warn!(%call_id, "caller never confirmed the answer");
+            self.acd.call_ended(&call_id, now);
         } else if let Some(offer) = self.offers.remove(&tx) {
-            self.offer_of_server.remove(&offer.server_tx);
-            if let Some(req) = self.layer.server_request(offer.server_tx).cloned() {
-                if let Some(call_id) = req.call_id()
-                    && self.active.remove(call_id).is_some()
-                {
-                    self.pool.release(&offer.agent, now);
-                }
-                warn!(agent = %offer.agent, "edge did not answer the offer");
-                self.respond(offer.server_tx, &req, 408, now);
+            if self.offer_of_server.get(&offer.server_tx) == Some(&tx) {
+                self.offer_of_server.remove(&offer.server_tx);
+            }
+            warn!(agent = %offer.agent, call_id = %offer.call_id, "the edge did not answer the offer");
+            if self.is_current(&offer) {
+                self.acd
+                    .offer_ended(&offer.call_id, &offer.agent, OfferEnd::Failed, now);
+            } else if offer.abandoned
+                && let Some(req) = self.layer.server_request(offer.server_tx).cloned()
+            {
+                self.respond(offer.server_tx, &req, 487, now);
             }
         } else if let Some(p) = self.proxied.remove(&tx)
             && let Some(req) = self.layer.server_request(p.server_tx).cloned()
