@@ -27,5 +27,5 @@ if [ "${CI:-}" = "true" ]; then locked=(--locked); fi
 
 cargo build "${locked[@]}" --workspace --all-targets
 # The end-to-end tests start the agent-edge binary built just above.
-export AGENT_EDGE_BIN="${AGENT_EDGE_BIN:-$PWD/target/debug/agent-edge}"
+export AGENT_EDGE_BIN="${AGENT_EDGE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/agent-edge}"
 cargo test "${locked[@]}" --workspace --no-fail-fast "$@"
