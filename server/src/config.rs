@@ -173,6 +173,9 @@ pub struct DistributorConfig {
     pub tls: SocketAddr,
     /// The tunnel endpoint buffer servers dial (`wss://ADDR/tunnel`).
     pub tunnel: SocketAddr,
+    /// UDP address queue announcements are played from (early media), bound only when a
+    /// queue has `ringback = "183"`. Its address is the one announced in SDP.
+    pub early_media: SocketAddr,
     /// Calls at once for an agent the admin store does not describe (its `max_calls`
     /// otherwise).
     pub agent_max_calls: u32,
@@ -193,6 +196,7 @@ impl Default for DistributorConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tls: SocketAddr::from(([127, 0, 0, 1], 5061)),
             tunnel: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            early_media: SocketAddr::from(([127, 0, 0, 1], 16000)),
             agent_max_calls: 1,
             default_queue: "default".into(),
             call_types: Vec::new(),
@@ -369,6 +373,7 @@ mod tests {
             c.distributor.tcp,
             c.distributor.tls,
             c.distributor.tunnel,
+            c.distributor.early_media,
             c.buffer.udp,
             c.buffer.tcp,
             c.buffer.https,

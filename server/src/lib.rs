@@ -8,6 +8,7 @@ pub mod config;
 pub mod distributor;
 pub mod handoff;
 pub mod ids;
+pub mod media;
 pub mod sip;
 pub mod transport;
 

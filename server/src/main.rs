@@ -245,6 +245,34 @@ fn tls_files(config: &Config) -> anyhow::Result<certs::TlsFiles> {
     }
 }
 
+/// The announcements of queues that play early media, read now so a bad file stops the
+/// start, and the socket they are played from.
+async fn queue_media(
+    d: &agent_edge::config::DistributorConfig,
+) -> anyhow::Result<Option<distributor::service::QueueMedia>> {
+    use agent_edge::media::announcement::Announcement;
+    let mut announcements = std::collections::HashMap::new();
+    for q in &d.queues {
+        if let Some(path) = &q.announcement {
+            announcements.insert(q.name.clone(), Announcement::load(path)?);
+        }
+    }
+    if announcements.is_empty() {
+        return Ok(None);
+    }
+    let player = agent_edge::media::early::EarlyMedia::bind(d.early_media)
+        .await
+        .with_context(|| format!("binding early media {}", d.early_media))?;
+    announce(&format!(
+        "listening distributor.early_media {}",
+        player.local_addr()
+    ));
+    Ok(Some(distributor::service::QueueMedia {
+        player,
+        announcements,
+    }))
+}
+
 /// Binds the distributor's listeners, starts its task and returns the tunnel address.
 async fn start_distributor(
     config: &Config,
@@ -291,6 +319,7 @@ async fn start_distributor(
             edge_issuer: edge_token_issuer(config, ring),
             store: Some(store.clone()),
         },
+        queue_media(d).await?,
     );
     let (command_tx, command_rx) = mpsc::channel(64);
     tokio::spawn(service.run(sip_rx, tunnel_rx, command_rx));

@@ -67,7 +67,7 @@ pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> 
     let text = format!(
         "[identity]\nkeys_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ndb = \"{}\"\n\
          key_file = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
-         tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
+         tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\nearly_media = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
          udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n{buffer_extra}\n",
         dir.join("keys").display(),
         dir.join("agent-edge.db").display(),

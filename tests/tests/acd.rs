@@ -368,3 +368,127 @@ fn a_caller_who_cancels_while_queued_leaves_the_queue() {
     let offers = events_of(&acd.events.all(), "call-offered");
     assert_eq!(offers.len(), 1, "{offers:?}");
 }
+
+#[test]
+fn an_agent_who_signs_out_while_ringing_loses_the_caller_nothing() {
+    let mut acd = Acd::start("");
+    acd.create_agent("leaving", &["support"]);
+    acd.create_agent("staying", &["support"]);
+    let (leaving_port, leaving) = agent("agent_ring_cancel.xml", acd.sys.path(), "leaving", 1, &[]);
+    acd.register("leaving", leaving_port);
+    let (port, staying) = agent("agent_answer.xml", acd.sys.path(), "staying", 1, &[]);
+    acd.register("staying", port);
+    let call = typed_callers(&acd.sys, "caller", &["support"]).spawn();
+    acd.events.wait_for("the offer to the first agent", |e| {
+        e["type"] == "call-offered" && e["agent"] == "leaving"
+    });
+    // The ringing agent signs out (REGISTER with Expires: 0).
+    let unregister = acd.sys.path().join("agent_unregister.xml");
+    let text = std::fs::read_to_string(scenario("agent_register.xml")).unwrap();
+    std::fs::write(&unregister, text.replace("Expires: 3600", "Expires: 0")).unwrap();
+    let token = agent_edge_tests::issue_token(acd.sys.path(), "leaving");
+    Sipp::new(
+        unregister.to_str().unwrap(),
+        free_port(),
+        acd.sys.path(),
+        "unregister",
+    )
+    .to(acd.sys.buffer_udp)
+    .token_file(acd.sys.path(), &token)
+    .key("agent", "leaving")
+    .key("contact_port", &leaving_port.to_string())
+    .key("contact_transport", "")
+    .arg(&["-m", "1"])
+    .run()
+    .assert_ok("sign-out");
+    call.wait()
+        .assert_ok("the caller, answered by the agent who stayed");
+    leaving
+        .wait()
+        .assert_ok("leaving: the offer was withdrawn with CANCEL");
+    staying.wait().assert_ok("staying: answered");
+    let offered: Vec<String> = events_of(&acd.events.all(), "call-offered")
+        .iter()
+        .map(|e| s(&e["agent"]))
+        .collect();
+    assert_eq!(offered, ["leaving", "staying"]);
+    acd.events.wait_for("the first agent offline", |e| {
+        e["type"] == "agent" && e["agent"] == "leaving" && e["state"] == "offline"
+    });
+}
+
+#[test]
+fn a_queued_caller_hears_the_queue_announcement_as_early_media() {
+    // A µ-law WAV file: what the caller receives must be its bytes, in order, looped.
+    let dir = agent_edge_tests::test_dir();
+    let audio: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let wav = dir.path().join("queue.wav");
+    std::fs::write(&wav, wav_file(&audio)).unwrap();
+    let mut acd = Acd::start(&format!(
+        "max_wait_s = 3\nringback = \"183\"\nannouncement = \"{}\"",
+        wav.display()
+    ));
+    acd.create_agent("alice", &["support"]);
+    acd.register("alice", free_port());
+    acd.set_away("alice");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rtp.set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port().to_string();
+    let call = caller(
+        "caller_early_media.xml",
+        acd.sys.path(),
+        "caller",
+        acd.sys.dist_udp,
+    )
+    .key("rtp_port", &rtp_port)
+    .arg(&["-m", "1"])
+    .spawn();
+    let mut packets = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = rtp.recv(&mut buf) {
+        packets.push(buf[..n].to_vec());
+    }
+    call.wait()
+        .assert_ok("the caller: 183 with PCMU, then the queue's timeout");
+    // Three seconds of 20 ms packets were due; a loaded machine may send fewer, not none.
+    assert!(packets.len() >= 25, "{} RTP packets", packets.len());
+    let ssrc = &packets[0][8..12];
+    let mut played = Vec::new();
+    for (i, p) in packets.iter().enumerate() {
+        assert_eq!(p[0], 0x80, "RTP version 2");
+        assert_eq!(p[1] & 0x7f, 0, "PCMU");
+        assert_eq!(&p[8..12], ssrc);
+        let seq = u16::from_be_bytes([p[2], p[3]]);
+        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let first_seq = u16::from_be_bytes([packets[0][2], packets[0][3]]);
+        let first_ts =
+            u32::from_be_bytes([packets[0][4], packets[0][5], packets[0][6], packets[0][7]]);
+        assert_eq!(seq, first_seq.wrapping_add(i as u16));
+        assert_eq!(ts, first_ts.wrapping_add(160 * i as u32));
+        played.extend_from_slice(&p[12..]);
+    }
+    let expected: Vec<u8> = audio.iter().copied().cycle().take(played.len()).collect();
+    assert_eq!(played, expected, "the announcement's bytes, looped");
+    // The call is over: nothing more is played.
+    assert!(rtp.recv(&mut buf).is_err(), "RTP after the call ended");
+}
+
+/// A WAV file of µ-law samples at 8 kHz, mono.
+fn wav_file(ulaw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + ulaw.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&7u16.to_le_bytes()); // µ-law
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(ulaw.len() as u32).to_le_bytes());
+    out.extend_from_slice(ulaw);
+    out
+}

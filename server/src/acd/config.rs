@@ -77,6 +77,11 @@ pub enum Ringback {
     #[default]
     #[serde(rename = "180")]
     Ringing,
+    /// `183 Session Progress` with SDP, and the queue's `announcement` played as early media
+    /// (G.711, looped) until the call is answered or ends. A caller whose offer has no audio
+    /// stream or no G.711 gets 180 instead.
+    #[serde(rename = "183")]
+    EarlyMedia,
 }
 
 /// A queue: who may take its calls, how they are chosen, and its limits.
@@ -104,6 +109,9 @@ pub struct QueueConfig {
     /// Seconds an agent stays in wrap-up after a call of this queue.
     pub wrap_up_s: u64,
     pub ringback: Ringback,
+    /// With `ringback = "183"`: a WAV file (8000 Hz mono; 16-bit PCM, µ-law or A-law), read at
+    /// start-up.
+    pub announcement: Option<std::path::PathBuf>,
 }
 
 impl Default for QueueConfig {
@@ -121,6 +129,7 @@ impl Default for QueueConfig {
             ring_timeout_s: 20,
             wrap_up_s: 0,
             ringback: Ringback::Ringing,
+            announcement: None,
         }
     }
 }
@@ -187,6 +196,12 @@ pub fn validate(
         if q.ring_timeout_s == 0 || q.max_wait_s == 0 || q.max_length == 0 {
             return Err(format!(
                 "queue {}: ring_timeout_s, max_wait_s and max_length must be at least 1",
+                q.name
+            ));
+        }
+        if (q.ringback == Ringback::EarlyMedia) != q.announcement.is_some() {
+            return Err(format!(
+                "queue {}: ringback = \"183\" and announcement go together",
                 q.name
             ));
         }

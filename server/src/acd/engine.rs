@@ -561,6 +561,11 @@ impl Acd {
         }
     }
 
+    /// The queue a call is in now (after any overflow).
+    pub fn queue_of(&self, call: &str) -> Option<&str> {
+        self.calls.get(call).map(|c| c.queue.as_str())
+    }
+
     /// The call offered to an agent (ringing or being withdrawn).
     pub fn agent_of_offer(&self, agent: &str) -> Option<&str> {
         self.agents.get(agent)?.offer.as_deref()

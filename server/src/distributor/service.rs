@@ -24,6 +24,9 @@ use crate::buffer::registrar::{self, RegisterRequest};
 use crate::config::{DistributorConfig, SipConfig};
 use crate::handoff::{self, Mode};
 use crate::ids;
+use crate::media::announcement::Announcement;
+use crate::media::early::EarlyMedia;
+use crate::media::sdp;
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
 use crate::transport::tunnel::TunnelServerEvent;
@@ -195,6 +198,7 @@ pub struct Distributor {
     proxied: HashMap<TxId, Proxied>,
     /// Call-ID of each caller INVITE server transaction.
     invites: HashMap<TxId, String>,
+    media: Option<QueueMedia>,
 }
 
 impl Edge {
@@ -225,6 +229,14 @@ fn tunnel_target(conn: ConnId) -> Target {
     }
 }
 
+/// Queue announcements played to waiting callers (queues with `ringback = "183"`).
+#[derive(Debug)]
+pub struct QueueMedia {
+    pub player: EarlyMedia,
+    /// Queue → its announcement.
+    pub announcements: HashMap<String, Announcement>,
+}
+
 /// What the distributor knows of identities: for edges, and for agents' profiles.
 #[derive(Debug)]
 pub struct Identities {
@@ -246,6 +258,7 @@ impl Distributor {
         transports: Transports,
         addrs: BoundAddrs,
         ids: Identities,
+        media: Option<QueueMedia>,
     ) -> Distributor {
         let Identities {
             verifier: identity,
@@ -279,6 +292,7 @@ impl Distributor {
             offer_of_server: HashMap::new(),
             proxied: HashMap::new(),
             invites: HashMap::new(),
+            media,
         }
     }
 
@@ -678,6 +692,7 @@ impl Distributor {
             TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
             TxEvent::Terminated { tx } => {
                 if let Some(call_id) = self.invites.remove(&tx) {
+                    self.stop_early_media(&call_id);
                     self.callers.remove(&call_id);
                 }
                 if let Some(offer) = self.offers.remove(&tx)
@@ -839,17 +854,13 @@ impl Distributor {
                         self.layer.cancel(client, now);
                     }
                 }
-                Decision::Queued { call } => {
-                    if let Some(c) = self.callers.get(&call) {
-                        let resp = c.invite.response(180, Some(&c.tag));
-                        let _ = self.layer.send_response(c.server_tx, resp, now);
-                    }
-                }
+                Decision::Queued { call } => self.ringback(&call, now),
                 Decision::Refuse {
                     call,
                     status,
                     reason,
                 } => {
+                    self.stop_early_media(&call);
                     if let Some(c) = self.callers.get(&call) {
                         info!(%call, status, %reason, "refusing the call");
                         let mut resp = c.invite.response(status, Some(&c.tag));
@@ -872,6 +883,42 @@ impl Distributor {
                 }
                 Err(e) => warn!(error = %e, "event not published"),
             }
+        }
+    }
+
+    /// Tells a caller the call waits: 183 with the queue's announcement as early media when
+    /// the queue has one and the caller offered G.711 audio, else 180.
+    fn ringback(&mut self, call: &str, now: Instant) {
+        let Some(c) = self.callers.get(call) else {
+            return;
+        };
+        let queue = self.acd.queue_of(call).unwrap_or_default();
+        let early = self.media.as_mut().and_then(|m| {
+            let audio = m.announcements.get(queue)?;
+            let offer = sdp::audio_offer(&c.invite.body)?;
+            let law = offer.law()?;
+            let from = m.player.local_addr();
+            m.player.start(call, offer.to, audio.encoded(law), law);
+            Some(sdp::answer(from, law, rand::random::<u32>().into()))
+        });
+        let mut resp = match early {
+            Some(answer) => {
+                let mut resp = c.invite.response(183, Some(&c.tag));
+                resp.push_header("Content-Type", "application/sdp");
+                resp.body = Bytes::from(answer);
+                resp
+            }
+            None => c.invite.response(180, Some(&c.tag)),
+        };
+        // The early dialog's remote target (RFC 3261 §12.1.1).
+        let (addr, transport) = self.addrs.for_kind(c.caller.kind);
+        resp.push_header("Contact", format!("<sip:{addr};transport={transport}>"));
+        let _ = self.layer.send_response(c.server_tx, resp, now);
+    }
+
+    fn stop_early_media(&mut self, call: &str) {
+        if let Some(m) = self.media.as_mut() {
+            m.player.stop(call);
         }
     }
 
@@ -1117,6 +1164,7 @@ impl Distributor {
             }
         }
         info!(%call_id, "caller hung up before the answer");
+        self.stop_early_media(&call_id);
         self.acd.call_abandoned(&call_id, now);
     }
 
@@ -1141,6 +1189,7 @@ impl Distributor {
                     true
                 }
                 200..=299 => {
+                    self.stop_early_media(&call_id);
                     if current {
                         self.acd
                             .offer_ended(&call_id, &agent, OfferEnd::Answered, now);
