@@ -2,6 +2,7 @@
 //! from WAV files, and the distributor's early-media player for queued callers.
 
 pub mod announcement;
+pub mod bridge;
 pub mod early;
 pub mod g711;
 pub mod rtp;

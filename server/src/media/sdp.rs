@@ -10,6 +10,59 @@ use super::announcement::Law;
 pub struct AudioOffer {
     pub to: SocketAddr,
     pub payload_types: Vec<u8>,
+    /// The payload type of `telephone-event/8000`, if offered.
+    pub telephone_event: Option<u8>,
+    pub direction: Direction,
+}
+
+/// An SDP media direction (RFC 3264 §5.1), the caller's side of hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Direction> {
+        Some(match s {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+
+    /// What the answerer says to this offer (RFC 3264 §6.1).
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    /// Whether the side that said this direction sends media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Whether the side that said this direction receives media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
 }
 
 impl AudioOffer {
@@ -27,7 +80,26 @@ pub fn audio_offer(body: &[u8]) -> Option<AudioOffer> {
     let mut session_addr: Option<IpAddr> = None;
     let mut media: Option<(u16, Vec<u8>, Option<IpAddr>)> = None;
     let mut in_audio = false;
+    let mut session_direction = None;
+    let mut media_direction = None;
+    let mut telephone_event = None;
     for line in text.lines().map(str::trim) {
+        if let Some(attr) = line.strip_prefix("a=") {
+            if let Some(d) = Direction::parse(attr) {
+                match (&media, in_audio) {
+                    (None, _) => session_direction = Some(d),
+                    (Some(_), true) => media_direction = Some(d),
+                    _ => {}
+                }
+            } else if let Some(map) = attr.strip_prefix("rtpmap:")
+                && in_audio
+                && let Some((pt, codec)) = map.split_once(' ')
+                && codec.trim().eq_ignore_ascii_case("telephone-event/8000")
+            {
+                telephone_event = pt.trim().parse().ok();
+            }
+            continue;
+        }
         if let Some(m) = line.strip_prefix("m=") {
             if media.is_some() {
                 break;
@@ -61,10 +133,42 @@ pub fn audio_offer(body: &[u8]) -> Option<AudioOffer> {
     if ip.is_unspecified() {
         return None;
     }
+    let telephone_event = telephone_event.filter(|pt| payload_types.contains(pt));
     Some(AudioOffer {
         to: SocketAddr::new(ip, port),
         payload_types,
+        telephone_event,
+        direction: media_direction.or(session_direction).unwrap_or_default(),
     })
+}
+
+/// The bridge's answer to a caller: G.711 `pt` (and telephone-event `te`) at `from`.
+pub fn rtp_answer(
+    from: SocketAddr,
+    pt: u8,
+    te: Option<u8>,
+    direction: Direction,
+    session_id: u64,
+) -> String {
+    let ip = from.ip();
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let name = if pt == 8 { "PCMA" } else { "PCMU" };
+    let mut sdp = format!(
+        "v=0\r\no=agent-edge {session_id} {session_id} IN {family} {ip}\r\ns=-\r\n\
+         c=IN {family} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {pt}",
+        from.port()
+    );
+    if let Some(te) = te {
+        sdp.push_str(&format!(" {te}"));
+    }
+    sdp.push_str(&format!("\r\na=rtpmap:{pt} {name}/8000\r\n"));
+    if let Some(te) = te {
+        sdp.push_str(&format!(
+            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
+        ));
+    }
+    sdp.push_str(&format!("a=ptime:20\r\na={}\r\n", direction.as_str()));
+    sdp
 }
 
 /// An answer sending (only) G.711 `law` from `from`.
@@ -108,6 +212,14 @@ mod tests {
         ] {
             assert_eq!(audio_offer(none), None);
         }
+        let held = b"v=0\r\nc=IN IP4 192.0.2.1\r\na=sendonly\r\nm=audio 4000 RTP/AVP 0 101\r\n\
+                     a=rtpmap:101 telephone-event/8000\r\n";
+        let o = audio_offer(held).unwrap();
+        assert_eq!(
+            (o.direction, o.telephone_event),
+            (Direction::SendOnly, Some(101))
+        );
+        assert_eq!(o.direction.answer(), Direction::RecvOnly);
         let a = answer("127.0.0.1:16000".parse().unwrap(), Law::Alaw, 7);
         assert!(a.contains("m=audio 16000 RTP/AVP 8\r\n") && a.contains("c=IN IP4 127.0.0.1"));
     }

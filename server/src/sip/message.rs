@@ -691,12 +691,12 @@ fn unfold(head: &str) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = lines.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim());
-                continue;
-            }
+        if line.starts_with([' ', '\t'])
+            && let Some(last) = lines.last_mut()
+        {
+            last.push(' ');
+            last.push_str(line.trim());
+            continue;
         }
         lines.push(line.to_owned());
     }

@@ -1,0 +1,536 @@
+//! The buffer server's media bridge, sans-IO: per call, the caller's plain RTP on one side
+//! and the agent's WebRTC (ICE-lite, DTLS-SRTP, rtcp-mux, str0m in RTP mode) on the other,
+//! G.711 and telephone-event relayed both ways without transcoding. All WebRTC sessions
+//! share one UDP address; each caller leg has its own. Datagrams and `now` in, datagrams
+//! and timeouts out; the service owns the sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction as RtcDirection, Frequency, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use super::rtp::{self, Rebase};
+use super::sdp::{self, Direction};
+
+/// Identifies a call's media for as long as it lives.
+pub type SessionId = u64;
+
+/// Why the bridge could not set up or update a call's media.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BridgeError {
+    /// The caller's SDP has no active audio stream with an address.
+    #[error("no audio stream in the offer")]
+    NoAudio,
+    /// The caller offered no G.711.
+    #[error("no codec in common (PCMU or PCMA needed)")]
+    NoCommonCodec,
+    /// The agent's SDP answer was refused by the WebRTC stack.
+    #[error("bad WebRTC answer: {0}")]
+    BadAnswer(String),
+    /// No such session.
+    #[error("no media session {0}")]
+    Unknown(SessionId),
+}
+
+impl BridgeError {
+    /// The SIP status for the request that brought the bad SDP.
+    pub fn status(&self) -> u16 {
+        match self {
+            BridgeError::Unknown(_) => 500,
+            _ => 488,
+        }
+    }
+}
+
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// From the shared WebRTC socket.
+    WebRtc,
+    /// From the call's own caller-leg socket.
+    Caller(SessionId),
+}
+
+#[derive(Debug)]
+pub struct Datagram {
+    pub via: Via,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Counters of one direction of a call's media.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets missing by sequence number (RFC 3550 A.3, cumulative).
+    pub lost: u64,
+    /// Interarrival jitter (RFC 3550 A.8), in milliseconds.
+    pub jitter_ms: u32,
+}
+
+/// A call's media statistics.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MediaStats {
+    /// Caller → agent.
+    pub from_caller: FlowStats,
+    /// Agent → caller.
+    pub from_agent: FlowStats,
+    /// Datagrams dropped: not RTP, or a payload type not negotiated.
+    pub dropped: u64,
+    /// The WebRTC pair in use: the agent's address as we see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ice_remote: Option<String>,
+    pub ice_state: String,
+}
+
+/// Receiver-side bookkeeping of one direction (loss and jitter).
+#[derive(Debug, Default)]
+struct Receiver {
+    stats: FlowStats,
+    base_seq: Option<u64>,
+    max_seq: u64,
+    rebase: Rebase,
+    /// Last (arrival in RTP units, RTP timestamp) for jitter.
+    last_transit: Option<i64>,
+    jitter: f64,
+}
+
+impl Receiver {
+    fn record(&mut self, ssrc: u32, seq: u16, ts: u32, len: usize, arrival: Instant, t0: Instant) {
+        self.stats.packets += 1;
+        self.stats.bytes += len as u64;
+        let (ext, _) = self.rebase.map(ssrc, seq, ts);
+        let base = *self.base_seq.get_or_insert(ext);
+        self.max_seq = self.max_seq.max(ext);
+        let expected = self.max_seq - base + 1;
+        self.stats.lost = expected.saturating_sub(self.stats.packets);
+        let arrival_units = (arrival.saturating_duration_since(t0).as_micros() * 8 / 1000) as i64;
+        let transit = arrival_units - i64::from(ts);
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs() as f64;
+            self.jitter += (d - self.jitter) / 16.0;
+            self.stats.jitter_ms = (self.jitter / 8.0) as u32;
+        }
+        self.last_transit = Some(transit);
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    rtc: Rtc,
+    mid: Mid,
+    pending: Option<SdpPendingOffer>,
+    /// The caller's G.711 payload type and telephone-event payload type.
+    caller_pt: u8,
+    caller_te: Option<u8>,
+    /// Where the caller's RTP goes: from its SDP, then from where its RTP comes (latching).
+    caller_to: SocketAddr,
+    latched: bool,
+    caller_direction: Direction,
+    /// Our stream towards the caller.
+    to_caller: rtp::RtpStream,
+    to_caller_rebase: Rebase,
+    to_agent_rebase: Rebase,
+    from_caller: Receiver,
+    from_agent: Receiver,
+    dropped: u64,
+    ice_remote: Option<SocketAddr>,
+    ice_state: IceConnectionState,
+    last_media: Instant,
+    timeout: Instant,
+    created: Instant,
+}
+
+/// Everything the bridge decided that the service must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeEvent {
+    /// No media either way for the configured time: end the call.
+    Inactive(SessionId),
+    /// The agent's WebRTC connection is gone.
+    Disconnected(SessionId),
+}
+
+/// All calls' media.
+#[derive(Debug)]
+pub struct Bridge {
+    /// The shared WebRTC address as announced (ICE candidate).
+    webrtc: SocketAddr,
+    inactivity: Duration,
+    sessions: HashMap<SessionId, Session>,
+    out: VecDeque<Datagram>,
+    events: VecDeque<BridgeEvent>,
+    /// Datagrams on the WebRTC socket no session accepted.
+    pub stray: u64,
+}
+
+/// The telephone-event payload type offered to agents.
+const AGENT_TE_PT: u8 = 101;
+
+impl Bridge {
+    /// `webrtc` is the shared WebRTC socket's address as agents reach it (a public address
+    /// for an edge behind 1:1 NAT).
+    pub fn new(webrtc: SocketAddr, inactivity: Duration) -> Bridge {
+        Bridge {
+            webrtc,
+            inactivity,
+            sessions: HashMap::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stray: 0,
+        }
+    }
+
+    /// A new call: answers the caller's offer (media at `caller_local`, its own socket) and
+    /// makes the WebRTC offer for the agent. Returns (caller answer, agent offer).
+    pub fn create(
+        &mut self,
+        id: SessionId,
+        caller_offer: &[u8],
+        caller_local: SocketAddr,
+        now: Instant,
+    ) -> Result<(String, String), BridgeError> {
+        let offer = sdp::audio_offer(caller_offer).ok_or(BridgeError::NoAudio)?;
+        let pt = offer
+            .payload_types
+            .iter()
+            .copied()
+            .find(|pt| *pt == 0 || *pt == 8)
+            .ok_or(BridgeError::NoCommonCodec)?;
+        let mut builder = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs();
+        builder = if pt == 0 {
+            builder.enable_pcmu(true, false)
+        } else {
+            builder.enable_pcma(true, false)
+        };
+        if offer.telephone_event.is_some() {
+            builder.codec_config().add_config(
+                AGENT_TE_PT.into(),
+                None,
+                Codec::Tele,
+                Frequency::EIGHT_KHZ,
+                None,
+                FormatParams::parse_line("0-16"),
+            );
+        }
+        let mut rtc = builder.build(now);
+        let candidate = Candidate::host(self.webrtc, "udp")
+            .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, to_rtc(offer.direction), None, None, None);
+        let (agent_offer, pending) = change
+            .apply()
+            .ok_or_else(|| BridgeError::BadAnswer("no offer".into()))?;
+        let caller_answer = sdp::rtp_answer(
+            caller_local,
+            pt,
+            offer.telephone_event,
+            offer.direction.answer(),
+            id,
+        );
+        let session = Session {
+            rtc,
+            mid,
+            pending: Some(pending),
+            caller_pt: pt,
+            caller_te: offer.telephone_event,
+            caller_to: offer.to,
+            latched: false,
+            caller_direction: offer.direction,
+            to_caller: rtp::RtpStream::new(pt, rand::random(), rand::random(), rand::random()),
+            to_caller_rebase: Rebase::default(),
+            to_agent_rebase: Rebase::default(),
+            from_caller: Receiver::default(),
+            from_agent: Receiver::default(),
+            dropped: 0,
+            ice_remote: None,
+            ice_state: IceConnectionState::New,
+            last_media: now,
+            timeout: now,
+            created: now,
+        };
+        self.sessions.insert(id, session);
+        self.drain(id, now);
+        Ok((caller_answer, agent_offer.to_sdp_string()))
+    }
+
+    /// The agent's SDP answer (in its 200 OK).
+    pub fn agent_answer(
+        &mut self,
+        id: SessionId,
+        answer: &[u8],
+        now: Instant,
+    ) -> Result<(), BridgeError> {
+        let s = self.sessions.get_mut(&id).ok_or(BridgeError::Unknown(id))?;
+        let Some(pending) = s.pending.take() else {
+            return Ok(()); // a retransmitted 200: already applied
+        };
+        let text = String::from_utf8_lossy(answer);
+        let answer =
+            SdpAnswer::from_sdp_string(&text).map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+        s.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+        self.drain(id, now);
+        Ok(())
+    }
+
+    /// A caller re-INVITE (hold, resume, a new address): the new answer for the caller.
+    pub fn caller_reoffer(
+        &mut self,
+        id: SessionId,
+        offer: &[u8],
+        caller_local: SocketAddr,
+        now: Instant,
+    ) -> Result<String, BridgeError> {
+        let s = self.sessions.get_mut(&id).ok_or(BridgeError::Unknown(id))?;
+        let o = sdp::audio_offer(offer).ok_or(BridgeError::NoAudio)?;
+        if !o.payload_types.contains(&s.caller_pt) {
+            return Err(BridgeError::NoCommonCodec);
+        }
+        if o.to != s.caller_to && !s.latched {
+            s.caller_to = o.to;
+        }
+        s.caller_direction = o.direction;
+        s.last_media = now;
+        Ok(sdp::rtp_answer(
+            caller_local,
+            s.caller_pt,
+            s.caller_te,
+            o.direction.answer(),
+            id,
+        ))
+    }
+
+    /// Ends a call's media and returns its statistics.
+    pub fn close(&mut self, id: SessionId) -> Option<MediaStats> {
+        let s = self.sessions.remove(&id)?;
+        Some(stats_of(&s))
+    }
+
+    pub fn stats(&self, id: SessionId) -> Option<MediaStats> {
+        self.sessions.get(&id).map(stats_of)
+    }
+
+    /// A datagram on the shared WebRTC socket (`local`: the address it arrived on).
+    pub fn from_webrtc(&mut self, bytes: &[u8], from: SocketAddr, local: SocketAddr, now: Instant) {
+        let Ok(contents) = bytes.try_into() else {
+            self.stray += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: if local.ip().is_unspecified() {
+                    self.webrtc
+                } else {
+                    local
+                },
+                contents,
+            },
+        );
+        let Some((&id, s)) = self
+            .sessions
+            .iter_mut()
+            .find(|(_, s)| s.rtc.accepts(&input))
+        else {
+            self.stray += 1;
+            return;
+        };
+        s.ice_remote = Some(from);
+        if let Err(e) = s.rtc.handle_input(input) {
+            tracing::debug!(session = id, error = %e, "WebRTC input refused");
+            s.dropped += 1;
+        }
+        self.drain(id, now);
+    }
+
+    /// A datagram on a call's caller-leg socket.
+    pub fn from_caller(&mut self, id: SessionId, bytes: &[u8], from: SocketAddr, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(p) = rtp::parse(bytes) else {
+            s.dropped += 1;
+            return;
+        };
+        let agent_pt = if p.payload_type == s.caller_pt {
+            s.caller_pt
+        } else if Some(p.payload_type) == s.caller_te {
+            AGENT_TE_PT
+        } else {
+            s.dropped += 1;
+            return;
+        };
+        if !s.latched {
+            // Symmetric RTP: answer where the caller really sends from (NAT).
+            s.caller_to = from;
+            s.latched = true;
+        }
+        s.last_media = now;
+        let created = s.created;
+        s.from_caller
+            .record(p.ssrc, p.seq, p.timestamp, p.payload.len(), now, created);
+        let (seq, ts) = s.to_agent_rebase.map(p.ssrc, p.seq, p.timestamp);
+        let mid = s.mid;
+        let write = RtpWrite::new(agent_pt.into(), seq.into(), ts, now, p.payload).marker(p.marker);
+        let mut direct = s.rtc.direct_api();
+        if let Some(tx) = direct.stream_tx_by_mid(mid, None) {
+            tx.write_rtp(write);
+        }
+        self.drain(id, now);
+    }
+
+    /// Time passes: every session whose timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                let _ = s.rtc.handle_input(Input::Timeout(now));
+            }
+            self.drain(id, now);
+        }
+        let inactivity = self.inactivity;
+        for (id, s) in &mut self.sessions {
+            let held = !s.caller_direction.sends() && s.caller_direction != Direction::RecvOnly;
+            if !held && now.saturating_duration_since(s.last_media) >= inactivity {
+                s.last_media = now; // report once per period
+                self.events.push_back(BridgeEvent::Inactive(*id));
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let rtc = self.sessions.values().map(|s| s.timeout);
+        let idle = self
+            .sessions
+            .values()
+            .map(|s| s.last_media + self.inactivity);
+        rtc.chain(idle).min()
+    }
+
+    pub fn poll_datagram(&mut self) -> Option<Datagram> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<BridgeEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Runs the session's WebRTC stack until it waits, relaying what it gives.
+    fn drain(&mut self, id: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    s.timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.out.push_back(Datagram {
+                    via: Via::WebRtc,
+                    to: t.destination,
+                    bytes: t.contents.into(),
+                }),
+                Ok(Output::Event(e)) => match e {
+                    Event::RtpPacket(p) => {
+                        let pt: u8 = *p.header.payload_type;
+                        let caller_pt = if pt == s.caller_pt {
+                            s.caller_pt
+                        } else if pt == AGENT_TE_PT && s.caller_te.is_some() {
+                            s.caller_te.unwrap_or(AGENT_TE_PT)
+                        } else {
+                            s.dropped += 1;
+                            continue;
+                        };
+                        s.last_media = now;
+                        let ssrc: u32 = *p.header.ssrc;
+                        let seq = p.header.sequence_number;
+                        let ts = p.header.timestamp;
+                        let created = s.created;
+                        s.from_agent
+                            .record(ssrc, seq, ts, p.payload.len(), now, created);
+                        let (out_seq, out_ts) = s.to_caller_rebase.map(ssrc, seq, ts);
+                        let packet = s.to_caller.packet_at(
+                            caller_pt,
+                            out_seq as u16,
+                            out_ts,
+                            p.header.marker,
+                            &p.payload,
+                        );
+                        self.out.push_back(Datagram {
+                            via: Via::Caller(id),
+                            to: s.caller_to,
+                            bytes: packet,
+                        });
+                    }
+                    Event::IceConnectionStateChange(state) => {
+                        s.ice_state = state;
+                        if state == IceConnectionState::Disconnected {
+                            self.events.push_back(BridgeEvent::Disconnected(id));
+                        }
+                    }
+                    Event::Connected => {}
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::warn!(session = id, error = %e, "WebRTC session failed");
+                    self.events.push_back(BridgeEvent::Disconnected(id));
+                    s.timeout = now + Duration::from_secs(3600);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn to_rtc(d: Direction) -> RtcDirection {
+    match d {
+        Direction::SendRecv => RtcDirection::SendRecv,
+        Direction::SendOnly => RtcDirection::SendOnly,
+        Direction::RecvOnly => RtcDirection::RecvOnly,
+        Direction::Inactive => RtcDirection::Inactive,
+    }
+}
+
+fn stats_of(s: &Session) -> MediaStats {
+    MediaStats {
+        from_caller: s.from_caller.stats,
+        from_agent: s.from_agent.stats,
+        dropped: s.dropped,
+        ice_remote: s.ice_remote.map(|a| a.to_string()),
+        ice_state: format!("{:?}", s.ice_state),
+    }
+}
+
+#[cfg(test)]
+#[path = "bridge_tests.rs"]
+mod tests;

@@ -1,0 +1,243 @@
+//! The bridge against a str0m peer standing in for the browser, on a simulated network and
+//! clock: ICE, DTLS and SRTP really happen; caller RTP is fed in as datagrams.
+
+use super::*;
+use str0m::change::SdpOffer;
+use str0m::media::MediaAdded;
+
+const WEBRTC: &str = "10.0.0.1:16100";
+const BROWSER: &str = "10.0.0.2:50000";
+const CALLER_LOCAL: &str = "10.0.0.1:20000";
+const CALLER: &str = "192.0.2.7:4000";
+
+const OFFER: &str = "v=0\r\no=caller 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n\
+                     m=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+struct Browser {
+    rtc: Rtc,
+    mid: Option<Mid>,
+    received: Vec<(u8, u16, Vec<u8>)>,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn browser(offer: &str, now: Instant) -> (Browser, String) {
+    let mut b = Rtc::builder().set_rtp_mode(true).clear_codecs();
+    b = b.enable_pcmu(true, false).enable_pcma(true, false);
+    b.codec_config().add_config(
+        AGENT_TE_PT.into(),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-16"),
+    );
+    let mut rtc = b.build(now);
+    rtc.add_local_candidate(Candidate::host(addr(BROWSER), "udp").unwrap());
+    let offer = SdpOffer::from_sdp_string(offer).unwrap();
+    let answer = rtc.sdp_api().accept_offer(offer).unwrap();
+    (
+        Browser {
+            rtc,
+            mid: None,
+            received: Vec::new(),
+        },
+        answer.to_sdp_string(),
+    )
+}
+
+/// Moves datagrams both ways and time forward by `steps` × 5 ms.
+fn run(
+    bridge: &mut Bridge,
+    b: &mut Browser,
+    to_caller: &mut Vec<Vec<u8>>,
+    now: &mut Instant,
+    steps: u32,
+) {
+    for _ in 0..steps {
+        loop {
+            match b.rtc.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let bytes: Vec<u8> = t.contents.into();
+                    bridge.from_webrtc(&bytes, addr(BROWSER), addr(WEBRTC), *now);
+                }
+                Output::Event(Event::MediaAdded(MediaAdded { mid, .. })) => b.mid = Some(mid),
+                Output::Event(Event::RtpPacket(p)) => {
+                    b.received.push((
+                        *p.header.payload_type,
+                        p.header.sequence_number,
+                        p.payload.to_vec(),
+                    ));
+                }
+                Output::Event(_) => {}
+            }
+        }
+        while let Some(d) = bridge.poll_datagram() {
+            match d.via {
+                Via::WebRtc => {
+                    assert_eq!(d.to, addr(BROWSER));
+                    let input = Input::Receive(
+                        *now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: addr(WEBRTC),
+                            destination: addr(BROWSER),
+                            contents: d.bytes.as_slice().try_into().unwrap(),
+                        },
+                    );
+                    b.rtc.handle_input(input).unwrap();
+                }
+                Via::Caller(_) => to_caller.push(d.bytes),
+            }
+        }
+        *now += Duration::from_millis(5);
+        b.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        bridge.handle_timeout(*now);
+    }
+}
+
+fn caller_rtp(pt: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0xca, 0x11, 0xe4, 0x01];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn audio_and_dtmf_cross_both_ways_unchanged() {
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (caller_answer, agent_offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    // The caller's first choice among G.711 (PCMA), and its telephone-event.
+    assert!(
+        caller_answer.contains("m=audio 20000 RTP/AVP 8 101"),
+        "{caller_answer}"
+    );
+    assert!(
+        agent_offer.contains("a=ice-lite") && agent_offer.contains("a=fingerprint:"),
+        "{agent_offer}"
+    );
+    assert!(
+        agent_offer.contains("PCMA/8000") && !agent_offer.contains("PCMU/8000"),
+        "{agent_offer}"
+    );
+    let (mut b, answer) = browser(&agent_offer, now);
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    let mut to_caller = Vec::new();
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 200);
+    assert!(b.rtc.is_connected(), "ICE and DTLS completed");
+
+    // Caller → agent: audio and a DTMF digit, payloads unchanged.
+    for seq in 1..=20u16 {
+        let payload = vec![seq as u8; 160];
+        bridge.from_caller(1, &caller_rtp(8, seq, &payload), addr(CALLER), now);
+        run(&mut bridge, &mut b, &mut to_caller, &mut now, 4);
+    }
+    bridge.from_caller(
+        1,
+        &caller_rtp(101, 21, &[5, 0x8a, 0, 160]),
+        addr(CALLER),
+        now,
+    );
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 20);
+    let audio: Vec<_> = b.received.iter().filter(|r| r.0 == 8).collect();
+    assert_eq!(audio.len(), 20);
+    for (i, (_, _, payload)) in audio.iter().enumerate() {
+        assert_eq!(payload, &vec![(i + 1) as u8; 160]);
+    }
+    assert!(
+        b.received
+            .iter()
+            .any(|r| r.0 == AGENT_TE_PT && r.2 == [5, 0x8a, 0, 160])
+    );
+
+    // Agent → caller.
+    let mid = b.mid.expect("the browser saw the audio m-line");
+    for i in 0..10u64 {
+        let payload = vec![0xa0 + i as u8; 160];
+        let write = RtpWrite::new(
+            8.into(),
+            (100 + i).into(),
+            (i * 160) as u32,
+            now,
+            payload.as_slice(),
+        );
+        b.rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .unwrap()
+            .write_rtp(write);
+        run(&mut bridge, &mut b, &mut to_caller, &mut now, 4);
+    }
+    let got: Vec<_> = to_caller
+        .iter()
+        .filter_map(|p| rtp::parse(p).map(|v| (v.payload_type, v.seq, v.payload.to_vec())))
+        .collect();
+    assert_eq!(got.len(), 10, "{got:?}");
+    for (i, (pt, seq, payload)) in got.iter().enumerate() {
+        assert_eq!(*pt, 8);
+        assert_eq!(
+            *seq,
+            got[0].1.wrapping_add(i as u16),
+            "consecutive sequence numbers"
+        );
+        assert_eq!(payload, &vec![0xa0 + i as u8; 160]);
+    }
+    let stats = bridge.close(1).unwrap();
+    assert_eq!(
+        (stats.from_caller.packets, stats.from_agent.packets),
+        (21, 10)
+    );
+    assert_eq!(stats.from_caller.lost, 0);
+}
+
+#[test]
+fn offers_without_g711_are_refused_with_488() {
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let g729 = "v=0\r\nc=IN IP4 192.0.2.7\r\nm=audio 4000 RTP/AVP 18\r\n";
+    let err = bridge
+        .create(1, g729.as_bytes(), addr(CALLER_LOCAL), Instant::now())
+        .unwrap_err();
+    assert_eq!(
+        (err.clone(), err.status()),
+        (BridgeError::NoCommonCodec, 488)
+    );
+    assert_eq!(
+        bridge
+            .create(2, b"v=0\r\n", addr(CALLER_LOCAL), Instant::now())
+            .unwrap_err(),
+        BridgeError::NoAudio
+    );
+    assert!(bridge.is_empty());
+}
+
+#[test]
+fn garbage_is_dropped_and_counted_and_the_call_goes_on() {
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (_, agent_offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let (mut b, answer) = browser(&agent_offer, now);
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    let mut to_caller = Vec::new();
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 200);
+    bridge.from_webrtc(b"garbage", addr("203.0.113.9:1234"), addr(WEBRTC), now);
+    bridge.from_webrtc(&[0x80; 300], addr(BROWSER), addr(WEBRTC), now);
+    bridge.from_caller(1, b"not rtp", addr(CALLER), now);
+    bridge.from_caller(1, &caller_rtp(18, 1, &[0; 20]), addr(CALLER), now);
+    assert!(bridge.stray >= 1);
+    bridge.from_caller(1, &caller_rtp(8, 2, &[7; 160]), addr(CALLER), now);
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 20);
+    assert!(
+        b.received.iter().any(|r| r.2 == vec![7; 160]),
+        "audio still flows"
+    );
+    assert!(bridge.stats(1).unwrap().dropped >= 2);
+}
