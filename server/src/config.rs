@@ -232,6 +232,14 @@ pub struct BufferConfig {
     /// File holding this edge's credential for the tunnel (an edge token). The environment
     /// variable `AGENT_EDGE_EDGE_TOKEN` takes precedence; never put the token itself here.
     pub token_file: Option<PathBuf>,
+    /// The one UDP address for every browser agent's WebRTC media. Callers' RTP gets a port
+    /// of its own per call on the same IP.
+    pub media: SocketAddr,
+    /// The IP announced in SDP instead of `media`'s (an edge behind 1:1 NAT).
+    pub media_public_ip: Option<std::net::IpAddr>,
+    /// Seconds without media either way (and not on hold) after which a call is ended with
+    /// BYE on both legs.
+    pub media_timeout_s: u64,
 }
 
 impl Default for BufferConfig {
@@ -247,6 +255,9 @@ impl Default for BufferConfig {
             distributor_sip: None,
             keys_file: None,
             token_file: None,
+            media: SocketAddr::from(([127, 0, 0, 1], 16100)),
+            media_public_ip: None,
+            media_timeout_s: 60,
         }
     }
 }
@@ -339,6 +350,9 @@ impl Config {
                 return invalid("buffer.distributor_sip needs buffer.keys_file (the JWK set)");
             }
         }
+        if !(5..=3600).contains(&self.buffer.media_timeout_s) {
+            return invalid("buffer.media_timeout_s must be 5-3600 seconds");
+        }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");
         }
@@ -377,6 +391,7 @@ mod tests {
             c.buffer.udp,
             c.buffer.tcp,
             c.buffer.https,
+            c.buffer.media,
             c.admin.listen,
         ] {
             assert!(addr.ip().is_loopback(), "{addr}");

@@ -389,9 +389,24 @@ async fn start_buffer(
         None => (None, None),
     };
     let linked = link.is_some();
-    let service =
-        buffer::service::Buffer::new(b.clone(), &config.sip, transports, addrs, link, verifier);
-    tokio::spawn(service.run(sip_rx, tunnel_rx));
+    let (media, media_rx) = agent_edge::buffer::media::MediaIo::bind(
+        b.media,
+        b.media_public_ip,
+        std::time::Duration::from_secs(b.media_timeout_s),
+    )
+    .await
+    .with_context(|| format!("binding buffer media {}", b.media))?;
+    announce(&format!("listening buffer.media {}", media.webrtc_addr()));
+    let service = buffer::service::Buffer::new(
+        b.clone(),
+        &config.sip,
+        transports,
+        addrs,
+        link,
+        verifier,
+        Some(media),
+    );
+    tokio::spawn(service.run(sip_rx, tunnel_rx, media_rx));
     if !linked {
         let dial = tunnel::DialSettings {
             url: connect,

@@ -3,6 +3,8 @@
 //! statistics and message traces for the assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod webrtc_agent;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,7 +70,7 @@ pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> 
         "[identity]\nkeys_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ndb = \"{}\"\n\
          key_file = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
          tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\nearly_media = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
-         udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n{buffer_extra}\n",
+         udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nmedia = \"127.0.0.1:0\"\n{buffer_extra}\n",
         dir.join("keys").display(),
         dir.join("agent-edge.db").display(),
         dir.join("admin-key").display(),

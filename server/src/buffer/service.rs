@@ -11,6 +11,7 @@ use proto_tunnel::Frame;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::media::{MediaIn, MediaIo};
 use super::readdress::{self, LocalAddr};
 use super::registrar::{self, RegisterRequest, Registrar};
 use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
@@ -18,6 +19,7 @@ use crate::admin::tokens::{self, TokenError, TokenVerifier, VerifierSettings};
 use crate::config::{BufferConfig, SipConfig};
 use crate::handoff::{self, Mode, RouteTable};
 use crate::ids;
+use crate::media::bridge::BridgeEvent;
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind};
 use crate::transport::tunnel::TunnelClientEvent;
@@ -89,6 +91,10 @@ pub struct Buffer {
     forwarded: HashMap<TxId, Forwarded>,
     /// The ACK sent on a leg for its last 2xx, re-sent when that 2xx is retransmitted.
     acks: HashMap<(CallKey, Side), SipMessage>,
+    /// The media bridge, for calls to browser (WSS) agents.
+    media: Option<MediaIo>,
+    /// The caller's SDP answer of each bridged call, sent with the agent's 2xx.
+    caller_answers: HashMap<CallKey, String>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -111,6 +117,7 @@ impl Buffer {
         addrs: BoundAddrs,
         link: Option<Link>,
         verifier: Option<TokenVerifier>,
+        media: Option<MediaIo>,
     ) -> Buffer {
         let mode = Mode::parse(&config.handoff).unwrap_or(Mode::Tunnel);
         Buffer {
@@ -140,6 +147,8 @@ impl Buffer {
             agent_invites: HashMap::new(),
             forwarded: HashMap::new(),
             acks: HashMap::new(),
+            media,
+            caller_answers: HashMap::new(),
         }
     }
 
@@ -148,11 +157,13 @@ impl Buffer {
         mut self,
         mut sip: mpsc::Receiver<TransportEvent>,
         mut tunnel: mpsc::Receiver<TunnelClientEvent>,
+        mut media: mpsc::Receiver<MediaIn>,
     ) {
         loop {
             let now = Instant::now();
             let wake = [
                 self.layer.poll_timeout(),
+                self.media.as_ref().and_then(MediaIo::poll_timeout),
                 self.registrar.next_expiry(),
                 self.routes.next_expiry(),
                 self.link_refresh,
@@ -168,6 +179,11 @@ impl Buffer {
                 },
                 // Without a tunnel (a plain-SIP edge) this source is simply closed.
                 Some(ev) = tunnel.recv() => self.on_tunnel(ev, Instant::now()),
+                Some(input) = media.recv() => {
+                    if let Some(m) = self.media.as_mut() {
+                        m.on_input(input, Instant::now());
+                    }
+                }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
@@ -176,6 +192,9 @@ impl Buffer {
                     }
                     if self.link_refresh.is_some_and(|at| at <= now) {
                         self.refresh_link(now);
+                    }
+                    if let Some(m) = self.media.as_mut() {
+                        m.handle_timeout(now);
                     }
                     let expired = self.routes.expire(now);
                     if expired > 0 {
@@ -338,6 +357,20 @@ impl Buffer {
 
     /// Runs the layer's events, then sends what it queued.
     fn drive(&mut self, now: Instant) {
+        while let Some(ev) = self.media.as_mut().and_then(MediaIo::poll_event) {
+            let id = match ev {
+                BridgeEvent::Inactive(id) | BridgeEvent::Failed(id) => id,
+                BridgeEvent::Disconnected(id) => {
+                    info!(call = id, "the agent's ICE connection lost consent");
+                    continue;
+                }
+            };
+            let key = CallKey(id);
+            if self.table.get(key).is_some() {
+                warn!(call = ?key, event = ?ev, "media stopped: hanging up both legs");
+                self.hang_up(key, now);
+            }
+        }
         while let Some(ev) = self.layer.poll_event() {
             self.on_tx_event(ev, now);
         }
@@ -670,7 +703,7 @@ impl Buffer {
             ids::call_id(),
             ids::tag(),
         );
-        let out =
+        let mut out =
             readdress::request_for_leg(&invite, &agent_leg, 1, &local, &transaction::new_branch());
         let entry = CallEntry {
             agent: agent.clone(),
@@ -686,6 +719,26 @@ impl Buffer {
                 return;
             }
         };
+        if binding.target.kind == TransportKind::Wss
+            && let Some(media) = self.media.as_mut()
+        {
+            // A browser: its WebRTC meets the caller's RTP in the media bridge.
+            match media.open(key.0, &invite.body, now) {
+                Ok((caller_answer, agent_offer)) => {
+                    out.set_header("Content-Type", "application/sdp");
+                    out.body = Bytes::from(agent_offer);
+                    self.caller_answers.insert(key, caller_answer);
+                }
+                Err(e) => {
+                    info!(call = ?key, error = %e, "refusing the call's media");
+                    self.table.remove(key);
+                    let mut resp = invite.response(e.status(), Some(&ids::tag()));
+                    resp.set_reason(&e.to_string());
+                    let _ = self.layer.send_response(tx, resp, now);
+                    return;
+                }
+            }
+        }
         info!(%agent, call = ?key, "offering call to agent");
         let agent_tx = self.layer.send_request(out, binding.target, now);
         self.client_invites.insert(tx, key);
@@ -873,7 +926,22 @@ impl Buffer {
             routes.reverse();
             entry.agent_leg.route_set = routes;
             match entry.state {
-                CallState::Offering => entry.state = CallState::Answered,
+                CallState::Offering => {
+                    entry.state = CallState::Answered;
+                    if self.caller_answers.contains_key(&key)
+                        && let Some(media) = self.media.as_mut()
+                        && let Err(e) = media.agent_answer(key.0, &resp.body, now)
+                    {
+                        warn!(call = ?key, error = %e, "the agent's answer cannot be bridged");
+                        self.ack_and_bye_agent(key, now);
+                        if let Some(req) = self.layer.server_request(client_tx).cloned() {
+                            let mut out = req.response(e.status(), Some(&ids::tag()));
+                            out.set_reason(&e.to_string());
+                            let _ = self.layer.send_response(client_tx, out, now);
+                        }
+                        return;
+                    }
+                }
                 CallState::Cancelling => {
                     // The agent answered as the caller hung up: confirm and end its leg.
                     self.ack_and_bye_agent(key, now);
@@ -897,7 +965,17 @@ impl Buffer {
         let local_tag = entry.client.local_tag.clone();
         let local = self.local_addr(entry.client.target.kind);
         if let Some(req) = self.layer.server_request(client_tx) {
-            let out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+            let mut out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+            if let Some(answer) = self.caller_answers.get(&key) {
+                // A bridged call: the caller gets our RTP, never the agent's WebRTC SDP.
+                if (200..300).contains(&code) {
+                    out.set_header("Content-Type", "application/sdp");
+                    out.body = Bytes::from(answer.clone());
+                } else {
+                    out.remove_header("Content-Type");
+                    out.body = Bytes::new();
+                }
+            }
             let _ = self.layer.send_response(client_tx, out, now);
         }
         if code >= 300 {
@@ -941,6 +1019,24 @@ impl Buffer {
         let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
         let target = leg.target.clone();
         self.layer.send_request(bye, target, now);
+    }
+
+    /// Ends an answered call from here: BYE on both legs (the media stopped).
+    fn hang_up(&mut self, key: CallKey, now: Instant) {
+        self.bye_client(key, now);
+        let Some(kind) = self.table.get(key).map(|e| e.agent_leg.target.kind) else {
+            return;
+        };
+        let local = self.local_addr(kind);
+        if let Some(entry) = self.table.get_mut(key) {
+            let leg = &mut entry.agent_leg;
+            let cseq = leg.next_cseq();
+            let bye =
+                readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
+            let target = leg.target.clone();
+            self.layer.send_request(bye, target, now);
+        }
+        self.end_call(key);
     }
 
     fn on_stray_response(&mut self, resp: &SipMessage) {
@@ -1004,6 +1100,11 @@ impl Buffer {
     fn end_call(&mut self, key: CallKey) {
         if let Some(entry) = self.table.remove(key) {
             debug!(call = ?key, agent = %entry.agent, "call ended");
+        }
+        self.caller_answers.remove(&key);
+        if let Some(stats) = self.media.as_mut().and_then(|m| m.close(key.0)) {
+            let stats = serde_json::to_string(&stats).unwrap_or_default();
+            info!(call = ?key, %stats, "media statistics at hang-up");
         }
         self.acks.remove(&(key, Side::Client));
         self.acks.remove(&(key, Side::Agent));

@@ -37,13 +37,16 @@ pub enum BridgeError {
     /// No such session.
     #[error("no media session {0}")]
     Unknown(SessionId),
+    /// A media socket could not be opened.
+    #[error("media socket: {0}")]
+    Socket(String),
 }
 
 impl BridgeError {
     /// The SIP status for the request that brought the bad SDP.
     pub fn status(&self) -> u16 {
         match self {
-            BridgeError::Unknown(_) => 500,
+            BridgeError::Unknown(_) | BridgeError::Socket(_) => 500,
             _ => 488,
         }
     }
@@ -85,6 +88,9 @@ pub struct MediaStats {
     pub from_agent: FlowStats,
     /// Datagrams dropped: not RTP, or a payload type not negotiated.
     pub dropped: u64,
+    /// SRTP-shaped datagrams from the agent that gave no packet (failed authentication,
+    /// replays, or before the keys were agreed).
+    pub unauthenticated: u64,
     /// The WebRTC pair in use: the agent's address as we see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_remote: Option<String>,
@@ -142,6 +148,7 @@ struct Session {
     from_caller: Receiver,
     from_agent: Receiver,
     dropped: u64,
+    unauthenticated: u64,
     ice_remote: Option<SocketAddr>,
     ice_state: IceConnectionState,
     last_media: Instant,
@@ -154,8 +161,11 @@ struct Session {
 pub enum BridgeEvent {
     /// No media either way for the configured time: end the call.
     Inactive(SessionId),
-    /// The agent's WebRTC connection is gone.
+    /// The agent's ICE connection lost consent (it may come back; media inactivity decides).
     Disconnected(SessionId),
+    /// The agent's WebRTC session failed for good (DTLS: a certificate that does not match
+    /// the fingerprint, or a broken handshake).
+    Failed(SessionId),
 }
 
 /// All calls' media.
@@ -254,6 +264,7 @@ impl Bridge {
             from_caller: Receiver::default(),
             from_agent: Receiver::default(),
             dropped: 0,
+            unauthenticated: 0,
             ice_remote: None,
             ice_state: IceConnectionState::New,
             last_media: now,
@@ -356,7 +367,18 @@ impl Bridge {
             tracing::debug!(session = id, error = %e, "WebRTC input refused");
             s.dropped += 1;
         }
+        let before = s.from_agent.stats.packets;
         self.drain(id, now);
+        // RTP-shaped (RFC 7983: first byte 128-191, not RTCP) but no packet came of it.
+        let srtp = bytes.len() >= 12
+            && (128..=191).contains(&bytes[0])
+            && !(192..=223).contains(&bytes[1]);
+        if let Some(s) = self.sessions.get_mut(&id)
+            && srtp
+            && s.from_agent.stats.packets == before
+        {
+            s.unauthenticated += 1;
+        }
     }
 
     /// A datagram on a call's caller-leg socket.
@@ -503,7 +525,7 @@ impl Bridge {
                 },
                 Err(e) => {
                     tracing::warn!(session = id, error = %e, "WebRTC session failed");
-                    self.events.push_back(BridgeEvent::Disconnected(id));
+                    self.events.push_back(BridgeEvent::Failed(id));
                     s.timeout = now + Duration::from_secs(3600);
                     break;
                 }
@@ -526,6 +548,7 @@ fn stats_of(s: &Session) -> MediaStats {
         from_caller: s.from_caller.stats,
         from_agent: s.from_agent.stats,
         dropped: s.dropped,
+        unauthenticated: s.unauthenticated,
         ice_remote: s.ice_remote.map(|a| a.to_string()),
         ice_state: format!("{:?}", s.ice_state),
     }

@@ -15,15 +15,17 @@ const OFFER: &str = "v=0\r\no=caller 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192
 
 struct Browser {
     rtc: Rtc,
+    at: SocketAddr,
     mid: Option<Mid>,
     received: Vec<(u8, u16, Vec<u8>)>,
+    failed: bool,
 }
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn browser(offer: &str, now: Instant) -> (Browser, String) {
+fn browser_at(at: &str, offer: &str, now: Instant) -> (Browser, String) {
     let mut b = Rtc::builder().set_rtp_mode(true).clear_codecs();
     b = b.enable_pcmu(true, false).enable_pcma(true, false);
     b.codec_config().add_config(
@@ -35,20 +37,25 @@ fn browser(offer: &str, now: Instant) -> (Browser, String) {
         FormatParams::parse_line("0-16"),
     );
     let mut rtc = b.build(now);
-    rtc.add_local_candidate(Candidate::host(addr(BROWSER), "udp").unwrap());
+    rtc.add_local_candidate(Candidate::host(addr(at), "udp").unwrap());
     let offer = SdpOffer::from_sdp_string(offer).unwrap();
     let answer = rtc.sdp_api().accept_offer(offer).unwrap();
     (
         Browser {
             rtc,
+            at: addr(at),
             mid: None,
             received: Vec::new(),
+            failed: false,
         },
         answer.to_sdp_string(),
     )
 }
 
-/// Moves datagrams both ways and time forward by `steps` × 5 ms.
+fn browser(offer: &str, now: Instant) -> (Browser, String) {
+    browser_at(BROWSER, offer, now)
+}
+
 fn run(
     bridge: &mut Bridge,
     b: &mut Browser,
@@ -56,45 +63,73 @@ fn run(
     now: &mut Instant,
     steps: u32,
 ) {
+    run_all(bridge, std::slice::from_mut(b), to_caller, now, steps);
+}
+
+/// Moves datagrams both ways between the bridge and the browsers, and time forward by
+/// `steps` × 5 ms.
+fn run_all(
+    bridge: &mut Bridge,
+    browsers: &mut [Browser],
+    to_caller: &mut Vec<Vec<u8>>,
+    now: &mut Instant,
+    steps: u32,
+) {
     for _ in 0..steps {
-        loop {
-            match b.rtc.poll_output().unwrap() {
-                Output::Timeout(_) => break,
-                Output::Transmit(t) => {
-                    let bytes: Vec<u8> = t.contents.into();
-                    bridge.from_webrtc(&bytes, addr(BROWSER), addr(WEBRTC), *now);
+        for b in browsers.iter_mut().filter(|b| !b.failed) {
+            loop {
+                match b.rtc.poll_output() {
+                    Ok(Output::Timeout(_)) => break,
+                    Ok(Output::Transmit(t)) => {
+                        let bytes: Vec<u8> = t.contents.into();
+                        bridge.from_webrtc(&bytes, b.at, addr(WEBRTC), *now);
+                    }
+                    Ok(Output::Event(Event::MediaAdded(MediaAdded { mid, .. }))) => {
+                        b.mid = Some(mid)
+                    }
+                    Ok(Output::Event(Event::RtpPacket(p))) => {
+                        b.received.push((
+                            *p.header.payload_type,
+                            p.header.sequence_number,
+                            p.payload.to_vec(),
+                        ));
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(_) => {
+                        b.failed = true;
+                        break;
+                    }
                 }
-                Output::Event(Event::MediaAdded(MediaAdded { mid, .. })) => b.mid = Some(mid),
-                Output::Event(Event::RtpPacket(p)) => {
-                    b.received.push((
-                        *p.header.payload_type,
-                        p.header.sequence_number,
-                        p.payload.to_vec(),
-                    ));
-                }
-                Output::Event(_) => {}
             }
         }
         while let Some(d) = bridge.poll_datagram() {
             match d.via {
                 Via::WebRtc => {
-                    assert_eq!(d.to, addr(BROWSER));
+                    let Some(b) = browsers.iter_mut().find(|b| b.at == d.to && !b.failed) else {
+                        continue;
+                    };
                     let input = Input::Receive(
                         *now,
                         Receive {
                             proto: Protocol::Udp,
                             source: addr(WEBRTC),
-                            destination: addr(BROWSER),
+                            destination: b.at,
                             contents: d.bytes.as_slice().try_into().unwrap(),
                         },
                     );
-                    b.rtc.handle_input(input).unwrap();
+                    if b.rtc.handle_input(input).is_err() {
+                        b.failed = true;
+                    }
                 }
                 Via::Caller(_) => to_caller.push(d.bytes),
             }
         }
         *now += Duration::from_millis(5);
-        b.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        for b in browsers.iter_mut().filter(|b| !b.failed) {
+            if b.rtc.handle_input(Input::Timeout(*now)).is_err() {
+                b.failed = true;
+            }
+        }
         bridge.handle_timeout(*now);
     }
 }
@@ -240,4 +275,98 @@ fn garbage_is_dropped_and_counted_and_the_call_goes_on() {
         "audio still flows"
     );
     assert!(bridge.stats(1).unwrap().dropped >= 2);
+}
+
+#[test]
+fn a_wrong_dtls_fingerprint_fails_that_call_only() {
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (_, offer1) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let (_, offer2) = bridge
+        .create(2, OFFER.as_bytes(), addr("10.0.0.1:20002"), now)
+        .unwrap();
+    let (impostor, answer1) = browser_at("10.0.0.3:50000", &offer1, now);
+    let (honest, answer2) = browser_at(BROWSER, &offer2, now);
+    // The first agent's answer names a certificate it does not have.
+    let line = answer1
+        .lines()
+        .find(|l| l.starts_with("a=fingerprint:"))
+        .unwrap();
+    let (head, last) = line.split_at(line.len() - 1);
+    let flipped = format!("{head}{}", if last == "0" { "1" } else { "0" });
+    let answer1 = answer1.replace(line, &flipped);
+    bridge.agent_answer(1, answer1.as_bytes(), now).unwrap();
+    bridge.agent_answer(2, answer2.as_bytes(), now).unwrap();
+    let mut browsers = [impostor, honest];
+    let mut to_caller = Vec::new();
+    run_all(&mut bridge, &mut browsers, &mut to_caller, &mut now, 400);
+    for seq in 1..=5u16 {
+        bridge.from_caller(1, &caller_rtp(8, seq, &[1; 160]), addr(CALLER), now);
+        bridge.from_caller(
+            2,
+            &caller_rtp(8, seq, &[2; 160]),
+            addr("192.0.2.8:4000"),
+            now,
+        );
+        run_all(&mut bridge, &mut browsers, &mut to_caller, &mut now, 4);
+    }
+    assert!(
+        browsers[0].received.is_empty(),
+        "no media to an unverified peer"
+    );
+    assert_eq!(browsers[1].received.len(), 5, "the other call goes on");
+    let events: Vec<_> = std::iter::from_fn(|| bridge.poll_event()).collect();
+    assert!(events.contains(&BridgeEvent::Failed(1)), "{events:?}");
+    assert!(!events.contains(&BridgeEvent::Failed(2)), "{events:?}");
+}
+
+#[test]
+fn srtp_that_fails_authentication_is_dropped_and_counted() {
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (_, offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let (mut b, answer) = browser(&offer, now);
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    let mut to_caller = Vec::new();
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 200);
+    // An RTP-shaped datagram from the agent's address with a made-up authentication tag.
+    let mut forged = caller_rtp(8, 500, &[9; 160]);
+    forged.extend_from_slice(&[0xab; 10]);
+    for _ in 0..3 {
+        bridge.from_webrtc(&forged, addr(BROWSER), addr(WEBRTC), now);
+    }
+    assert!(to_caller.is_empty(), "nothing forged reaches the caller");
+    assert_eq!(bridge.stats(1).unwrap().unauthenticated, 3);
+    // Real media still flows.
+    let mid = b.mid.unwrap();
+    let write = RtpWrite::new(8.into(), 1.into(), 0, now, &[4u8; 160][..]);
+    b.rtc
+        .direct_api()
+        .stream_tx_by_mid(mid, None)
+        .unwrap()
+        .write_rtp(write);
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 10);
+    assert_eq!(to_caller.len(), 1);
+}
+
+#[test]
+fn the_announced_address_is_the_one_configured() {
+    let mut bridge = Bridge::new(addr("203.0.113.10:16100"), Duration::from_secs(30));
+    let (answer, offer) = bridge
+        .create(
+            1,
+            OFFER.as_bytes(),
+            addr("203.0.113.10:20000"),
+            Instant::now(),
+        )
+        .unwrap();
+    assert!(offer.contains("203.0.113.10 16100 typ host"), "{offer}");
+    assert!(
+        answer.contains("c=IN IP4 203.0.113.10") && answer.contains("m=audio 20000 "),
+        "{answer}"
+    );
 }

@@ -1,0 +1,319 @@
+//! A browser agent without the browser: SIP over secure WebSocket (RFC 7118) to the buffer
+//! server, and real WebRTC media (full ICE, DTLS, SRTP) through str0m, as Chromium would do
+//! it. It answers one call, sends known audio payloads and records every RTP packet received.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use str0m::change::SdpOffer;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaAdded, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+use crate::WAIT;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One RTP packet as the agent received it: payload type and payload.
+pub type Received = (u8, Vec<u8>);
+
+#[derive(Debug)]
+pub struct WebRtcAgent {
+    ws: Ws,
+    agent: String,
+}
+
+/// A call's media, running in the background until dropped or stopped.
+#[derive(Debug)]
+pub struct CallMedia {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// How many of the payloads given were sent.
+    pub sent: Arc<Mutex<usize>>,
+    pub connected: Arc<Mutex<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CallMedia {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The value of a header in a SIP message (first, by full name).
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn body(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A response to `request`, with our To tag, Contact and optional SDP.
+fn response(request: &str, code: &str, sdp: Option<&str>) -> String {
+    let head = request.split("\r\n\r\n").next().unwrap_or_default();
+    let mut out = format!("SIP/2.0 {code}\r\n");
+    for line in head.lines().skip(1) {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if name.eq_ignore_ascii_case("Via") || name.eq_ignore_ascii_case("Record-Route") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    for name in ["From", "Call-ID", "CSeq"] {
+        out.push_str(&format!(
+            "{name}: {}\r\n",
+            header(request, name).unwrap_or_default()
+        ));
+    }
+    let to = header(request, "To").unwrap_or_default();
+    if to.contains("tag=") {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag=webrtc-agent\r\n"));
+    }
+    out.push_str("Contact: <sip:agent@agent.invalid;transport=ws>\r\n");
+    match sdp {
+        Some(sdp) => out.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )),
+        None => out.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    out
+}
+
+impl WebRtcAgent {
+    /// Connects to `wss://https/sip` (trusting `ca`) and registers `agent` with `token`.
+    pub async fn register(https: SocketAddr, ca: &Path, agent: &str, token: &str) -> WebRtcAgent {
+        let tls = certs::client_config(ca).unwrap();
+        let mut request = format!("wss://127.0.0.1:{}/sip", https.port())
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            false,
+            Some(tokio_tungstenite::Connector::Rustls(tls)),
+        )
+        .await
+        .unwrap();
+        let mut me = WebRtcAgent {
+            ws,
+            agent: agent.to_owned(),
+        };
+        let register = format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS agent.invalid;branch=z9hG4bKreg{agent}\r\n\
+             From: <sip:{agent}@127.0.0.1>;tag=r1\r\nTo: <sip:{agent}@127.0.0.1>\r\nCall-ID: reg-{agent}\r\n\
+             CSeq: 1 REGISTER\r\nContact: <sip:{agent}@agent.invalid;transport=ws>\r\nExpires: 600\r\n\
+             Max-Forwards: 70\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        );
+        me.send(&register).await;
+        let answer = me.next_message().await;
+        assert!(answer.starts_with("SIP/2.0 200 "), "{answer}");
+        me
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// The next SIP message from the buffer server.
+    pub async fn next_message(&mut self) -> String {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{}: nothing from the buffer server", self.agent))
+                .expect("the WebSocket closed")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                return t.to_string();
+            }
+        }
+    }
+
+    /// Waits for an INVITE and returns it (answering 180 to it).
+    pub async fn wait_invite(&mut self) -> String {
+        loop {
+            let m = self.next_message().await;
+            if m.starts_with("INVITE ") {
+                self.send(&response(&m, "180 Ringing", None)).await;
+                return m;
+            }
+        }
+    }
+
+    /// Answers `invite` with WebRTC and starts the media: `payloads` are sent as RTP of the
+    /// negotiated G.711 type, one every 20 ms once connected.
+    pub async fn answer(&mut self, invite: &str, payloads: Vec<Vec<u8>>) -> CallMedia {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let now = Instant::now();
+        let mut builder = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_pcmu(true, false)
+            .enable_pcma(true, false);
+        builder.codec_config().add_config(
+            101.into(),
+            None,
+            Codec::Tele,
+            Frequency::EIGHT_KHZ,
+            None,
+            FormatParams::parse_line("0-16"),
+        );
+        let mut rtc = builder.build(now);
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let offer = SdpOffer::from_sdp_string(body(invite)).expect("a WebRTC offer");
+        let answer = rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
+        self.send(&response(invite, "200 OK", Some(&answer))).await;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(0));
+        let connected = Arc::new(Mutex::new(false));
+        let task = tokio::spawn(media_loop(
+            rtc,
+            socket,
+            payloads,
+            received.clone(),
+            sent.clone(),
+            connected.clone(),
+        ));
+        CallMedia {
+            received,
+            sent,
+            connected,
+            task,
+        }
+    }
+
+    /// Waits for the ACK, then a BYE, answering it.
+    pub async fn wait_bye(&mut self) {
+        loop {
+            let m = self.next_message().await;
+            if m.starts_with("BYE ") {
+                self.send(&response(&m, "200 OK", None)).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn media_loop(
+    mut rtc: Rtc,
+    socket: UdpSocket,
+    payloads: Vec<Vec<u8>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    sent: Arc<Mutex<usize>>,
+    connected: Arc<Mutex<bool>>,
+) {
+    let local = socket.local_addr().unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut mid: Option<Mid> = None;
+    let mut next_send = Instant::now();
+    let mut index = 0usize;
+    loop {
+        let deadline = loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Event(Event::MediaAdded(MediaAdded { mid: m, .. }))) => mid = Some(m),
+                Ok(Output::Event(Event::Connected)) => *connected.lock().unwrap() = true,
+                Ok(Output::Event(Event::RtpPacket(p))) => {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push((*p.header.payload_type, p.payload.to_vec()));
+                }
+                Ok(Output::Event(_)) => {}
+                Err(_) => return,
+            }
+        };
+        let is_connected = *connected.lock().unwrap();
+        let wake = if is_connected && index < payloads.len() {
+            deadline.min(next_send)
+        } else {
+            deadline
+        };
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { return };
+                let Ok(contents) = buf[..n].try_into() else { continue };
+                let input = Input::Receive(Instant::now(), Receive {
+                    proto: Protocol::Udp, source: from, destination: local, contents,
+                });
+                if rtc.handle_input(input).is_err() {
+                    return;
+                }
+            }
+            () = sleep => {
+                let now = Instant::now();
+                if is_connected && index < payloads.len() && now >= next_send {
+                    // The G.711 type the bridge offered (it offers only the caller's).
+                    let remote = mid
+                        .and_then(|m| rtc.media(m))
+                        .map(|m| m.remote_pts().to_vec())
+                        .unwrap_or_default();
+                    let pt = rtc
+                        .codec_config()
+                        .find(|p| {
+                            matches!(p.spec().codec, Codec::PCMA | Codec::PCMU)
+                                && remote.contains(&p.pt())
+                        })
+                        .map(|p| p.pt());
+                    if let (Some(m), Some(pt)) = (mid, pt)
+                        && let Some(tx) = rtc.direct_api().stream_tx_by_mid(m, None)
+                    {
+                        let seq = index as u64 + 1;
+                        let write = RtpWrite::new(pt, seq.into(), (index * 160) as u32, now, payloads[index].as_slice());
+                        tx.write_rtp(write);
+                        index += 1;
+                        *sent.lock().unwrap() = index;
+                    }
+                    next_send += Duration::from_millis(20);
+                } else if rtc.handle_input(Input::Timeout(now)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The RTP packets in a pcap file of RTP over UDP over IPv4 over Ethernet, in order:
+/// (payload type, sequence number, payload).
+pub fn pcap_rtp_payloads(path: &Path) -> Vec<(u8, u16, Vec<u8>)> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 24;
+    while pos + 16 <= data.len() {
+        let caplen = u32::from_le_bytes(data[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        let frame = &data[pos + 16..(pos + 16 + caplen).min(data.len())];
+        pos += 16 + caplen;
+        // Ethernet (14) + IPv4 (IHL) + UDP (8).
+        if frame.len() < 14 + 20 + 8 + 12 {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let rtp = &frame[14 + ihl + 8..];
+        if rtp.len() >= 12 && rtp[0] >> 6 == 2 {
+            let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+            out.push((rtp[1] & 0x7f, seq, rtp[12..].to_vec()));
+        }
+    }
+    out
+}

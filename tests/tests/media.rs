@@ -1,0 +1,212 @@
+//! The media bridge end to end: a WebRTC agent (str0m doing ICE, DTLS and SRTP, as a
+//! browser would) registered over WSS, and SIPp callers sending G.711 and DTMF from pcap
+//! files through the distributor and the buffer server's bridge.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent_edge_tests::webrtc_agent::{WebRtcAgent, pcap_rtp_payloads};
+use agent_edge_tests::{System, caller, issue_token};
+
+fn agent_payloads(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut p = format!("AGENT-{i:05}-").into_bytes();
+            p.resize(160, (i % 200) as u8);
+            p
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
+    let sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let dir = sys.path().to_owned();
+    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
+        .await
+        .unwrap();
+    let ca = sys.path().join("certs").join("ca.pem");
+    let mut agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    // The caller plays a pcap of PCMA and one of DTMF, and echoes what it receives.
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let call = tokio::task::spawn_blocking(move || {
+        caller("caller_pcap_audio.xml", &dir, "caller", dist)
+            .arg(&["-m", "1", "-rtp_echo"])
+            .run()
+    });
+    let invite = agent.wait_invite().await;
+    assert!(invite.contains("a=ice-lite"), "a WebRTC offer: {invite}");
+    assert!(invite.contains("a=fingerprint:sha-256"), "{invite}");
+    assert!(
+        !invite.contains("RTP/AVP "),
+        "no plain RTP offered to a browser: {invite}"
+    );
+    let sent = agent_payloads(150);
+    let media = agent.answer(&invite, sent.clone()).await;
+    agent.wait_bye().await;
+    let run = call.await.unwrap();
+    run.assert_ok("the caller");
+    assert!(*media.connected.lock().unwrap(), "ICE and DTLS connected");
+
+    let received = media.received.lock().unwrap().clone();
+    // Caller → agent: every pcap payload, in order, unchanged.
+    let audio = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/g711a.pcap"));
+    let from_pcap: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(pt, p)| *pt == 8 && !p.starts_with(b"AGENT-"))
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        from_pcap.len(),
+        audio.len(),
+        "every packet of the pcap arrived"
+    );
+    for (i, (got, (_, _, want))) in from_pcap.iter().zip(&audio).enumerate() {
+        assert_eq!(*got, want, "pcap packet {i}");
+    }
+    // DTMF: the digit's RFC 4733 events, as telephone-event (101). The pcap repeats its end
+    // packet three times with one sequence number, as RFC 4733 allows; over SRTP a repeat
+    // is a replay, so the agent gets each sequence number once, the end included.
+    let mut dtmf = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/dtmf_2833_5.pcap"));
+    dtmf.dedup_by_key(|(_, seq, _)| *seq);
+    let events: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(pt, _)| *pt == 101)
+        .map(|(_, p)| p)
+        .collect();
+    let want: Vec<&Vec<u8>> = dtmf.iter().map(|(_, _, p)| p).collect();
+    assert_eq!(events, want, "the digit 5, from its start to its end");
+    assert!(
+        events.last().is_some_and(|e| e[1] & 0x80 != 0),
+        "the end bit"
+    );
+    // Agent → caller → (SIPp's echo) → agent: what the agent sent came back unchanged.
+    let echoed: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(_, p)| p.starts_with(b"AGENT-"))
+        .map(|(_, p)| p)
+        .collect();
+    let n = *media.sent.lock().unwrap();
+    assert!(n >= 100, "the agent sent {n} packets");
+    assert_eq!(
+        echoed.len(),
+        n,
+        "each packet the agent sent reached the caller and came back"
+    );
+    for (got, want) in echoed.iter().zip(&sent) {
+        assert_eq!(*got, want);
+    }
+    drop(media);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_media_stops_is_hung_up_on_both_legs() {
+    let sys = tokio::task::spawn_blocking(|| System::start_with("", "media_timeout_s = 5"))
+        .await
+        .unwrap();
+    let dir = sys.path().to_owned();
+    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
+        .await
+        .unwrap();
+    let ca = sys.path().join("certs").join("ca.pem");
+    let mut agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    // Neither side sends audio: after five seconds the buffer server ends the call.
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let call = tokio::task::spawn_blocking(move || {
+        caller("caller_call_wait_bye.xml", &dir, "caller", dist)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    let invite = agent.wait_invite().await;
+    let started = std::time::Instant::now();
+    let media = agent.answer(&invite, Vec::new()).await;
+    agent.wait_bye().await;
+    call.await.unwrap().assert_ok("the caller got a BYE");
+    assert!(
+        *media.connected.lock().unwrap(),
+        "the WebRTC session was up"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_bridged_calls_share_one_port_without_loss() {
+    const CALLS: usize = 50;
+    let sys = tokio::task::spawn_blocking(|| System::start("agent_max_calls = 1"))
+        .await
+        .unwrap();
+    let ca = sys.path().join("certs").join("ca.pem");
+    let mut agents = Vec::new();
+    for i in 0..CALLS {
+        let (dir, name) = (sys.path().to_owned(), format!("agent{i:02}"));
+        let token = tokio::task::spawn_blocking(move || issue_token(&dir, &name))
+            .await
+            .unwrap();
+        agents.push(
+            WebRtcAgent::register(sys.buffer_https, &ca, &format!("agent{i:02}"), &token).await,
+        );
+    }
+    // The distributor knows all fifty before the calls come.
+    let (dir, mut edge) = (sys.path().to_owned(), sys.edge);
+    let edge = tokio::task::spawn_blocking(move || {
+        for i in 0..CALLS {
+            edge.wait_line(
+                &format!("agent-up agent{i:02} edge-1"),
+                agent_edge_tests::WAIT,
+            );
+        }
+        edge
+    })
+    .await
+    .unwrap();
+    let dist = sys.dist_udp;
+    let call = tokio::task::spawn_blocking(move || {
+        caller("caller_pcap_audio.xml", &dir, "callers", dist)
+            .arg(&["-m", "50", "-r", "50", "-l", "50", "-rtp_echo"])
+            .run()
+    });
+    let mut calls = Vec::new();
+    for mut agent in agents {
+        calls.push(tokio::spawn(async move {
+            let invite = agent.wait_invite().await;
+            let media = agent.answer(&invite, agent_payloads(100)).await;
+            agent.wait_bye().await;
+            let received = media.received.lock().unwrap().clone();
+            let sent = *media.sent.lock().unwrap();
+            (received, sent)
+        }));
+    }
+    let audio = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/g711a.pcap"));
+    for (i, c) in calls.into_iter().enumerate() {
+        let (received, sent) = c.await.unwrap();
+        let from_pcap: Vec<&Vec<u8>> = received
+            .iter()
+            .filter(|(pt, p)| *pt == 8 && !p.starts_with(b"AGENT-"))
+            .map(|(_, p)| p)
+            .collect();
+        let want: Vec<&Vec<u8>> = audio.iter().map(|(_, _, p)| p).collect();
+        assert_eq!(
+            from_pcap, want,
+            "call {i}: the caller's audio, every packet in order"
+        );
+        let echoed = received
+            .iter()
+            .filter(|(_, p)| p.starts_with(b"AGENT-"))
+            .count();
+        assert_eq!(
+            (sent, echoed),
+            (100, 100),
+            "call {i}: the agent's audio, there and back"
+        );
+    }
+    call.await.unwrap().assert_ok("fifty callers");
+    drop(edge);
+}
