@@ -137,19 +137,37 @@ impl MediaIo {
         r
     }
 
-    /// A caller's re-INVITE: the new answer.
+    /// A caller's re-INVITE: its answer, and the agent's re-offer if the direction changed.
     pub fn caller_reoffer(
         &mut self,
         id: SessionId,
         sdp: &[u8],
         now: Instant,
-    ) -> Result<String, BridgeError> {
-        let local = self
-            .callers
+    ) -> Result<(String, Option<String>), BridgeError> {
+        let local = self.caller_local(id)?;
+        let r = self.bridge.caller_reoffer(id, sdp, local, now);
+        self.flush();
+        r
+    }
+
+    /// An agent's re-INVITE: its answer, and the caller's offer.
+    pub fn agent_reoffer(
+        &mut self,
+        id: SessionId,
+        sdp: &[u8],
+        now: Instant,
+    ) -> Result<(String, String), BridgeError> {
+        let local = self.caller_local(id)?;
+        let r = self.bridge.agent_reoffer(id, sdp, local, now);
+        self.flush();
+        r
+    }
+
+    fn caller_local(&self, id: SessionId) -> Result<SocketAddr, BridgeError> {
+        self.callers
             .get(&id)
             .map(|c| c.1)
-            .ok_or(BridgeError::Unknown(id))?;
-        self.bridge.caller_reoffer(id, sdp, local, now)
+            .ok_or(BridgeError::Unknown(id))
     }
 
     /// Ends a call's media: its statistics.

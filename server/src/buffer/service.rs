@@ -95,6 +95,9 @@ pub struct Buffer {
     media: Option<MediaIo>,
     /// The caller's SDP answer of each bridged call, sent with the agent's 2xx.
     caller_answers: HashMap<CallKey, String>,
+    /// The bridge's answer to a re-INVITE forwarded on a bridged call, sent back with the
+    /// other side's 2xx.
+    reinvite_answers: HashMap<CallKey, String>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -149,6 +152,7 @@ impl Buffer {
             acks: HashMap::new(),
             media,
             caller_answers: HashMap::new(),
+            reinvite_answers: HashMap::new(),
         }
     }
 
@@ -756,6 +760,37 @@ impl Buffer {
         let Some(method) = msg.method().cloned() else {
             return;
         };
+        // A re-INVITE on a bridged call: each side's SDP is the bridge's business.
+        let mut body = None;
+        if method == Method::Invite
+            && !msg.body.is_empty()
+            && self.caller_answers.contains_key(&key)
+            && let Some(media) = self.media.as_mut()
+        {
+            let result = match side {
+                Side::Client => media.caller_reoffer(key.0, &msg.body, now),
+                Side::Agent => media
+                    .agent_reoffer(key.0, &msg.body, now)
+                    .map(|(answer, offer)| (answer, Some(offer))),
+            };
+            match result {
+                Err(e) => {
+                    let mut resp = msg.response(e.status(), None);
+                    resp.set_reason(&e.to_string());
+                    let _ = self.layer.send_response(tx, resp, now);
+                    return;
+                }
+                Ok((answer, None)) => {
+                    // Nothing changes for the other side (a session refresh): answered here.
+                    self.answer_locally(tx, &msg, key, side, answer, now);
+                    return;
+                }
+                Ok((answer, Some(offer))) => {
+                    self.reinvite_answers.insert(key, answer);
+                    body = Some(offer);
+                }
+            }
+        }
         let other = side.other();
         let Some(entry) = self.table.get_mut(key) else {
             return;
@@ -770,7 +805,12 @@ impl Buffer {
         if method == Method::Invite {
             leg.invite_cseq = cseq;
         }
-        let out = readdress::request_for_leg(&msg, leg, cseq, &local, &transaction::new_branch());
+        let mut out =
+            readdress::request_for_leg(&msg, leg, cseq, &local, &transaction::new_branch());
+        if let Some(body) = body {
+            out.set_header("Content-Type", "application/sdp");
+            out.body = Bytes::from(body);
+        }
         let target = leg.target.clone();
         if method == Method::Bye {
             entry.state = CallState::Ending;
@@ -865,14 +905,30 @@ impl Buffer {
                 if self.layer_resend_ack(key, other, &resp) {
                     return;
                 }
+                if other == Side::Agent
+                    && self.reinvite_answers.contains_key(&key)
+                    && let Some(media) = self.media.as_mut()
+                    && let Err(e) = media.agent_answer(key.0, &resp.body, now)
+                {
+                    warn!(call = ?key, error = %e, "the agent's answer to the re-offer failed");
+                }
             }
+            let answer = if method == Method::Invite && code >= 200 {
+                self.reinvite_answers.remove(&key)
+            } else {
+                None
+            };
             let Some(entry) = self.table.get(key) else {
                 return;
             };
             let local_tag = entry.leg(from_side).local_tag.clone();
             let local = self.local_addr(entry.leg(from_side).target.kind);
             if let Some(req) = self.layer.server_request(server_tx) {
-                let out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+                let mut out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+                if let Some(answer) = answer.filter(|_| (200..300).contains(&code)) {
+                    out.set_header("Content-Type", "application/sdp");
+                    out.body = Bytes::from(answer);
+                }
                 let _ = self.layer.send_response(server_tx, out, now);
             }
             if method == Method::Bye && code >= 200 {
@@ -1021,6 +1077,27 @@ impl Buffer {
         self.layer.send_request(bye, target, now);
     }
 
+    /// Answers an in-dialog INVITE on `side` here, with the bridge's SDP.
+    fn answer_locally(
+        &mut self,
+        tx: TxId,
+        msg: &SipMessage,
+        key: CallKey,
+        side: Side,
+        sdp: String,
+        now: Instant,
+    ) {
+        let Some(kind) = self.table.get(key).map(|e| e.leg(side).target.kind) else {
+            return;
+        };
+        let local = self.local_addr(kind);
+        let mut resp = msg.response(200, None);
+        resp.push_header("Contact", local.contact.clone());
+        resp.push_header("Content-Type", "application/sdp");
+        resp.body = Bytes::from(sdp);
+        let _ = self.layer.send_response(tx, resp, now);
+    }
+
     /// Ends an answered call from here: BYE on both legs (the media stopped).
     fn hang_up(&mut self, key: CallKey, now: Instant) {
         self.bye_client(key, now);
@@ -1102,6 +1179,7 @@ impl Buffer {
             debug!(call = ?key, agent = %entry.agent, "call ended");
         }
         self.caller_answers.remove(&key);
+        self.reinvite_answers.remove(&key);
         if let Some(stats) = self.media.as_mut().and_then(|m| m.close(key.0)) {
             let stats = serde_json::to_string(&stats).unwrap_or_default();
             info!(call = ?key, %stats, "media statistics at hang-up");

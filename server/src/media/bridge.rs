@@ -141,6 +141,8 @@ struct Session {
     caller_to: SocketAddr,
     latched: bool,
     caller_direction: Direction,
+    /// The direction the agent last offered (its own hold).
+    agent_direction: Direction,
     /// Our stream towards the caller.
     to_caller: rtp::RtpStream,
     to_caller_rebase: Rebase,
@@ -258,6 +260,7 @@ impl Bridge {
             caller_to: offer.to,
             latched: false,
             caller_direction: offer.direction,
+            agent_direction: Direction::SendRecv,
             to_caller: rtp::RtpStream::new(pt, rand::random(), rand::random(), rand::random()),
             to_caller_rebase: Rebase::default(),
             to_agent_rebase: Rebase::default(),
@@ -298,31 +301,75 @@ impl Bridge {
         Ok(())
     }
 
-    /// A caller re-INVITE (hold, resume, a new address): the new answer for the caller.
+    /// The caller's re-INVITE offer (hold, resume, a new address): the answer for the caller,
+    /// and, when the direction changed, a WebRTC re-offer for the agent with that direction
+    /// (its answer comes back through [`Bridge::agent_answer`]).
     pub fn caller_reoffer(
         &mut self,
         id: SessionId,
         offer: &[u8],
         caller_local: SocketAddr,
         now: Instant,
-    ) -> Result<String, BridgeError> {
+    ) -> Result<(String, Option<String>), BridgeError> {
         let s = self.sessions.get_mut(&id).ok_or(BridgeError::Unknown(id))?;
         let o = sdp::audio_offer(offer).ok_or(BridgeError::NoAudio)?;
         if !o.payload_types.contains(&s.caller_pt) {
             return Err(BridgeError::NoCommonCodec);
         }
-        if o.to != s.caller_to && !s.latched {
+        if o.to != s.caller_to {
+            // A new address: follow it, and latch again on what comes from it.
             s.caller_to = o.to;
+            s.latched = false;
         }
+        let changed = o.direction != s.caller_direction;
         s.caller_direction = o.direction;
         s.last_media = now;
-        Ok(sdp::rtp_answer(
+        let agent_offer = if changed {
+            let mut change = s.rtc.sdp_api();
+            change.set_direction(s.mid, to_rtc(o.direction));
+            change.apply().map(|(offer, pending)| {
+                s.pending = Some(pending);
+                offer.to_sdp_string()
+            })
+        } else {
+            None
+        };
+        let answer = sdp::rtp_answer(
             caller_local,
             s.caller_pt,
             s.caller_te,
             o.direction.answer(),
             id,
-        ))
+        );
+        self.drain(id, now);
+        Ok((answer, agent_offer))
+    }
+
+    /// The agent's re-INVITE offer (its page held or resumed the call): the WebRTC answer for
+    /// the agent, and an RTP offer for the caller with the same direction.
+    pub fn agent_reoffer(
+        &mut self,
+        id: SessionId,
+        offer: &[u8],
+        caller_local: SocketAddr,
+        now: Instant,
+    ) -> Result<(String, String), BridgeError> {
+        let s = self.sessions.get_mut(&id).ok_or(BridgeError::Unknown(id))?;
+        let text = String::from_utf8_lossy(offer);
+        let parsed = str0m::change::SdpOffer::from_sdp_string(&text)
+            .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+        let answer = s
+            .rtc
+            .sdp_api()
+            .accept_offer(parsed)
+            .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+        let direction = sdp::audio_direction(offer);
+        s.agent_direction = direction;
+        s.last_media = now;
+        let caller_offer = sdp::rtp_answer(caller_local, s.caller_pt, s.caller_te, direction, id);
+        let answer = answer.to_sdp_string();
+        self.drain(id, now);
+        Ok((answer, caller_offer))
     }
 
     /// Ends a call's media and returns its statistics.
@@ -433,7 +480,9 @@ impl Bridge {
         }
         let inactivity = self.inactivity;
         for (id, s) in &mut self.sessions {
-            let held = !s.caller_direction.sends() && s.caller_direction != Direction::RecvOnly;
+            // On hold either way, silence is expected.
+            let held = s.caller_direction != Direction::SendRecv
+                || s.agent_direction != Direction::SendRecv;
             if !held && now.saturating_duration_since(s.last_media) >= inactivity {
                 s.last_media = now; // report once per period
                 self.events.push_back(BridgeEvent::Inactive(*id));

@@ -370,3 +370,83 @@ fn the_announced_address_is_the_one_configured() {
         "{answer}"
     );
 }
+
+#[test]
+fn hold_and_resume_reach_the_other_side() {
+    use str0m::change::SdpAnswer;
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (_, offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let (mut b, answer) = browser(&offer, now);
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    let mut to_caller = Vec::new();
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 200);
+
+    // The caller holds: it answers recvonly, and the agent is re-offered sendonly.
+    let hold = OFFER.replace(
+        "m=audio 4000 RTP/AVP 8 0 101\r\n",
+        "m=audio 4000 RTP/AVP 8 0 101\r\na=sendonly\r\n",
+    );
+    let (caller_answer, reoffer) = bridge
+        .caller_reoffer(1, hold.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert!(caller_answer.contains("a=recvonly"), "{caller_answer}");
+    let reoffer = reoffer.expect("the direction changed");
+    assert!(reoffer.contains("a=sendonly"), "{reoffer}");
+    let agent_answer = b
+        .rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&reoffer).unwrap())
+        .unwrap()
+        .to_sdp_string();
+    assert!(agent_answer.contains("a=recvonly"), "{agent_answer}");
+    bridge
+        .agent_answer(1, agent_answer.as_bytes(), now)
+        .unwrap();
+    // Music on hold still reaches the agent; a refresh with the same direction needs no
+    // re-offer.
+    bridge.from_caller(1, &caller_rtp(8, 1, &[3; 160]), addr(CALLER), now);
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 10);
+    assert!(b.received.iter().any(|r| r.2 == vec![3; 160]));
+    let (_, none) = bridge
+        .caller_reoffer(1, hold.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert_eq!(none, None);
+    // Silence on hold is not a dead call.
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 7000);
+    assert!(!std::iter::from_fn(|| bridge.poll_event()).any(|e| e == BridgeEvent::Inactive(1)));
+
+    // The caller resumes; then the agent holds from its side.
+    let (caller_answer, reoffer) = bridge
+        .caller_reoffer(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert!(caller_answer.contains("a=sendrecv"));
+    let agent_answer = b
+        .rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&reoffer.unwrap()).unwrap())
+        .unwrap()
+        .to_sdp_string();
+    bridge
+        .agent_answer(1, agent_answer.as_bytes(), now)
+        .unwrap();
+    let mid = b.mid.unwrap();
+    let mut change = b.rtc.sdp_api();
+    change.set_direction(mid, RtcDirection::SendOnly);
+    let (offer, pending) = change.apply().unwrap();
+    let (answer, caller_offer) = bridge
+        .agent_reoffer(1, offer.to_sdp_string().as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert!(
+        caller_offer.contains("a=sendonly") && caller_offer.contains("RTP/AVP 8 101"),
+        "{caller_offer}"
+    );
+    assert!(answer.contains("a=recvonly"), "{answer}");
+    b.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 10);
+}

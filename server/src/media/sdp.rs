@@ -171,6 +171,30 @@ pub fn rtp_answer(
     sdp
 }
 
+/// The direction of the first audio stream of any SDP (WebRTC included): its own
+/// attribute, else the session's, else sendrecv.
+pub fn audio_direction(body: &[u8]) -> Direction {
+    let text = String::from_utf8_lossy(body);
+    let (mut session, mut in_audio, mut seen_media) = (None, false, false);
+    for line in text.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_audio {
+                break;
+            }
+            seen_media = true;
+            in_audio = m.starts_with("audio ");
+        } else if let Some(d) = line.strip_prefix("a=").and_then(Direction::parse) {
+            if in_audio {
+                return d;
+            }
+            if !seen_media {
+                session = Some(d);
+            }
+        }
+    }
+    session.unwrap_or_default()
+}
+
 /// An answer sending (only) G.711 `law` from `from`.
 pub fn answer(from: SocketAddr, law: Law, session_id: u64) -> String {
     let ip = from.ip();
