@@ -18,3 +18,8 @@ fuzz SECONDS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && for t in sip_message tunnel_frame handoff_uri handoff_message handoff_table transactions acd_events; do \
         cargo fuzz run --sanitizer none "$t" -- -max_total_time={{SECONDS}} || exit 1; done
+
+# CPU and memory per bridged call at 50 and 200 concurrent calls (release build).
+bench-media *COUNTS:
+    cargo build --release -p agent-edge
+    AGENT_EDGE_BIN=$PWD/target/release/agent-edge cargo bench -p agent-edge-tests --bench media_bridge -- {{COUNTS}}

@@ -215,6 +215,11 @@ impl Edge {
         }
     }
 
+    /// The process id (for measuring it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address a listener was bound to (`distributor.udp`, `buffer.https`, …).
     pub fn addr(&mut self, name: &str) -> SocketAddr {
         let line = self.wait_line(&format!("listening {name} "), Duration::from_secs(20));
