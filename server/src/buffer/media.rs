@@ -31,6 +31,16 @@ pub enum MediaIn {
 const MEDIA_QUEUE: usize = 8192;
 /// Largest datagram read (WebRTC keeps under the 1200-byte MTU; RTP G.711 is 172).
 const MAX_DATAGRAM: usize = 2048;
+/// Socket buffers asked of the kernel (capped by net.core.rmem_max / wmem_max): the shared
+/// WebRTC socket takes every agent's packets, and a burst must wait out a busy moment.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Larger kernel buffers for a media socket; the kernel's caps apply, failures are harmless.
+fn enlarge_buffers(socket: &UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+}
 
 #[derive(Debug)]
 pub struct MediaIo {
@@ -55,7 +65,9 @@ impl MediaIo {
         public: Option<IpAddr>,
         inactivity: Duration,
     ) -> std::io::Result<(MediaIo, mpsc::Receiver<MediaIn>)> {
-        let webrtc = Arc::new(UdpSocket::bind(addr).await?);
+        let webrtc = UdpSocket::bind(addr).await?;
+        enlarge_buffers(&webrtc);
+        let webrtc = Arc::new(webrtc);
         let local = webrtc.local_addr()?;
         let announced = SocketAddr::new(public.unwrap_or(local.ip()), local.port());
         let (tx, rx) = mpsc::channel(MEDIA_QUEUE);
@@ -109,6 +121,7 @@ impl MediaIo {
             .map_err(|e| BridgeError::Socket(e.to_string()))?;
         let announced = SocketAddr::new(self.public_ip.unwrap_or(local.ip()), local.port());
         let answers = self.bridge.create(id, caller_offer, announced, now)?;
+        enlarge_buffers(&socket);
         let socket = Arc::new(socket);
         let reader = {
             let (socket, tx) = (socket.clone(), self.tx.clone());
