@@ -17,6 +17,9 @@ const CLOSE: u8 = 8;
 const KEYS: u8 = 9;
 const REVOKE: u8 = 10;
 const ROUTE: u8 = 11;
+const CALL_STATS: u8 = 12;
+/// Longest media statistics carried for one call.
+const MAX_CALL_STATS: usize = 4096;
 
 /// Bounds on what a peer may send, so a broken or hostile peer cannot make us allocate
 /// without limit. The defaults fit any SIP message an agent sends.
@@ -174,6 +177,11 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             put_bytes(buf, agent.as_bytes());
             buf.put_u32(*ttl_ms);
         }
+        Frame::CallStats { call_id, json } => {
+            buf.put_u8(CALL_STATS);
+            put_bytes(buf, call_id.as_bytes());
+            put_bytes(buf, json.as_bytes());
+        }
     }
 }
 
@@ -257,6 +265,10 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
             call_id: r.text("call_id", 1024)?,
             agent: r.id("agent")?,
             ttl_ms: r.u32("ttl_ms")?,
+        },
+        CALL_STATS => Frame::CallStats {
+            call_id: r.text("call_id", 1024)?,
+            json: r.text("stats", MAX_CALL_STATS)?,
         },
         other => return Err(DecodeError::UnknownTag(other)),
     };
@@ -683,6 +695,7 @@ mod tests {
                 agent,
                 ttl_ms
             }),
+            (".{0,60}", ".{0,300}").prop_map(|(call_id, json)| Frame::CallStats { call_id, json }),
         ]
     }
 

@@ -72,6 +72,13 @@ pub enum Frame {
         /// How long the entry lives, so a lost INVITE does not leave it forever.
         ttl_ms: u32,
     },
+    /// The edge's media statistics of a call in progress, for the distributor's live view.
+    CallStats {
+        /// The call's Call-ID on the distributor's side.
+        call_id: String,
+        /// The statistics as JSON, opaque here like `Keys`.
+        json: String,
+    },
     /// The sender is closing the tunnel, and why.
     Close {
         /// Free text for the peer's logs, so an operator sees why without packet captures.

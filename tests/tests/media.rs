@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use agent_edge_tests::webrtc_agent::{WebRtcAgent, pcap_rtp_payloads};
-use agent_edge_tests::{System, caller, issue_token};
+use agent_edge_tests::{System, admin_key, caller, http, issue_token};
 
 /// The tests that carry audio for seconds run one at a time: each counts every packet, and
 /// two at once on a 2-core machine measure the machine, not the bridge.
@@ -26,9 +26,12 @@ fn agent_payloads(n: usize) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
     let _one_at_a_time = AUDIO.lock().await;
-    let sys = tokio::task::spawn_blocking(|| System::start(""))
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
         .await
         .unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    let media_port = sys.edge.addr("buffer.media");
+    let key = admin_key(sys.path());
     let dir = sys.path().to_owned();
     let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
         .await
@@ -51,6 +54,33 @@ async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
     );
     let sent = agent_payloads(150);
     let media = agent.answer(&invite, sent.clone()).await;
+    // Garbage on the shared media port, mid-call: dropped, and the call goes on (every
+    // packet is checked below).
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..50u8 {
+        junk.send_to(&[i; 100], media_port).unwrap();
+        junk.send_to(b"\x80\x08 not quite rtp", media_port).unwrap();
+    }
+    // The live view shows the call's media as it flows.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let live = tokio::task::spawn_blocking(move || http(admin, "GET", "/live", Some(&key), None))
+        .await
+        .unwrap();
+    let live: serde_json::Value = serde_json::from_str(&live.1).unwrap();
+    let stats = &live["calls"][0]["media"];
+    assert!(
+        stats["from_caller"]["packets"].as_u64().unwrap() > 0,
+        "{live}"
+    );
+    assert!(
+        stats["from_agent"]["packets"].as_u64().unwrap() > 0,
+        "{live}"
+    );
+    assert!(stats["ice_remote"].as_str().is_some(), "{live}");
+    assert!(
+        stats["jitter_ms"].is_null() && stats["from_caller"]["lost"] == 0,
+        "{live}"
+    );
     agent.wait_bye().await;
     let run = call.await.unwrap();
     run.assert_ok("the caller");

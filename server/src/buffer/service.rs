@@ -42,6 +42,9 @@ pub struct Link {
     pub token: String,
 }
 
+/// How often the media statistics of calls in progress go to the distributor's live view.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
 /// How long a link registration of an agent lasts; refreshed at half of it.
 const LINK_EXPIRES: Duration = Duration::from_secs(600);
 
@@ -95,6 +98,8 @@ pub struct Buffer {
     media: Option<MediaIo>,
     /// The caller's SDP answer of each bridged call, sent with the agent's 2xx.
     caller_answers: HashMap<CallKey, String>,
+    /// When the bridged calls' media statistics next go to the distributor.
+    stats_at: Instant,
     /// The bridge's answer to a re-INVITE forwarded on a bridged call, sent back with the
     /// other side's 2xx.
     reinvite_answers: HashMap<CallKey, String>,
@@ -153,6 +158,7 @@ impl Buffer {
             media,
             caller_answers: HashMap::new(),
             reinvite_answers: HashMap::new(),
+            stats_at: Instant::now() + STATS_EVERY,
         }
     }
 
@@ -168,6 +174,7 @@ impl Buffer {
             let wake = [
                 self.layer.poll_timeout(),
                 self.media.as_ref().and_then(MediaIo::poll_timeout),
+                (!self.caller_answers.is_empty()).then_some(self.stats_at),
                 self.registrar.next_expiry(),
                 self.routes.next_expiry(),
                 self.link_refresh,
@@ -199,6 +206,10 @@ impl Buffer {
                     }
                     if let Some(m) = self.media.as_mut() {
                         m.handle_timeout(now);
+                    }
+                    if self.stats_at <= now {
+                        self.stats_at = now + STATS_EVERY;
+                        self.report_stats();
                     }
                     let expired = self.routes.expire(now);
                     if expired > 0 {
@@ -1075,6 +1086,29 @@ impl Buffer {
         let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
         let target = leg.target.clone();
         self.layer.send_request(bye, target, now);
+    }
+
+    /// Sends the media statistics of every bridged call to the distributor, for its live view.
+    fn report_stats(&mut self) {
+        let (Some((_, sender)), Some(media)) = (&self.tunnel, &self.media) else {
+            return;
+        };
+        for key in self.caller_answers.keys() {
+            let (Some(entry), Some(stats)) = (self.table.get(*key), media.stats(key.0)) else {
+                continue;
+            };
+            let Ok(json) = serde_json::to_string(&stats) else {
+                continue;
+            };
+            let frame = Frame::CallStats {
+                call_id: entry.client.call_id.clone(),
+                json,
+            };
+            if sender.try_send(frame).is_err() {
+                debug!("tunnel busy: media statistics skipped");
+                break;
+            }
+        }
     }
 
     /// Answers an in-dialog INVITE on `side` here, with the bridge's SDP.

@@ -74,7 +74,16 @@ const EVENT_BACKLOG: usize = 1024;
 pub struct LiveView {
     pub agents: Vec<LiveAgent>,
     pub queues: Vec<acd::QueueView>,
-    pub calls: Vec<acd::CallView>,
+    pub calls: Vec<LiveCall>,
+}
+
+/// A call the ACD holds, with the media statistics its edge last reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveCall {
+    #[serde(flatten)]
+    pub call: acd::CallView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +208,8 @@ pub struct Distributor {
     /// Call-ID of each caller INVITE server transaction.
     invites: HashMap<TxId, String>,
     media: Option<QueueMedia>,
+    /// The last media statistics (JSON) an edge reported for each call in progress.
+    media_stats: HashMap<String, String>,
 }
 
 impl Edge {
@@ -293,6 +304,7 @@ impl Distributor {
             proxied: HashMap::new(),
             invites: HashMap::new(),
             media,
+            media_stats: HashMap::new(),
         }
     }
 
@@ -393,10 +405,21 @@ impl Distributor {
                 calls: a.calls,
             })
             .collect();
+        let calls = snapshot
+            .calls
+            .into_iter()
+            .map(|call| LiveCall {
+                media: self
+                    .media_stats
+                    .get(&call.call)
+                    .and_then(|json| serde_json::from_str(json).ok()),
+                call,
+            })
+            .collect();
         LiveView {
             agents,
             queues: snapshot.queues,
-            calls: snapshot.calls,
+            calls,
         }
     }
 
@@ -485,6 +508,15 @@ impl Distributor {
                     Frame::AgentUp { agent } => self.agent_up(&agent, conn, &edge_id, now),
                     Frame::AgentDown { agent } => self.agent_down(&agent, conn, &edge_id, now),
                     Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
+                    Frame::CallStats { call_id, json } => {
+                        // Kept only for calls the ACD holds, so the map cannot grow.
+                        if self.acd.call_info(&call_id, now).is_some() {
+                            self.media_stats.insert(call_id, json);
+                        }
+                        let acd = &self.acd;
+                        self.media_stats
+                            .retain(|c, _| acd.call_info(c, now).is_some());
+                    }
                     other => debug!(frame = ?other, "ignoring tunnel frame"),
                 }
             }
@@ -1142,6 +1174,7 @@ impl Distributor {
         if msg.method() == Some(&Method::Bye)
             && let Some(call_id) = msg.call_id()
         {
+            self.media_stats.remove(call_id);
             self.acd.call_ended(call_id, now);
         }
     }
