@@ -246,3 +246,42 @@ async fn fifty_concurrent_bridged_calls_share_one_port_without_loss() {
     call.await.unwrap().assert_ok("fifty callers");
     drop(edge);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_g711_gets_488_and_the_agent_stays_available() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    let key = admin_key(sys.path());
+    let dir = sys.path().to_owned();
+    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
+        .await
+        .unwrap();
+    let ca = sys.path().join("certs").join("ca.pem");
+    let _agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    // A caller offering G.729 only, expecting 488.
+    let scenario = sys.path().join("caller_g729.xml");
+    let text =
+        std::fs::read_to_string(agent_edge_tests::scenario("caller_expect_480.xml")).unwrap();
+    let text = text
+        .replace("RTP/AVP 0", "RTP/AVP 18")
+        .replace("rtpmap:0 PCMU/8000", "rtpmap:18 G729/8000")
+        .replace("<recv response=\"480\"/>", "<recv response=\"488\"/>");
+    assert!(text.contains("RTP/AVP 18") && text.contains("\"488\""));
+    std::fs::write(&scenario, text).unwrap();
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    tokio::task::spawn_blocking(move || {
+        caller(scenario.to_str().unwrap(), &dir, "caller", dist)
+            .arg(&["-m", "1"])
+            .run()
+    })
+    .await
+    .unwrap()
+    .assert_ok("488 Not Acceptable Here");
+    let live = tokio::task::spawn_blocking(move || http(admin, "GET", "/live", Some(&key), None))
+        .await
+        .unwrap();
+    let live: serde_json::Value = serde_json::from_str(&live.1).unwrap();
+    assert_eq!(live["agents"][0]["state"], "available", "{live}");
+}

@@ -50,6 +50,9 @@ pub enum OfferEnd {
     Declined { status: u16 },
     /// No answer at all: timeout, transport failure, the edge gone.
     Failed,
+    /// The call itself cannot be taken (488/606: no media in common): no other agent could
+    /// take it either, so the caller gets this status and the agent is not blamed.
+    Unacceptable { status: u16 },
 }
 
 /// What the distributor must do.
@@ -419,6 +422,12 @@ impl Acd {
                 }
                 tracing::debug!(call, agent, status, "offer declined");
                 self.requeue_at_head(call);
+            }
+            (CallState::Offered { agent: a, .. }, OfferEnd::Unacceptable { status })
+                if a == agent =>
+            {
+                self.clear_offer(agent, call);
+                self.refuse(call, status, Outcome::Refused, "not acceptable here", now);
             }
             (CallState::Offered { agent: a, .. }, OfferEnd::Failed) if a == agent => {
                 self.clear_offer(agent, call);

@@ -32,7 +32,8 @@ enum Op {
     Away(usize),
     Available(usize),
     Ringing(usize),
-    /// End of an offer the SIP side knows (index into them): 0 answered, 1 declined, 2 failed.
+    /// End of an offer the SIP side knows (index into them): 0 answered, 1 declined, 2 failed,
+    /// 3 not acceptable.
     OfferEnd {
         offer: usize,
         how: u8,
@@ -57,7 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..AGENTS.len()).prop_map(Op::Away),
         1 => (0..AGENTS.len()).prop_map(Op::Available),
         1 => any::<usize>().prop_map(Op::Ringing),
-        3 => (any::<usize>(), 0..3u8).prop_map(|(offer, how)| Op::OfferEnd { offer, how }),
+        3 => (any::<usize>(), 0..4u8).prop_map(|(offer, how)| Op::OfferEnd { offer, how }),
         1 => (any::<usize>(), 0..AGENTS.len(), 0..3u8)
             .prop_map(|(call, agent, how)| Op::StrayEnd { call, agent, how }),
         2 => any::<usize>().prop_map(Op::Hangup),
@@ -212,7 +213,8 @@ proptest! {
                         let end = match how {
                             0 => OfferEnd::Answered,
                             1 => OfferEnd::Declined { status: 486 },
-                            _ => OfferEnd::Failed,
+                            2 => OfferEnd::Failed,
+                            _ => OfferEnd::Unacceptable { status: 488 },
                         };
                         if end == OfferEnd::Answered
                             && acd.agent_of(&call) == Some(agent.as_str())

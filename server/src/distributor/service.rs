@@ -1233,6 +1233,7 @@ impl Distributor {
                 300.. if current => {
                     let end = match code {
                         486 | 487 | 600 | 603 => OfferEnd::Declined { status: code },
+                        488 | 606 => OfferEnd::Unacceptable { status: code },
                         _ => OfferEnd::Failed,
                     };
                     info!(%call_id, %agent, code, "the offer ended without an answer");
