@@ -78,10 +78,11 @@ fuzz_target!(|data: &[u8]| {
             6 => {
                 if let Some((call, agent)) = offer {
                     offers.retain(|o| *o != (call.clone(), agent.clone()));
-                    let end = match arg % 3 {
+                    let end = match arg % 4 {
                         0 => OfferEnd::Answered,
                         1 => OfferEnd::Declined { status: 486 },
-                        _ => OfferEnd::Failed,
+                        2 => OfferEnd::Failed,
+                        _ => OfferEnd::Unacceptable { status: 488 },
                     };
                     acd.offer_ended(&call, &agent, end, now);
                 }
