@@ -21,6 +21,10 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 }
 
 need_pkg sipp sip-tester
+need_pkg chromium chromium
+need_pkg chromedriver chromium-driver
+# The agent page is bundled by server/build.rs with npm (Node.js comes with the machine).
+command -v npm >/dev/null || { echo "npm is needed to build the agent page" >&2; exit 1; }
 
 locked=()
 if [ "${CI:-}" = "true" ]; then locked=(--locked); fi

@@ -3,6 +3,7 @@
 //! statistics and message traces for the assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod webrtc_agent;
 
 use std::io::{BufRead, BufReader};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +24,9 @@ use crate::sip::{Target, TransportKind};
 pub const SIP_SUBPROTOCOL: &str = "sip";
 
 const AGENT_PAGE: &str = include_str!("../../../agent-web/index.html");
+const AGENT_STYLE: &str = include_str!("../../../agent-web/style.css");
+/// JsSIP and the page's script, bundled by `build.rs`.
+const AGENT_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/app.js"));
 
 /// Binds the HTTPS listener and serves it in the background.
 pub async fn listen(
@@ -34,6 +38,19 @@ pub async fn listen(
     let local = axum::serve::Listener::local_addr(&listener)?;
     let app = Router::new()
         .route("/", get(|| async { Html(AGENT_PAGE) }))
+        .route(
+            "/app.js",
+            get(|| async {
+                (
+                    [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    AGENT_SCRIPT,
+                )
+            }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { ([(CONTENT_TYPE, "text/css; charset=utf-8")], AGENT_STYLE) }),
+        )
         .route("/sip", get(sip_upgrade))
         .with_state(transports.clone());
     tokio::spawn(async move {

@@ -1,0 +1,214 @@
+// The agent page: sign in with a token, register over WSS with JsSIP (the token as a bearer
+// credential on every request), take calls with WebRTC audio. State shows in the page and in
+// `document.body.dataset.state` (signed-out, connecting, registered, ringing, in-call) so
+// people and the test harness read the same thing.
+import JsSIP from 'jssip';
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = 'agent-edge-token';
+
+let ua = null;
+let session = null;
+let tokenTimer = null;
+let durationTimer = null;
+let signingOut = false;
+
+function setState(state, text) {
+  document.body.dataset.state = state;
+  $('status').textContent = text || state;
+}
+
+function banner(text) {
+  $('banner').textContent = text || '';
+  $('banner').hidden = !text;
+}
+
+/** The claims of a JWT, or null when it is not one. */
+function claims(token) {
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try {
+    const json = atob(parts[1].replace(/-/g, '+').replace(/_/g, '/'));
+    const c = JSON.parse(json);
+    return typeof c.sub === 'string' && c.sub ? c : null;
+  } catch {
+    return null;
+  }
+}
+
+function signOut(reason) {
+  signingOut = true;
+  clearTimeout(tokenTimer);
+  if (session) {
+    try { session.terminate(); } catch { /* already over */ }
+  }
+  if (ua) {
+    try { ua.stop(); } catch { /* already stopped */ }
+  }
+  ua = null;
+  session = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  banner('');
+  $('desk').hidden = true;
+  $('signin').hidden = false;
+  $('who').textContent = '';
+  $('signin-error').textContent = reason || '';
+  setState('signed-out', 'signed out');
+  $('token').focus();
+}
+
+function signIn(token) {
+  const c = claims(token);
+  if (!c) {
+    $('signin-error').textContent = 'That is not an agent token.';
+    setState('signed-out', 'signed out');
+    return;
+  }
+  if (c.exp && c.exp * 1000 <= Date.now()) {
+    $('signin-error').textContent = 'That token has expired. Ask your supervisor for a new one.';
+    return;
+  }
+  signingOut = false;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('signin-error').textContent = '';
+  $('signin').hidden = true;
+  $('desk').hidden = false;
+  $('who').textContent = `Signed in as ${c.name || c.sub}`;
+  setState('connecting', 'connecting');
+  if (c.exp) {
+    tokenTimer = setTimeout(() => signOut('Your token expired. Sign in again with a new one.'),
+      Math.max(0, c.exp * 1000 - Date.now()));
+  }
+  const socket = new JsSIP.WebSocketInterface(`wss://${location.host}/sip`);
+  ua = new JsSIP.UA({
+    sockets: [socket],
+    uri: `sip:${c.sub}@${location.hostname}`,
+    display_name: c.name || c.sub,
+    authorization_jwt: `Bearer ${token}`,
+    register: true,
+    register_expires: 300,
+    session_timers: false,
+    user_agent: 'agent-edge-web',
+  });
+  ua.on('connected', () => banner(''));
+  ua.on('disconnected', () => {
+    if (!signingOut) {
+      banner('Connection lost — reconnecting…');
+      setState('connecting', 'reconnecting');
+    }
+  });
+  ua.on('registered', () => {
+    banner('');
+    if (!session) setState('registered', 'available');
+  });
+  ua.on('unregistered', () => {
+    if (!signingOut) setState('connecting', 'not registered');
+  });
+  ua.on('registrationFailed', (e) => {
+    const code = e.response && e.response.status_code;
+    if (code === 401 || code === 403) {
+      const why = (e.response.getHeader('WWW-Authenticate') || '').includes('invalid_token')
+        ? 'Your token was refused (revoked, expired or not valid here).'
+        : 'Your token was refused.';
+      signOut(why);
+    }
+  });
+  ua.on('newRTCSession', (e) => {
+    if (e.originator !== 'remote') return;
+    if (session) {
+      e.session.terminate({ status_code: 486 });
+      return;
+    }
+    incoming(e.session, e.request);
+  });
+  ua.start();
+}
+
+function incoming(s, request) {
+  session = s;
+  const from = request.from;
+  const caller = (from.display_name || from.uri.user || 'unknown caller');
+  const waited = Number(request.getHeader('X-AE-Waited') || 0);
+  $('in-caller').textContent = caller;
+  $('in-type').textContent = request.getHeader('X-AE-Call-Type') || '—';
+  $('in-queue').textContent = request.getHeader('X-AE-Queue') || '—';
+  $('in-waited').textContent = `${waited} s`;
+  $('call-caller').textContent = caller;
+  $('incoming').hidden = false;
+  setState('ringing', 'ringing');
+  $('answer').focus();
+  s.on('peerconnection', (ev) => attachAudio(ev.peerconnection));
+  s.on('accepted', () => {
+    $('incoming').hidden = true;
+    $('incall').hidden = false;
+    setState('in-call', 'in a call');
+    const started = Date.now();
+    durationTimer = setInterval(() => {
+      const secs = Math.floor((Date.now() - started) / 1000);
+      $('duration').textContent = `${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, '0')}`;
+    }, 1000);
+    $('hangup').focus();
+  });
+  const over = () => {
+    clearInterval(durationTimer);
+    $('duration').textContent = '0:00';
+    $('incoming').hidden = true;
+    $('incall').hidden = true;
+    $('mute').setAttribute('aria-pressed', 'false');
+    $('hold').setAttribute('aria-pressed', 'false');
+    session = null;
+    if (ua && ua.isRegistered()) setState('registered', 'available');
+  };
+  s.on('ended', over);
+  s.on('failed', over);
+}
+
+function attachAudio(pc) {
+  pc.addEventListener('track', (ev) => {
+    const audio = $('remote');
+    audio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+    audio.play().catch(() => { /* autoplay may need a gesture; the Answer click was one */ });
+  });
+}
+
+$('signin-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  signIn($('token').value.trim());
+});
+$('answer').addEventListener('click', () => {
+  if (session) session.answer({ mediaConstraints: { audio: true, video: false } });
+});
+$('decline').addEventListener('click', () => {
+  if (session) session.terminate({ status_code: 486, reason_phrase: 'Declined' });
+});
+$('hangup').addEventListener('click', () => {
+  if (session) session.terminate();
+});
+$('mute').addEventListener('click', () => {
+  if (!session) return;
+  const muted = session.isMuted().audio;
+  if (muted) session.unmute({ audio: true }); else session.mute({ audio: true });
+  $('mute').setAttribute('aria-pressed', String(!muted));
+});
+$('hold').addEventListener('click', () => {
+  if (!session) return;
+  const held = session.isOnHold().local;
+  if (held) session.unhold(); else session.hold();
+  $('hold').setAttribute('aria-pressed', String(!held));
+});
+$('keypad').addEventListener('click', (e) => {
+  const digit = e.target.dataset && e.target.dataset.digit;
+  if (session && digit) session.sendDTMF(digit, { transportType: 'RFC2833' });
+});
+$('signout').addEventListener('click', () => signOut('You signed out.'));
+
+// A link with ?token=… signs in at once; the token leaves the address bar (and history).
+const params = new URLSearchParams(location.search);
+const linked = params.get('token');
+if (linked) {
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+}
+const remembered = linked || sessionStorage.getItem(TOKEN_KEY);
+if (remembered) signIn(remembered); else setState('signed-out', 'signed out');
