@@ -171,6 +171,23 @@ function attachAudio(pc) {
   });
 }
 
+// For supervisors' tools and the test harness: what WebRTC says about the call's audio.
+window.agentEdge = {
+  async audioStats() {
+    const pc = session && session.connection;
+    if (!pc) return null;
+    const out = { packetsReceived: 0, totalAudioEnergy: 0, packetsSent: 0 };
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        out.packetsReceived = s.packetsReceived || 0;
+        out.totalAudioEnergy = s.totalAudioEnergy || 0;
+      }
+      if (s.type === 'outbound-rtp' && s.kind === 'audio') out.packetsSent = s.packetsSent || 0;
+    });
+    return out;
+  },
+};
+
 $('signin-form').addEventListener('submit', (e) => {
   e.preventDefault();
   signIn($('token').value.trim());

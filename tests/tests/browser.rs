@@ -82,3 +82,105 @@ async fn a_wrong_token_is_refused_and_the_page_says_so() {
     );
     browser.close().await;
 }
+
+/// Signs `agent` in on a fresh page and waits until it is registered and known to the
+/// distributor.
+async fn signed_in(sys: &mut System, agent: &str) -> Browser {
+    let (dir, name) = (sys.path().to_owned(), agent.to_owned());
+    let token = tokio::task::spawn_blocking(move || issue_token(&dir, &name))
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    let page = format!(
+        "https://127.0.0.1:{}/?token={token}",
+        sys.buffer_https.port()
+    );
+    browser.client.goto(&page).await.unwrap();
+    browser.wait_state("registered", "signed-in").await;
+    let _ = sys
+        .edge
+        .wait_line(&format!("agent-up {agent} edge-1"), WAIT);
+    browser
+}
+
+/// What the page's WebRTC stats say about the call's audio.
+async fn audio_stats(browser: &Browser) -> serde_json::Value {
+    browser
+        .client
+        .execute_async(
+            "const done = arguments[0]; window.agentEdge.audioStats().then(done, () => done(null));",
+            vec![],
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_call_carries_audio_both_ways_and_the_caller_hangs_up() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let browser = signed_in(&mut sys, "alice").await;
+    browser.screenshot("signed-in").await;
+    // The caller plays G.711 from a pcap and echoes what it receives: audio the page sends
+    // comes back only if SIPp received it.
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let call = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::caller("caller_pcap_audio.xml", &dir, "caller", dist)
+            .arg(&["-m", "1", "-rtp_echo"])
+            .run()
+    });
+    browser.wait_state("ringing", "ringing").await;
+    assert_eq!(browser.text("#in-queue").await, "default");
+    assert_eq!(browser.text("#in-type").await, "default");
+    browser.screenshot("ringing").await;
+    browser.click("#answer").await;
+    browser.wait_state("in-call", "in-call").await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let stats = audio_stats(&browser).await;
+    browser.screenshot("in-call").await;
+    let received = stats["packetsReceived"].as_u64().unwrap_or(0);
+    let sent = stats["packetsSent"].as_u64().unwrap_or(0);
+    assert!(sent > 100, "the page sent its microphone: {stats}");
+    // Over 4 s the pcap brings about 130 packets; the echo of the page's audio as many again.
+    assert!(
+        received > 200,
+        "audio from the caller and the echo: {stats}"
+    );
+    assert!(
+        stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0,
+        "{stats}"
+    );
+    call.await.unwrap().assert_ok("the caller hung up");
+    browser
+        .wait_state("registered", "after-caller-hangup")
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_up_from_the_page_ends_the_call_on_both_sides() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let browser = signed_in(&mut sys, "alice").await;
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let call = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::caller("caller_call_wait_bye.xml", &dir, "caller", dist)
+            .arg(&["-m", "1", "-rtp_echo"])
+            .run()
+    });
+    browser.wait_state("ringing", "page-hangup").await;
+    browser.click("#answer").await;
+    browser.wait_state("in-call", "page-hangup").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let stats = audio_stats(&browser).await;
+    assert!(
+        stats["packetsReceived"].as_u64().unwrap_or(0) > 50,
+        "the echo came back: {stats}"
+    );
+    browser.click("#hangup").await;
+    browser.wait_state("registered", "page-hangup").await;
+    call.await.unwrap().assert_ok("the caller got the BYE");
+    browser.close().await;
+}
