@@ -707,3 +707,46 @@ pub fn admin_key(dir: &Path) -> String {
         .trim()
         .to_owned()
 }
+
+/// The distributor alone (`agent-edge distributor`), its tunnel on `tunnel_port`: returns it
+/// and its SIP UDP address.
+pub fn start_distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
+    let config = write_config(dir, "", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "tunnel = \"127.0.0.1:0\"",
+        &format!("tunnel = \"127.0.0.1:{tunnel_port}\""),
+    );
+    let config = dir.join("distributor.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut edge = Edge::start(&["distributor"], &config, &dir.join("distributor.log"));
+    let udp = edge.addr("distributor.udp");
+    edge.addr("distributor.tunnel");
+    (edge, udp)
+}
+
+/// A buffer server alone (`agent-edge buffer`) dialling the distributor's tunnel on
+/// `tunnel_port`, with its HTTPS (agent page and WSS) on `https_port` when given, so that a
+/// restarted one is found where browsers left it.
+pub fn start_buffer(dir: &Path, tunnel_port: u16, https_port: Option<u16>, log: &str) -> Edge {
+    let config = write_config(dir, "", "");
+    let config = match https_port {
+        Some(port) => {
+            let text = std::fs::read_to_string(&config).unwrap().replace(
+                "https = \"127.0.0.1:0\"",
+                &format!("https = \"127.0.0.1:{port}\""),
+            );
+            let path = dir.join("buffer.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+        None => config,
+    };
+    let url = format!("wss://127.0.0.1:{tunnel_port}/tunnel");
+    let token = issue_edge_token(dir, "edge-1");
+    Edge::start_with_env(
+        &["buffer", "--connect", &url],
+        &config,
+        &dir.join(log),
+        &[("AGENT_EDGE_EDGE_TOKEN", &token)],
+    )
+}

@@ -83,6 +83,10 @@ async fn a_wrong_token_is_refused_and_the_page_says_so() {
     browser.close().await;
 }
 
+/// The tests that measure audio run one at a time, so two Chromiums decoding at once on a
+/// 2-core machine do not starve each other.
+static AUDIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Signs `agent` in on a fresh page and waits until it is registered and known to the
 /// distributor.
 async fn signed_in(sys: &mut System, agent: &str) -> Browser {
@@ -117,6 +121,7 @@ async fn audio_stats(browser: &Browser) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_call_carries_audio_both_ways_and_the_caller_hangs_up() {
+    let _one_at_a_time = AUDIO.lock().await;
     let mut sys = tokio::task::spawn_blocking(|| System::start(""))
         .await
         .unwrap();
@@ -160,6 +165,7 @@ async fn an_answered_call_carries_audio_both_ways_and_the_caller_hangs_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_up_from_the_page_ends_the_call_on_both_sides() {
+    let _one_at_a_time = AUDIO.lock().await;
     let mut sys = tokio::task::spawn_blocking(|| System::start(""))
         .await
         .unwrap();
@@ -183,4 +189,186 @@ async fn hanging_up_from_the_page_ends_the_call_on_both_sides() {
     browser.wait_state("registered", "page-hangup").await;
     call.await.unwrap().assert_ok("the caller got the BYE");
     browser.close().await;
+}
+
+/// Stores an agent with its skills through the admin API and returns a token for it.
+fn stored_agent(
+    admin: std::net::SocketAddr,
+    key: &str,
+    id: &str,
+    skills: &str,
+) -> (String, String) {
+    let body = format!(r#"{{"id":"{id}","name":"{id}","skills":{skills},"max_calls":1}}"#);
+    let (status, text) = http(admin, "POST", "/agents", Some(key), Some(&body));
+    assert_eq!(status, 201, "{text}");
+    let (status, text) = http(
+        admin,
+        "POST",
+        &format!("/agents/{id}/tokens"),
+        Some(key),
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["jti"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn open_page(https: std::net::SocketAddr, token: &str, shot: &str) -> Browser {
+    let browser = Browser::start().await;
+    let page = format!("https://127.0.0.1:{}/?token={token}", https.port());
+    browser.client.goto(&page).await.unwrap();
+    browser.wait_state("registered", shot).await;
+    browser
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_while_signed_in_signs_the_page_out_with_the_reason() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    let key = admin_key(sys.path());
+    let k = key.clone();
+    let (token, jti) = tokio::task::spawn_blocking(move || stored_agent(admin, &k, "alice", "{}"))
+        .await
+        .unwrap();
+    let browser = open_page(sys.buffer_https, &token, "revoked").await;
+    let body = format!(r#"{{"jti":"{jti}"}}"#);
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        http(admin, "POST", "/tokens/revoke", Some(&key), Some(&body))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 204);
+    browser.wait_state("signed-out", "revoked").await;
+    browser.screenshot("revoked").await;
+    let error = browser.text("#signin-error").await;
+    assert!(error.contains("revoked"), "{error}");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_different_skills_each_get_calls_of_their_type() {
+    let types = r#"
+[[distributor.call_types]]
+name = "billing"
+queue = "billing"
+request_user = { equals = "billing" }
+
+[[distributor.call_types]]
+name = "support"
+queue = "support"
+request_user = { equals = "support" }
+
+[[distributor.queues]]
+name = "billing"
+skills = { billing = 10 }
+
+[[distributor.queues]]
+name = "support"
+skills = { support = 10 }
+"#;
+    let mut sys = tokio::task::spawn_blocking(move || System::start(types))
+        .await
+        .unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    let key = admin_key(sys.path());
+    let (alice, bob) = tokio::task::spawn_blocking(move || {
+        (
+            stored_agent(admin, &key, "alice", r#"{"billing":50}"#).0,
+            stored_agent(admin, &key, "bob", r#"{"support":50}"#).0,
+        )
+    })
+    .await
+    .unwrap();
+    let alice = open_page(sys.buffer_https, &alice, "skills-alice").await;
+    let bob = open_page(sys.buffer_https, &bob, "skills-bob").await;
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let calls = dir.join("types.csv");
+    std::fs::write(&calls, "SEQUENTIAL\nsupport;\nbilling;\n").unwrap();
+    let run = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::Sipp::new(
+            "caller_typed.xml",
+            agent_edge_tests::free_port(),
+            &dir,
+            "callers",
+        )
+        .arg(&["-inf", calls.to_str().unwrap()])
+        .to(dist)
+        .arg(&["-d", "1000", "-m", "2", "-l", "1"])
+        .run()
+    });
+    for (page, name, kind) in [(&bob, "bob", "support"), (&alice, "alice", "billing")] {
+        page.wait_state("ringing", &format!("skills-{name}")).await;
+        assert_eq!(page.text("#in-type").await, kind);
+        assert_eq!(page.text("#in-queue").await, kind);
+        page.click("#answer").await;
+        page.wait_state("in-call", &format!("skills-{name}")).await;
+        page.wait_state("registered", &format!("skills-{name}"))
+            .await;
+    }
+    run.await.unwrap().assert_ok("one call of each type");
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_after_a_buffer_restart_and_takes_the_next_call() {
+    let dir = agent_edge_tests::test_dir();
+    let (tunnel, https) = (agent_edge_tests::free_port(), agent_edge_tests::free_port());
+    let d = dir.path().to_owned();
+    let (mut dist, dist_udp) =
+        tokio::task::spawn_blocking(move || agent_edge_tests::start_distributor(&d, tunnel))
+            .await
+            .unwrap();
+    let d = dir.path().to_owned();
+    let mut buffer = tokio::task::spawn_blocking(move || {
+        let mut b = agent_edge_tests::start_buffer(&d, tunnel, Some(https), "buffer1.log");
+        b.wait_line("tunnel-up edge-1", WAIT);
+        b
+    })
+    .await
+    .unwrap();
+    let d = dir.path().to_owned();
+    let token = tokio::task::spawn_blocking(move || issue_token(&d, "alice"))
+        .await
+        .unwrap();
+    let page = open_page(
+        std::net::SocketAddr::from(([127, 0, 0, 1], https)),
+        &token,
+        "restart",
+    )
+    .await;
+
+    buffer.kill();
+    page.wait_state("connecting", "restart-reconnecting").await;
+    assert!(page.text("#banner").await.contains("reconnecting"));
+    page.screenshot("reconnecting").await;
+    let d = dir.path().to_owned();
+    let (buffer, dist) = tokio::task::spawn_blocking(move || {
+        let mut b = agent_edge_tests::start_buffer(&d, tunnel, Some(https), "buffer2.log");
+        b.wait_line("tunnel-up edge-1", WAIT);
+        // The page registers again by itself.
+        dist.wait_line("agent-up alice edge-1", WAIT);
+        dist.wait_line("agent-up alice edge-1", WAIT);
+        (b, dist)
+    })
+    .await
+    .unwrap();
+    page.wait_state("registered", "restart-registered").await;
+    let d = dir.path().to_owned();
+    let call = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::caller("caller_call_hangup.xml", &d, "after-restart", dist_udp)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    page.wait_state("ringing", "restart-ringing").await;
+    page.click("#answer").await;
+    call.await.unwrap().assert_ok("the call after the restart");
+    page.wait_state("registered", "restart-after-call").await;
+    page.close().await;
+    drop((buffer, dist));
 }

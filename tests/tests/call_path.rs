@@ -367,31 +367,12 @@ fn caller_sees_only_the_distributor_and_agent_only_the_buffer() {
     }
 }
 
-/// The distributor and a buffer server as two processes.
 fn distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
-    let config = write_config(dir, "", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "tunnel = \"127.0.0.1:0\"",
-        &format!("tunnel = \"127.0.0.1:{tunnel_port}\""),
-    );
-    let config = dir.join("distributor.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut edge = Edge::start(&["distributor"], &config, &dir.join("distributor.log"));
-    let udp = edge.addr("distributor.udp");
-    edge.addr("distributor.tunnel");
-    (edge, udp)
+    agent_edge_tests::start_distributor(dir, tunnel_port)
 }
 
 fn buffer(dir: &Path, tunnel_port: u16, log: &str) -> (Edge, SocketAddr) {
-    let config = write_config(dir, "", "");
-    let url = format!("wss://127.0.0.1:{tunnel_port}/tunnel");
-    let token = agent_edge_tests::issue_edge_token(dir, "edge-1");
-    let mut edge = Edge::start_with_env(
-        &["buffer", "--connect", &url],
-        &config,
-        &dir.join(log),
-        &[("AGENT_EDGE_EDGE_TOKEN", &token)],
-    );
+    let mut edge = agent_edge_tests::start_buffer(dir, tunnel_port, None, log);
     let udp = edge.addr("buffer.udp");
     (edge, udp)
 }

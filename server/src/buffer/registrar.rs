@@ -190,6 +190,21 @@ impl Registrar {
         gone
     }
 
+    /// Like [`Registrar::revoke`], with the WebSocket connection of each binding removed.
+    pub fn revoke_with_connections(&mut self, jti: &str) -> Vec<(String, Option<ConnId>)> {
+        let conns: Vec<(String, Option<ConnId>)> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.jti == jti)
+            .map(|(a, b)| {
+                let ws = b.target.kind == TransportKind::Wss;
+                (a.clone(), b.target.conn.filter(|_| ws))
+            })
+            .collect();
+        self.revoke(jti);
+        conns
+    }
+
     /// A WebSocket agent lives only as long as its socket: its binding goes with it. TCP
     /// bindings stay (the agent's Contact can be dialled again) but forget the connection.
     pub fn connection_closed(&mut self, conn: ConnId) -> Vec<String> {

@@ -276,9 +276,14 @@ impl Buffer {
                     Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
                 },
                 Frame::Revoke { jti } => {
-                    for agent in self.registrar.revoke(&jti) {
+                    for (agent, conn) in self.registrar.revoke_with_connections(&jti) {
                         info!(%agent, "token revoked; registration removed");
                         self.agent_gone(&agent);
+                        // A browser learns it at once: its WebSocket closes, and the
+                        // registration it retries is refused with the reason.
+                        if let Some(conn) = conn {
+                            self.transports.close(conn);
+                        }
                     }
                     self.revoked.insert(jti);
                 }

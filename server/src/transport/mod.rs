@@ -133,6 +133,12 @@ impl Transports {
         }
     }
 
+    /// Closes a connection from our side (a WebSocket agent whose token was revoked): its
+    /// writer stops, the socket closes, and the reader ends with it.
+    pub fn close(&self, id: ConnId) {
+        lock(&self.inner.conns).remove(&id);
+    }
+
     /// An open connection to this peer over this transport, so requests to a registered
     /// contact reuse the agent's own connection instead of dialling a new one.
     pub fn find_conn(&self, kind: TransportKind, addr: SocketAddr) -> Option<ConnId> {
