@@ -99,7 +99,7 @@ function signIn(token) {
   });
   ua.on('registered', () => {
     banner('');
-    if (!session) setState('registered', 'available');
+    if (!session) setState('registered', 'registered');
   });
   ua.on('unregistered', () => {
     if (!signingOut) setState('connecting', 'not registered');
@@ -113,6 +113,14 @@ function signIn(token) {
       signOut(why);
     }
   });
+  ua.on('newMessage', (e) => {
+    if (e.originator !== 'remote') return;
+    const type = e.request.getHeader('Content-Type') || '';
+    if (!type.includes('agent-edge.state')) return;
+    try {
+      showAcdState(JSON.parse(e.request.body));
+    } catch { /* not ours to read */ }
+  });
   ua.on('newRTCSession', (e) => {
     if (e.originator !== 'remote') return;
     if (session) {
@@ -122,6 +130,38 @@ function signIn(token) {
     incoming(e.session, e.request);
   });
   ua.start();
+}
+
+let wrapTimer = null;
+
+/** What the distributor thinks of this agent: available, away (why), wrap-up (time left)… */
+function showAcdState(view) {
+  clearInterval(wrapTimer);
+  document.body.dataset.acd = view.state;
+  $('acd-state').textContent = view.reason ? `${view.state} (${view.reason})` : view.state;
+  $('wrap-up-left').textContent = '';
+  if (view.state === 'wrap-up' && view.wrap_up_left_ms) {
+    const until = Date.now() + view.wrap_up_left_ms;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+      $('wrap-up-left').textContent = `${left} s left`;
+    };
+    tick();
+    wrapTimer = setInterval(tick, 1000);
+  }
+}
+
+function sendPresence(presence) {
+  if (!ua) return;
+  $('presence-error').textContent = '';
+  ua.sendMessage(`sip:presence@${location.hostname}`, JSON.stringify(presence), {
+    contentType: 'application/vnd.agent-edge.presence+json',
+    eventHandlers: {
+      failed: (e) => {
+        $('presence-error').textContent = `Presence not changed: ${e.cause}`;
+      },
+    },
+  });
 }
 
 function incoming(s, request) {
@@ -157,7 +197,7 @@ function incoming(s, request) {
     $('mute').setAttribute('aria-pressed', 'false');
     $('hold').setAttribute('aria-pressed', 'false');
     session = null;
-    if (ua && ua.isRegistered()) setState('registered', 'available');
+    if (ua && ua.isRegistered()) setState('registered', 'registered');
   };
   s.on('ended', over);
   s.on('failed', over);
@@ -218,6 +258,8 @@ $('keypad').addEventListener('click', (e) => {
   if (session && digit) session.sendDTMF(digit, { transportType: 'RFC2833' });
 });
 $('signout').addEventListener('click', () => signOut('You signed out.'));
+$('go-available').addEventListener('click', () => sendPresence({ state: 'available' }));
+$('go-away').addEventListener('click', () => sendPresence({ state: 'away', reason: $('away-reason').value }));
 
 // A link with ?token=… signs in at once; the token leaves the address bar (and history).
 const params = new URLSearchParams(location.search);

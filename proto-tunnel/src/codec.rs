@@ -18,6 +18,8 @@ const KEYS: u8 = 9;
 const REVOKE: u8 = 10;
 const ROUTE: u8 = 11;
 const CALL_STATS: u8 = 12;
+const PRESENCE: u8 = 13;
+const AGENT_STATE: u8 = 14;
 /// Longest media statistics carried for one call.
 const MAX_CALL_STATS: usize = 4096;
 
@@ -182,6 +184,16 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             put_bytes(buf, call_id.as_bytes());
             put_bytes(buf, json.as_bytes());
         }
+        Frame::Presence { agent, json } => {
+            buf.put_u8(PRESENCE);
+            put_bytes(buf, agent.as_bytes());
+            put_bytes(buf, json.as_bytes());
+        }
+        Frame::AgentState { agent, json } => {
+            buf.put_u8(AGENT_STATE);
+            put_bytes(buf, agent.as_bytes());
+            put_bytes(buf, json.as_bytes());
+        }
     }
 }
 
@@ -269,6 +281,14 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         CALL_STATS => Frame::CallStats {
             call_id: r.text("call_id", 1024)?,
             json: r.text("stats", MAX_CALL_STATS)?,
+        },
+        PRESENCE => Frame::Presence {
+            agent: r.id("agent")?,
+            json: r.text("presence", MAX_CALL_STATS)?,
+        },
+        AGENT_STATE => Frame::AgentState {
+            agent: r.id("agent")?,
+            json: r.text("state", MAX_CALL_STATS)?,
         },
         other => return Err(DecodeError::UnknownTag(other)),
     };
@@ -696,6 +716,8 @@ mod tests {
                 ttl_ms
             }),
             (".{0,60}", ".{0,300}").prop_map(|(call_id, json)| Frame::CallStats { call_id, json }),
+            (id(), ".{0,100}").prop_map(|(agent, json)| Frame::Presence { agent, json }),
+            (id(), ".{0,100}").prop_map(|(agent, json)| Frame::AgentState { agent, json }),
         ]
     }
 

@@ -79,6 +79,21 @@ pub enum Frame {
         /// The statistics as JSON, opaque here like `Keys`.
         json: String,
     },
+    /// An agent set its presence on its page (edge → distributor).
+    Presence {
+        /// The agent, as registered on the edge that sends this.
+        agent: String,
+        /// `{"state": "available"}` or `{"state": "away", "reason": "…"}`, opaque here.
+        json: String,
+    },
+    /// The distributor's view of an agent changed (distributor → the agent's edge), for its
+    /// page: state, reason, calls, wrap-up time left.
+    AgentState {
+        /// The agent.
+        agent: String,
+        /// The state as JSON, opaque here.
+        json: String,
+    },
     /// The sender is closing the tunnel, and why.
     Close {
         /// Free text for the peer's logs, so an operator sees why without packet captures.

@@ -94,11 +94,22 @@ impl Browser {
     /// Waits until the page's `document.body.dataset.state` is `state`; on a timeout, saves a
     /// screenshot named after the wait and panics with what the page shows.
     pub async fn wait_state(&self, state: &str, shot: &str) {
+        self.wait_data("state", state, shot).await;
+    }
+
+    /// Waits until the page shows the distributor's view of the agent as `state`
+    /// (`document.body.dataset.acd`).
+    pub async fn wait_acd(&self, state: &str, shot: &str) {
+        self.wait_data("acd", state, shot).await;
+    }
+
+    async fn wait_data(&self, key: &str, state: &str, shot: &str) {
+        let script = format!("return document.body.dataset.{key} || ''");
         let deadline = Instant::now() + WAIT;
         loop {
             let now = self
                 .client
-                .execute("return document.body.dataset.state || ''", vec![])
+                .execute(&script, vec![])
                 .await
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -109,7 +120,7 @@ impl Browser {
             if Instant::now() > deadline {
                 self.screenshot(&format!("{shot}-failed")).await;
                 let text = self.text("main").await;
-                panic!("the page never reached `{state}` (it is `{now}`): {text}");
+                panic!("the page's {key} never became `{state}` (it is `{now}`): {text}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -30,7 +30,7 @@ async fn signing_in_from_a_link_registers_the_agent_and_hides_the_token() {
         "the token left the address bar: {url}"
     );
     assert!(browser.text("#who").await.contains("alice"));
-    assert_eq!(browser.text("#status").await, "available");
+    assert_eq!(browser.text("#status").await, "registered");
     let line =
         tokio::task::spawn_blocking(move || sys.edge.wait_line("agent-up alice edge-1", WAIT))
             .await
@@ -371,4 +371,65 @@ async fn the_page_reconnects_after_a_buffer_restart_and_takes_the_next_call() {
     page.wait_state("registered", "restart-after-call").await;
     page.close().await;
     drop((buffer, dist));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_from_the_page_steers_the_distributor_and_wrap_up_follows_a_call() {
+    let queue = "[[distributor.queues]]\nname = \"default\"\nwrap_up_s = 3\n";
+    let mut sys = tokio::task::spawn_blocking(move || System::start(queue))
+        .await
+        .unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    let key = admin_key(sys.path());
+    let page = signed_in(&mut sys, "alice").await;
+    page.wait_acd("available", "presence").await;
+    // Away for lunch: the distributor agrees, and a caller waits instead of ringing.
+    page.client
+        .find(fantoccini::Locator::Css("#away-reason"))
+        .await
+        .unwrap()
+        .select_by_label("Lunch")
+        .await
+        .unwrap();
+    page.click("#go-away").await;
+    page.wait_acd("away", "presence-away").await;
+    assert_eq!(page.text("#acd-state").await, "away (Lunch)");
+    page.screenshot("away").await;
+    let k = key.clone();
+    let live = tokio::task::spawn_blocking(move || http(admin, "GET", "/live", Some(&k), None))
+        .await
+        .unwrap();
+    let live: serde_json::Value = serde_json::from_str(&live.1).unwrap();
+    assert_eq!(live["agents"][0]["reason"], "Lunch", "{live}");
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let calls = dir.join("one.csv");
+    std::fs::write(&calls, "SEQUENTIAL\nsupport;\n").unwrap();
+    let run = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::Sipp::new(
+            "caller_typed.xml",
+            agent_edge_tests::free_port(),
+            &dir,
+            "caller",
+        )
+        .arg(&["-inf", calls.to_str().unwrap()])
+        .to(dist)
+        .arg(&["-d", "1000", "-m", "1"])
+        .run()
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        page.text("#status").await,
+        "registered",
+        "no ringing while away"
+    );
+    // Back: the waiting call is offered at once.
+    page.click("#go-available").await;
+    page.wait_state("ringing", "presence-back").await;
+    page.click("#answer").await;
+    run.await.unwrap().assert_ok("the caller who waited");
+    page.wait_acd("wrap-up", "presence-wrap-up").await;
+    assert!(page.text("#wrap-up-left").await.contains("s left"));
+    page.screenshot("wrap-up").await;
+    page.wait_acd("available", "presence-after-wrap-up").await;
+    page.close().await;
 }

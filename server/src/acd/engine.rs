@@ -104,6 +104,9 @@ pub struct AgentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub calls: usize,
+    /// In wrap-up: the time left, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrap_up_left_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -526,7 +529,11 @@ impl Acd {
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         Snapshot {
-            agents: self.agents.keys().map(|a| self.agent_view(a)).collect(),
+            agents: self
+                .agents
+                .keys()
+                .map(|a| self.agent_view(a, now))
+                .collect(),
             queues: self
                 .queues
                 .keys()
@@ -557,7 +564,7 @@ impl Acd {
     }
 
     pub fn agent_state(&self, agent: &str) -> AgentState {
-        self.agent_view(agent).state
+        self.agent_view(agent, Instant::now()).state
     }
 
     /// The agent a call is offered to or connected with.
@@ -787,7 +794,7 @@ impl Acd {
         self.drop_untakeable(now);
         // Agents' changes first, so that an agent freed and offered a call at once is seen
         // available, then reserved.
-        self.publish_agents();
+        self.publish_agents(now);
         self.dispatch(now);
         let waiting: Vec<String> = self
             .calls
@@ -913,13 +920,14 @@ impl Acd {
         chosen.map(|(n, _)| n.clone())
     }
 
-    fn agent_view(&self, agent: &str) -> AgentView {
+    fn agent_view(&self, agent: &str, now: Instant) -> AgentView {
         let Some(a) = self.agents.get(agent) else {
             return AgentView {
                 agent: agent.to_owned(),
                 state: AgentState::Offline,
                 reason: None,
                 calls: 0,
+                wrap_up_left_ms: None,
             };
         };
         let offered = a.offer.as_ref().and_then(|c| self.calls.get(c));
@@ -931,11 +939,18 @@ impl Acd {
             (None, Presence::Available) if a.wrap_until.is_some() => (AgentState::WrapUp, None),
             (None, Presence::Available) => (AgentState::Available, None),
         };
+        let wrap_up_left_ms = (state == AgentState::WrapUp)
+            .then(|| {
+                a.wrap_until
+                    .map(|w| millis(w.saturating_duration_since(now)))
+            })
+            .flatten();
         AgentView {
             agent: agent.to_owned(),
             state,
             reason,
             calls: a.calls.len(),
+            wrap_up_left_ms,
         }
     }
 
@@ -962,15 +977,15 @@ impl Acd {
         }
     }
 
-    fn publish_agents(&mut self) {
+    fn publish_agents(&mut self, now: Instant) {
         for agent in std::mem::take(&mut self.dirty_agents) {
-            let view = self.agent_view(&agent);
+            let view = self.agent_view(&agent, now);
             self.events.push_back(AcdEvent::Agent(view));
         }
     }
 
     fn publish(&mut self, now: Instant) {
-        self.publish_agents();
+        self.publish_agents(now);
         for queue in std::mem::take(&mut self.dirty_queues) {
             let view = self.queue_view(&queue, now);
             self.events.push_back(AcdEvent::Queue(view));

@@ -21,7 +21,7 @@ use crate::handoff::{self, Mode, RouteTable};
 use crate::ids;
 use crate::media::bridge::BridgeEvent;
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
-use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind};
+use crate::sip::{ConnId, Method, NameAddr, SipMessage, Target, TransportKind};
 use crate::transport::tunnel::TunnelClientEvent;
 use crate::transport::{TransportEvent, Transports};
 
@@ -41,6 +41,10 @@ pub struct Link {
     /// The edge credential (an edge token), sent as a bearer token on each REGISTER.
     pub token: String,
 }
+
+/// The content type of a page's presence MESSAGE, and of the agent state sent to it.
+const PRESENCE_TYPE: &str = "application/vnd.agent-edge.presence+json";
+const STATE_TYPE: &str = "application/vnd.agent-edge.state+json";
 
 /// How often the media statistics of calls in progress go to the distributor's live view.
 const STATS_EVERY: Duration = Duration::from_secs(2);
@@ -287,6 +291,7 @@ impl Buffer {
                     }
                     self.revoked.insert(jti);
                 }
+                Frame::AgentState { agent, json } => self.send_agent_state(&agent, json, now),
                 Frame::Route {
                     call_id,
                     agent,
@@ -480,6 +485,9 @@ impl Buffer {
                 self.forward_in_dialog(tx, msg, key, side, now);
             }
             (Method::Options, None) if !in_dialog => self.respond(tx, &msg, 200, now),
+            (Method::Message, None) if !in_dialog && !self.is_distributor(&from) => {
+                self.on_agent_presence(tx, &msg, now);
+            }
             (_, _) if in_dialog => self.respond(tx, &msg, 481, now),
             (Method::Invite, Some(_)) => self.respond(tx, &msg, 482, now),
             _ => self.respond(tx, &msg, 405, now),
@@ -581,6 +589,84 @@ impl Buffer {
                 };
                 Err(refuse(401, why, Some(challenge)))
             }
+        }
+    }
+
+    /// An agent's page sets its presence: a MESSAGE with the agent's bearer token, whose body
+    /// is `{"state": "available"}` or `{"state": "away", "reason": "…"}`. Passed to the
+    /// distributor, whose ACD owns agents' states.
+    fn on_agent_presence(&mut self, tx: TxId, msg: &SipMessage, now: Instant) {
+        let is_presence = msg
+            .header("Content-Type")
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case(PRESENCE_TYPE));
+        if !is_presence {
+            self.respond(tx, msg, 415, now);
+            return;
+        }
+        let agent = msg
+            .header("From")
+            .and_then(|f| NameAddr::parse(f).ok())
+            .and_then(|a| a.sip_uri().ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        if self.registrar.get(&agent).is_none() {
+            self.respond(tx, msg, 403, now);
+            return;
+        }
+        if let Err(refusal) = self.authenticate(msg, &agent) {
+            let _ = self.layer.send_response(tx, *refusal, now);
+            return;
+        }
+        let valid = msg.body.len() <= 1024
+            && serde_json::from_slice::<serde_json::Value>(&msg.body)
+                .ok()
+                .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_owned))
+                .is_some_and(|s| s == "available" || s == "away");
+        if !valid {
+            let mut resp = msg.response(400, Some(&ids::tag()));
+            resp.set_reason("Presence must be {\"state\": \"available\" or \"away\"}");
+            let _ = self.layer.send_response(tx, resp, now);
+            return;
+        }
+        let json = String::from_utf8_lossy(&msg.body).into_owned();
+        let sent = self
+            .tunnel
+            .as_ref()
+            .is_some_and(|(_, t)| t.try_send(Frame::Presence { agent, json }).is_ok());
+        self.respond(tx, msg, if sent { 200 } else { 503 }, now);
+    }
+
+    /// The distributor's view of an agent changed: a MESSAGE to the agent's page. Only
+    /// browsers (WSS) get it: a desk phone has no use for it and may refuse it.
+    fn send_agent_state(&mut self, agent: &str, json: String, now: Instant) {
+        let Some(binding) = self
+            .registrar
+            .get(agent)
+            .filter(|b| b.target.kind == TransportKind::Wss)
+            .cloned()
+        else {
+            return;
+        };
+        let local = self.local_addr(binding.target.kind);
+        let text = format!(
+            "MESSAGE {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {sent_by};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:acd@{host}>;tag={tag}\r\nTo: <sip:{agent}@{host}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: {STATE_TYPE}\r\n\
+             Content-Length: {len}\r\n\r\n{json}",
+            contact = binding.contact,
+            transport = local.transport,
+            sent_by = local.sent_by,
+            branch = transaction::new_branch(),
+            host = local.host,
+            tag = ids::tag(),
+            call_id = ids::call_id(),
+            len = json.len(),
+        );
+        match SipMessage::parse(text.as_bytes()) {
+            Ok(msg) => {
+                self.layer.send_request(msg, binding.target, now);
+            }
+            Err(e) => warn!(%agent, error = %e, "agent state not sent"),
         }
     }
 

@@ -423,6 +423,46 @@ impl Distributor {
         }
     }
 
+    /// An agent's page set its presence (the edge checked the agent's token).
+    fn presence_from_page(&mut self, agent: &str, json: &str, now: Instant) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+            return;
+        };
+        let presence = match v.get("state").and_then(|s| s.as_str()) {
+            Some("available") => Presence::Available,
+            Some("away") => {
+                let reason = v
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .filter(|r| !r.is_empty() && r.len() <= 100 && !r.chars().any(char::is_control))
+                    .unwrap_or("away");
+                Presence::Away {
+                    reason: reason.to_owned(),
+                }
+            }
+            _ => return,
+        };
+        info!(%agent, ?presence, "presence from the agent's page");
+        self.acd.set_presence(agent, presence, now);
+    }
+
+    /// The agent's page shows what the ACD thinks of it: sent through the agent's edge.
+    fn tell_page(&self, view: &acd::AgentView) {
+        let Some(edge) = self
+            .agents
+            .edge_of(&view.agent)
+            .and_then(|c| self.edges.get(&c))
+        else {
+            return;
+        };
+        if let Ok(json) = serde_json::to_string(view) {
+            edge.send_frame(Frame::AgentState {
+                agent: view.agent.clone(),
+                json,
+            });
+        }
+    }
+
     fn default_profile(&self) -> Profile {
         Profile {
             skills: Default::default(),
@@ -508,6 +548,11 @@ impl Distributor {
                     Frame::AgentUp { agent } => self.agent_up(&agent, conn, &edge_id, now),
                     Frame::AgentDown { agent } => self.agent_down(&agent, conn, &edge_id, now),
                     Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
+                    Frame::Presence { agent, json } => {
+                        if self.agents.edge_of(&agent) == Some(conn) {
+                            self.presence_from_page(&agent, &json, now);
+                        }
+                    }
                     Frame::CallStats { call_id, json } => {
                         // Kept only for calls the ACD holds, so the map cannot grow.
                         if self.acd.call_info(&call_id, now).is_some() {
@@ -906,6 +951,9 @@ impl Distributor {
             }
         }
         while let Some(event) = self.acd.poll_event() {
+            if let acd::AcdEvent::Agent(view) = &event {
+                self.tell_page(view);
+            }
             if self.events.receiver_count() == 0 {
                 continue;
             }
