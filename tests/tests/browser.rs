@@ -433,3 +433,41 @@ async fn presence_from_the_page_steers_the_distributor_and_wrap_up_follows_a_cal
     page.wait_acd("available", "presence-after-wrap-up").await;
     page.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_and_resume_from_the_page_reach_the_caller() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let page = signed_in(&mut sys, "alice").await;
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let call = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::caller("caller_hold.xml", &dir, "caller", dist)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    page.wait_state("ringing", "hold").await;
+    page.click("#answer").await;
+    page.wait_state("in-call", "hold").await;
+    // The caller sees a=sendonly, then a=sendrecv (its scenario checks each re-INVITE).
+    page.click("#hold").await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    page.screenshot("on-hold").await;
+    let pressed = page
+        .client
+        .find(fantoccini::Locator::Css("#hold"))
+        .await
+        .unwrap()
+        .attr("aria-pressed")
+        .await
+        .unwrap();
+    assert_eq!(pressed.as_deref(), Some("true"));
+    page.click("#hold").await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    page.click("#hangup").await;
+    page.wait_state("registered", "hold-after").await;
+    call.await
+        .unwrap()
+        .assert_ok("the caller was held, resumed, then hung up on");
+    page.close().await;
+}
