@@ -471,3 +471,48 @@ async fn hold_and_resume_from_the_page_reach_the_caller() {
         .assert_ok("the caller was held, resumed, then hung up on");
     page.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_call_goes_back_to_the_queue_and_enter_answers_the_next() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let page = signed_in(&mut sys, "alice").await;
+    // Declined by the only agent: the queue has nobody else, and says so.
+    let scenario = sys.path().join("caller_declined.xml");
+    let text = std::fs::read_to_string(agent_edge_tests::scenario("caller_queue_timeout.xml"))
+        .unwrap()
+        .replace("response=\"503\"", "response=\"480\"")
+        .replace(
+            "cause=503 ;text=.queue timeout.",
+            "cause=480 ;text=.no agent for the queue.",
+        );
+    assert!(text.contains("response=\"480\"") && text.contains("no agent"));
+    std::fs::write(&scenario, text).unwrap();
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let declined = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::caller(scenario.to_str().unwrap(), &dir, "declined", dist)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    page.wait_state("ringing", "decline").await;
+    page.click("#decline").await;
+    declined.await.unwrap().assert_ok("480 after the decline");
+    page.wait_state("registered", "decline").await;
+    // The next call: Answer has the focus, and Enter takes the call.
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let next = tokio::task::spawn_blocking(move || {
+        agent_edge_tests::caller("caller_call_hangup.xml", &dir, "next", dist)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    page.wait_state("ringing", "keyboard").await;
+    let focused = page.client.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("answer"));
+    focused.send_keys("\u{E007}").await.unwrap();
+    page.wait_state("in-call", "keyboard").await;
+    next.await
+        .unwrap()
+        .assert_ok("the call answered from the keyboard");
+    page.close().await;
+}
