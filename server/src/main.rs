@@ -139,7 +139,14 @@ fn main() -> anyhow::Result<()> {
                     None,
                     config.identity.edge_token_ttl_s,
                 )?;
-                start_buffer(&config, url, Some(token)).await?;
+                let https = start_buffer(&config, url, Some(token)).await?;
+                // Something to try at once: a sign-in link for a demo agent.
+                let demo = token_issuer(&config, &ring).issue(
+                    "demo",
+                    Some("Demo agent"),
+                    config.identity.token_ttl_s,
+                )?;
+                announce(&format!("demo agent: https://{https}/?token={demo}"));
             }
             Some(Role::Distributor) => {
                 start_distributor(&config, &key_ring(&config)?).await?;
@@ -346,7 +353,7 @@ async fn start_buffer(
     config: &Config,
     connect: String,
     token: Option<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::net::SocketAddr> {
     let b = &config.buffer;
     let files = tls_files(config)?;
     let tls = certs::server_config(&files)?;
@@ -421,5 +428,5 @@ async fn start_buffer(
     announce(&format!("listening buffer.tcp {tcp}"));
     announce(&format!("listening buffer.https {https}"));
     announce(&format!("agent page: https://{https}/"));
-    Ok(())
+    Ok(https)
 }

@@ -516,3 +516,18 @@ async fn a_declined_call_goes_back_to_the_queue_and_enter_answers_the_next() {
         .assert_ok("the call answered from the keyboard");
     page.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_link_printed_at_start_signs_a_page_in() {
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let line = sys.edge.wait_line("demo agent: https://", WAIT);
+    let link = line.trim_start_matches("demo agent: ").to_owned();
+    assert!(link.contains("/?token="), "{line}");
+    let browser = Browser::start().await;
+    browser.client.goto(&link).await.unwrap();
+    browser.wait_state("registered", "demo").await;
+    assert!(browser.text("#who").await.contains("Demo agent"));
+    browser.close().await;
+}
