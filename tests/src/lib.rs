@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod load;
 pub mod webrtc_agent;
 
 use std::io::{BufRead, BufReader};
