@@ -23,3 +23,8 @@ fuzz SECONDS="60":
 bench-media *COUNTS:
     cargo build --release -p agent-edge
     AGENT_EDGE_BIN=$PWD/target/release/agent-edge cargo bench -p agent-edge-tests --bench media_bridge -- {{COUNTS}}
+
+# Calls per second, post-dial delay, CPU per call, memory per idle agent and the parse +
+# re-address micro-benchmark; appends a dated row to bench/results.md (about 10 minutes).
+bench:
+    ./scripts/bench.sh

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::sip;
 use crate::stats::Stats;
@@ -105,9 +106,11 @@ impl Agent {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("sip"));
+        // A small read buffer: tungstenite zero-fills all of it (128 KiB by default).
+        let config = WebSocketConfig::default().read_buffer_size(4096);
         let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
             request,
-            None,
+            Some(config),
             true,
             Some(tokio_tungstenite::Connector::Rustls(settings.tls.clone())),
         )

@@ -169,11 +169,11 @@ impl Edge {
         let stderr = std::fs::File::create(log).unwrap();
         let mut child = Command::new(binary())
             .env_remove("AGENT_EDGE_EDGE_TOKEN")
+            .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
             .args(args)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -211,6 +211,26 @@ impl Edge {
                 Err(_) => panic!(
                     "agent-edge never printed `{prefix}…` within {timeout:?}; it printed {:?}\n{}",
                     self.seen,
+                    self.log_tail()
+                ),
+            }
+        }
+    }
+
+    /// Waits until `n` stdout lines starting with `prefix` were printed (counting those
+    /// seen earlier and not yet returned), and consumes them.
+    pub fn wait_count(&mut self, prefix: &str, n: usize, timeout: Duration) {
+        let before = self.seen.len();
+        self.seen.retain(|l| !l.starts_with(prefix));
+        let mut count = before - self.seen.len();
+        let deadline = Instant::now() + timeout;
+        while count < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => count += 1,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "agent-edge printed {count} of {n} `{prefix}…` lines within {timeout:?}\n{}",
                     self.log_tail()
                 ),
             }

@@ -62,13 +62,20 @@ pub async fn listen(
     Ok(local)
 }
 
+/// Read buffer of an agent's WebSocket: room for a typical INVITE with SDP.
+const AGENT_READ_BUFFER: usize = 4096;
+
 async fn sip_upgrade(
     ws: WebSocketUpgrade,
     State(transports): State<Transports>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
 ) -> Response {
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first read:
+    // that would be most of an idle agent's memory. SIP messages are small; a larger one
+    // grows the buffer as it arrives.
     let ws = ws
         .protocols([SIP_SUBPROTOCOL])
+        .read_buffer_size(AGENT_READ_BUFFER)
         .max_message_size(transports.max_message());
     if ws.selected_protocol().is_none() {
         debug!(%peer, "refusing WebSocket without subprotocol sip");
