@@ -236,6 +236,8 @@ pub struct Acd {
     events: VecDeque<AcdEvent>,
     dirty_agents: BTreeSet<String>,
     dirty_queues: BTreeSet<String>,
+    /// Agents in wrap-up: the timer looks at these, not at every agent signed in.
+    wrapping: BTreeSet<String>,
 }
 
 impl Acd {
@@ -253,6 +255,7 @@ impl Acd {
             events: VecDeque::new(),
             dirty_agents: BTreeSet::new(),
             dirty_queues: BTreeSet::new(),
+            wrapping: BTreeSet::new(),
         }
     }
 
@@ -291,6 +294,7 @@ impl Acd {
         let Some(a) = self.agents.remove(agent) else {
             return;
         };
+        self.wrapping.remove(agent);
         if let Some(call) = a.offer {
             self.withdraw(&call, false, now);
         }
@@ -316,6 +320,7 @@ impl Acd {
         if presence == Presence::Available {
             // Ready again: wrap-up, if any, is over.
             a.wrap_until = None;
+            self.wrapping.remove(agent);
             if a.presence != Presence::Available && a.calls.is_empty() {
                 a.idle_since = now;
             }
@@ -465,6 +470,7 @@ impl Acd {
             if a.calls.is_empty() {
                 if wrap_up > 0 {
                     a.wrap_until = Some(now + Duration::from_secs(wrap_up));
+                    self.wrapping.insert(agent.clone());
                 } else {
                     a.idle_since = now;
                 }
@@ -498,13 +504,23 @@ impl Acd {
                 CallState::Connected { .. } => {}
             }
         }
-        for (name, a) in &mut self.agents {
-            if let Some(until) = a.wrap_until
-                && until <= now
+        let wrapped: Vec<String> = self
+            .wrapping
+            .iter()
+            .filter(|name| {
+                self.agents
+                    .get(*name)
+                    .is_none_or(|a| a.wrap_until.is_none_or(|until| until <= now))
+            })
+            .cloned()
+            .collect();
+        for name in wrapped {
+            self.wrapping.remove(&name);
+            if let Some(a) = self.agents.get_mut(&name)
+                && let Some(until) = a.wrap_until.take()
             {
-                a.wrap_until = None;
                 a.idle_since = until;
-                self.dirty_agents.insert(name.clone());
+                self.dirty_agents.insert(name);
             }
         }
         self.settle(now);
@@ -523,7 +539,10 @@ impl Acd {
     /// The next time [`Acd::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.calls.values().filter_map(|c| self.deadline_of(c));
-        let wraps = self.agents.values().filter_map(|a| a.wrap_until);
+        let wraps = self
+            .wrapping
+            .iter()
+            .filter_map(|name| self.agents.get(name)?.wrap_until);
         calls.chain(wraps).min()
     }
 
@@ -689,6 +708,7 @@ impl Acd {
             a.calls.insert(call.to_owned());
             a.answered += 1;
             a.wrap_until = None;
+            self.wrapping.remove(agent);
             if matches!(&a.presence, Presence::Away { reason } if reason == "no answer") {
                 // It answered as the offer was being withdrawn: it is there after all.
                 a.presence = Presence::Available;

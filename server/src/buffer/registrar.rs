@@ -2,7 +2,7 @@
 //! in, bindings out. An agent has one binding: a new REGISTER replaces the old contact, the
 //! way a browser that reconnects takes over its own identity.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::sip::{ConnId, NameAddr, SipError, SipMessage, SipUri, Target, TransportKind};
@@ -119,10 +119,13 @@ pub fn target_for(contact: &str, from: &Target) -> Target {
     }
 }
 
-/// All bindings of this buffer server.
+/// All bindings of this buffer server, with their expiry times kept in order: the owner asks
+/// for the next expiry after every message, and with thousands of agents a scan would cost
+/// more than the message.
 #[derive(Debug, Default)]
 pub struct Registrar {
     bindings: HashMap<String, Binding>,
+    by_expiry: BTreeSet<(Instant, String)>,
 }
 
 impl Registrar {
@@ -147,12 +150,28 @@ impl Registrar {
             expires_at: now + expires,
             jti: jti.to_owned(),
         };
-        self.bindings.insert(agent.to_owned(), binding).is_none()
+        self.by_expiry
+            .insert((binding.expires_at, agent.to_owned()));
+        match self.bindings.insert(agent.to_owned(), binding) {
+            Some(old) => {
+                if old.expires_at != now + expires {
+                    self.by_expiry.remove(&(old.expires_at, old.agent));
+                }
+                false
+            }
+            None => true,
+        }
     }
 
     /// Removes a binding. Returns true when there was one.
     pub fn unbind(&mut self, agent: &str) -> bool {
-        self.bindings.remove(agent).is_some()
+        self.remove(agent).is_some()
+    }
+
+    fn remove(&mut self, agent: &str) -> Option<Binding> {
+        let b = self.bindings.remove(agent)?;
+        self.by_expiry.remove(&(b.expires_at, b.agent.clone()));
+        Some(b)
     }
 
     pub fn get(&self, agent: &str) -> Option<&Binding> {
@@ -165,29 +184,33 @@ impl Registrar {
 
     /// Removes expired bindings and returns their agents.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut gone = Vec::new();
+        while let Some((at, agent)) = self.by_expiry.first().cloned()
+            && at <= now
+        {
+            self.remove(&agent);
+            gone.push(agent);
+        }
+        gone
+    }
+
+    /// Agents whose binding matches `pred`, removed.
+    fn remove_where(&mut self, pred: impl Fn(&Binding) -> bool) -> Vec<String> {
         let gone: Vec<String> = self
             .bindings
             .values()
-            .filter(|b| b.expires_at <= now)
+            .filter(|b| pred(b))
             .map(|b| b.agent.clone())
             .collect();
         for agent in &gone {
-            self.bindings.remove(agent);
+            self.remove(agent);
         }
         gone
     }
 
     /// Removes the bindings made with a revoked token and returns their agents.
     pub fn revoke(&mut self, jti: &str) -> Vec<String> {
-        let mut gone = Vec::new();
-        self.bindings.retain(|agent, b| {
-            let keep = b.jti != jti;
-            if !keep {
-                gone.push(agent.clone());
-            }
-            keep
-        });
-        gone
+        self.remove_where(|b| b.jti == jti)
     }
 
     /// Like [`Registrar::revoke`], with the WebSocket connection of each binding removed.
@@ -208,24 +231,17 @@ impl Registrar {
     /// A WebSocket agent lives only as long as its socket: its binding goes with it. TCP
     /// bindings stay (the agent's Contact can be dialled again) but forget the connection.
     pub fn connection_closed(&mut self, conn: ConnId) -> Vec<String> {
-        let mut gone = Vec::new();
-        self.bindings.retain(|agent, b| {
-            if b.target.conn != Some(conn) {
-                return true;
-            }
-            if b.target.kind == TransportKind::Tcp {
+        for b in self.bindings.values_mut() {
+            if b.target.conn == Some(conn) && b.target.kind == TransportKind::Tcp {
                 b.target.conn = None;
-                return true;
             }
-            gone.push(agent.clone());
-            false
-        });
-        gone
+        }
+        self.remove_where(|b| b.target.conn == Some(conn))
     }
 
     /// When the next binding expires, for the owner's timer.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.bindings.values().map(|b| b.expires_at).min()
+        self.by_expiry.first().map(|(at, _)| *at)
     }
 
     pub fn len(&self) -> usize {
@@ -301,6 +317,42 @@ CSeq: 1 REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         assert!(
             parse_register(&register("Contact: <sip:a@h>\r\nExpires: soon\r\n"), 3600).is_err()
         );
+    }
+
+    #[test]
+    fn a_refresh_moves_the_expiry_and_removals_leave_no_stale_timer() {
+        let now = Instant::now();
+        let mut r = Registrar::new();
+        let udp = Target::udp("127.0.0.1:9".parse().unwrap());
+        let secs = Duration::from_secs;
+        for (agent, ttl) in [("a", 60), ("b", 90), ("c", 120)] {
+            r.bind(
+                agent,
+                "j",
+                "sip:x@127.0.0.1".into(),
+                udp.clone(),
+                secs(ttl),
+                now,
+            );
+        }
+        // a refreshes 10 s later: its old expiry no longer counts.
+        assert!(!r.bind(
+            "a",
+            "j",
+            "sip:x@127.0.0.1".into(),
+            udp.clone(),
+            secs(60),
+            now + secs(10)
+        ));
+        assert_eq!(r.next_expiry(), Some(now + secs(70)));
+        assert!(r.expire(now + secs(65)).is_empty());
+        assert!(r.unbind("a"));
+        assert_eq!(r.next_expiry(), Some(now + secs(90)));
+        assert_eq!(
+            r.expire(now + secs(200)),
+            vec!["b".to_owned(), "c".to_owned()]
+        );
+        assert_eq!((r.next_expiry(), r.len()), (None, 0));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Direction as RtcDirection, Frequency, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -181,6 +182,9 @@ pub struct Bridge {
     events: VecDeque<BridgeEvent>,
     /// Datagrams on the WebRTC socket no session accepted.
     pub stray: u64,
+    /// One DTLS certificate for every call, made once (as most WebRTC servers do) instead of
+    /// a key and a certificate per call; each DTLS handshake still agrees fresh keys.
+    dtls_cert: Option<DtlsCert>,
 }
 
 /// The telephone-event payload type offered to agents.
@@ -197,6 +201,7 @@ impl Bridge {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stray: 0,
+            dtls_cert: super::dtls::provider().dtls_provider.generate_certificate(),
         }
     }
 
@@ -234,6 +239,10 @@ impl Bridge {
                 None,
                 FormatParams::parse_line("0-16"),
             );
+        }
+        builder = builder.set_crypto_provider(super::dtls::provider());
+        if let Some(cert) = &self.dtls_cert {
+            builder = builder.set_dtls_cert(cert.clone());
         }
         let mut rtc = builder.build(now);
         let candidate = Candidate::host(self.webrtc, "udp")

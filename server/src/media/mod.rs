@@ -3,6 +3,7 @@
 
 pub mod announcement;
 pub mod bridge;
+mod dtls;
 pub mod early;
 pub mod g711;
 pub mod rtp;
