@@ -302,9 +302,18 @@ fn step(bench: &Bench, load: &mut LoadAgents, rate: u64, seconds: u64, hold_ms: 
     result
 }
 
+/// A system with its call agents, ready for a step.
+fn fresh(call_agents: usize, hold_ms: u64) -> (Bench, LoadAgents) {
+    let mut bench = Bench::start();
+    let load = bench.agents("call", call_agents, hold_ms);
+    std::thread::sleep(Duration::from_secs(2));
+    (bench, load)
+}
+
 /// Rates tried: doubling from `start` while steps pass (up to `max`), then two bisections
-/// between the last pass and the first failure.
-fn ramp(bench: &Bench, load: &mut LoadAgents, seconds: u64, hold_ms: u64) -> Vec<Step> {
+/// between the last pass and the first failure. An overloaded step leaves calls queued and
+/// agents busy for minutes, so every step after a failure runs on a fresh system.
+fn ramp(call_agents: usize, seconds: u64, hold_ms: u64) -> Vec<Step> {
     let (start, max) = (
         env_or("BENCH_START_RATE", 100u64),
         env_or("BENCH_MAX_RATE", 6400u64),
@@ -313,8 +322,9 @@ fn ramp(bench: &Bench, load: &mut LoadAgents, seconds: u64, hold_ms: u64) -> Vec
     let mut rate = start;
     let mut passed: Option<u64> = None;
     let mut failed: Option<u64> = None;
+    let (mut bench, mut load) = fresh(call_agents, hold_ms);
     while rate <= max {
-        let s = step(bench, load, rate, seconds, hold_ms);
+        let s = step(&bench, &mut load, rate, seconds, hold_ms);
         let ok = s.passed();
         steps.push(s);
         if !ok {
@@ -330,9 +340,12 @@ fn ramp(bench: &Bench, load: &mut LoadAgents, seconds: u64, hold_ms: u64) -> Vec
             if mid <= lo {
                 break;
             }
-            // Let the failed step's leftovers drain before the next.
-            std::thread::sleep(Duration::from_secs(5));
-            let s = step(bench, load, mid, seconds, hold_ms);
+            if !steps.last().is_some_and(Step::passed) {
+                drop(load);
+                drop(bench);
+                (bench, load) = fresh(call_agents, hold_ms);
+            }
+            let s = step(&bench, &mut load, mid, seconds, hold_ms);
             if s.passed() {
                 lo = mid;
             } else {
@@ -412,11 +425,7 @@ fn main() {
 
     let idle = idle_memory(&idle_counts);
 
-    let mut bench = Bench::start();
-    let mut load = bench.agents("call", call_agents, hold_ms);
-    std::thread::sleep(Duration::from_secs(2));
-    let steps = ramp(&bench, &mut load, seconds, hold_ms);
-    drop(load);
+    let steps = ramp(call_agents, seconds, hold_ms);
 
     println!(
         "| rate (calls/s) | result | INVITE→180 p50 / p99 | INVITE→200 p50 / p99 | CPU s per 1k calls | agent-edge CPU | load agents CPU | SIPp CPU | RSS |"

@@ -238,6 +238,17 @@ pub struct Acd {
     dirty_queues: BTreeSet<String>,
     /// Agents in wrap-up: the timer looks at these, not at every agent signed in.
     wrapping: BTreeSet<String>,
+    /// Calls not yet connected (queued, offered, being withdrawn): the only ones with timers
+    /// or waiting for an agent. Connected calls are most calls at any time, and every event
+    /// would otherwise look at each of them.
+    unconnected: BTreeSet<String>,
+    /// Agents who could take a call now but for wrap-up, skills and declines (available, no
+    /// offer, room under their call limit), longest idle first, with the key each is filed
+    /// under. Picking an agent walks these, not every agent signed in: with thousands
+    /// signed in and calls waiting, a walk of all of them per call per event was the
+    /// distributor's limit.
+    ready: BTreeSet<(Instant, String)>,
+    ready_key: BTreeMap<String, Instant>,
 }
 
 impl Acd {
@@ -256,6 +267,9 @@ impl Acd {
             dirty_agents: BTreeSet::new(),
             dirty_queues: BTreeSet::new(),
             wrapping: BTreeSet::new(),
+            unconnected: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            ready_key: BTreeMap::new(),
         }
     }
 
@@ -343,6 +357,7 @@ impl Acd {
             priority: call_type.priority,
         });
         self.next_order += 1;
+        self.unconnected.insert(call.to_owned());
         self.calls.insert(
             call.to_owned(),
             Call {
@@ -465,6 +480,7 @@ impl Acd {
             .map_or(0, |q| q.wrap_up_s)
             .min(24 * 3600);
         self.calls.remove(call);
+        self.unconnected.remove(call);
         if let Some(a) = self.agents.get_mut(&agent).filter(|_| counted) {
             a.calls.remove(call);
             if a.calls.is_empty() {
@@ -484,8 +500,7 @@ impl Acd {
     /// wrap-ups.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<(String, CallState)> = self
-            .calls
-            .iter()
+            .unconnected_calls()
             .filter(|(_, c)| self.deadline_of(c).is_some_and(|d| d <= now))
             .map(|(id, c)| (id.clone(), c.state.clone()))
             .collect();
@@ -538,7 +553,9 @@ impl Acd {
 
     /// The next time [`Acd::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self.calls.values().filter_map(|c| self.deadline_of(c));
+        let calls = self
+            .unconnected_calls()
+            .filter_map(|(_, c)| self.deadline_of(c));
         let wraps = self
             .wrapping
             .iter()
@@ -630,10 +647,16 @@ impl Acd {
     }
 
     fn waiting_in(&self, queue: &str) -> usize {
-        self.calls
-            .values()
-            .filter(|c| c.queue == queue && c.state == CallState::Queued)
+        self.unconnected_calls()
+            .filter(|(_, c)| c.queue == queue && c.state == CallState::Queued)
             .count()
+    }
+
+    /// Calls not connected, in call-id order (as `calls` iterates).
+    fn unconnected_calls(&self) -> impl Iterator<Item = (&String, &Call)> {
+        self.unconnected
+            .iter()
+            .filter_map(|id| self.calls.get_key_value(id))
     }
 
     fn clear_offer(&mut self, agent: &str, call: &str) {
@@ -698,6 +721,7 @@ impl Acd {
             agent: agent.to_owned(),
             counted,
         };
+        self.unconnected.remove(call);
         let waited = now.saturating_duration_since(c.arrived);
         let queue = c.queue.clone();
         self.dirty_queues.insert(queue.clone());
@@ -781,6 +805,7 @@ impl Acd {
         let Some(c) = self.calls.remove(call) else {
             return;
         };
+        self.unconnected.remove(call);
         self.dirty_queues.insert(c.queue.clone());
         self.events.push_back(AcdEvent::CallEnded {
             call: call.to_owned(),
@@ -817,8 +842,7 @@ impl Acd {
         self.publish_agents(now);
         self.dispatch(now);
         let waiting: Vec<String> = self
-            .calls
-            .iter()
+            .unconnected_calls()
             .filter(|(_, c)| c.state == CallState::Queued && !c.told_queued)
             .map(|(id, _)| id.clone())
             .collect();
@@ -835,7 +859,7 @@ impl Acd {
     /// declined) overflows, or is refused with the queue's `no_agent_status`.
     fn drop_untakeable(&mut self, now: Instant) {
         loop {
-            let stuck = self.calls.iter().find(|(_, c)| {
+            let stuck = self.unconnected_calls().find(|(_, c)| {
                 c.state == CallState::Queued
                     && self.queues.get(&c.queue).is_some_and(|q| {
                         !self.agents.iter().any(|(name, a)| {
@@ -870,8 +894,7 @@ impl Acd {
     /// agent its queue's strategy picks among those free for it.
     fn dispatch(&mut self, now: Instant) {
         let mut waiting: Vec<(Reverse<i32>, i64, String)> = self
-            .calls
-            .iter()
+            .unconnected_calls()
             .filter(|(_, c)| c.state == CallState::Queued)
             .map(|(id, c)| (Reverse(c.call_type.priority), c.order, id.clone()))
             .collect();
@@ -900,6 +923,7 @@ impl Acd {
             if let Some(a) = self.agents.get_mut(&agent) {
                 a.offer = Some(call.clone());
             }
+            self.refresh_ready(&agent);
             self.dirty_agents.insert(agent.clone());
             self.events.push_back(AcdEvent::CallOffered {
                 call: call.clone(),
@@ -912,9 +936,11 @@ impl Acd {
     fn pick(&self, call: &str, now: Instant) -> Option<String> {
         let c = self.calls.get(call)?;
         let q = self.queues.get(&c.queue)?;
+        // In (idle since, name) order: the first is the longest idle.
         let free = self
-            .agents
+            .ready
             .iter()
+            .filter_map(|(_, name)| self.agents.get_key_value(name))
             .filter(|(name, a)| !c.declined.contains(*name) && Self::free_for(a, q, now));
         let skill_total = |a: &Agent| -> u32 {
             q.skills
@@ -923,14 +949,16 @@ impl Acd {
                 .sum()
         };
         let chosen = match q.strategy {
-            Strategy::LongestIdle => free.min_by_key(|(n, a)| (a.idle_since, *n)),
+            // `ready` is in this order already.
+            Strategy::LongestIdle => free.into_iter().next(),
             Strategy::FewestCalls => free.min_by_key(|(n, a)| (a.answered, a.idle_since, *n)),
             Strategy::BestSkill => {
                 free.min_by_key(|(n, a)| (Reverse(skill_total(a)), a.idle_since, *n))
             }
             Strategy::RoundRobin => {
                 let last = self.round_robin.get(&c.queue);
-                let all: Vec<_> = free.collect();
+                let mut all: Vec<_> = free.collect();
+                all.sort_by_key(|(n, _)| *n);
                 all.iter()
                     .find(|(n, _)| last.is_none_or(|l| n.as_str() > l.as_str()))
                     .or_else(|| all.first())
@@ -975,7 +1003,11 @@ impl Acd {
     }
 
     fn queue_view(&self, queue: &str, now: Instant) -> QueueView {
-        let in_queue = self.calls.values().filter(|c| c.queue == queue);
+        // Connected calls count in neither the depth nor the offers.
+        let in_queue = self
+            .unconnected_calls()
+            .map(|(_, c)| c)
+            .filter(|c| c.queue == queue);
         let mut depth = 0;
         let mut offering = 0;
         let mut oldest: Option<Instant> = None;
@@ -997,8 +1029,28 @@ impl Acd {
         }
     }
 
+    /// Files `agent` in [`Acd::ready`] or takes it out, after any change to it.
+    fn refresh_ready(&mut self, agent: &str) {
+        if let Some(key) = self.ready_key.remove(agent) {
+            self.ready.remove(&(key, agent.to_owned()));
+        }
+        if let Some(a) = self.agents.get(agent)
+            && Self::ready(a)
+        {
+            self.ready.insert((a.idle_since, agent.to_owned()));
+            self.ready_key.insert(agent.to_owned(), a.idle_since);
+        }
+    }
+
+    fn ready(a: &Agent) -> bool {
+        a.presence == Presence::Available
+            && a.offer.is_none()
+            && a.calls.len() < a.profile.max_calls as usize
+    }
+
     fn publish_agents(&mut self, now: Instant) {
         for agent in std::mem::take(&mut self.dirty_agents) {
+            self.refresh_ready(&agent);
             let view = self.agent_view(&agent, now);
             self.events.push_back(AcdEvent::Agent(view));
         }
@@ -1019,6 +1071,42 @@ impl Acd {
     /// checked when offering; a supervisor may lower it during calls.) For the property tests
     /// and the fuzz target; the cost is a full walk.
     pub fn audit(&self) -> Result<(), String> {
+        let unconnected: BTreeSet<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !matches!(c.state, CallState::Connected { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if unconnected != self.unconnected {
+            return Err(format!(
+                "unconnected index {:?}, calls say {unconnected:?}",
+                self.unconnected
+            ));
+        }
+        let wrapping: BTreeSet<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.wrap_until.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !wrapping.is_subset(&self.wrapping) {
+            return Err(format!(
+                "wrap-up index {:?} misses some of {wrapping:?}",
+                self.wrapping
+            ));
+        }
+        let ready: BTreeSet<(Instant, String)> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| Self::ready(a))
+            .map(|(name, a)| (a.idle_since, name.clone()))
+            .collect();
+        if ready != self.ready {
+            return Err(format!(
+                "ready index {:?}, agents say {ready:?}",
+                self.ready
+            ));
+        }
         let mut holders = BTreeSet::new();
         for (id, c) in &self.calls {
             match &c.state {

@@ -4,7 +4,7 @@
 //! share one UDP address; each caller leg has its own. Datagrams and `now` in, datagrams
 //! and timeouts out; the service owns the sockets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -182,10 +182,19 @@ pub struct Bridge {
     events: VecDeque<BridgeEvent>,
     /// Datagrams on the WebRTC socket no session accepted.
     pub stray: u64,
+    /// Each session's next WebRTC timer, in order: the owner asks for the earliest after
+    /// every datagram, and a scan of every call each time cost more than the call.
+    timers: BTreeSet<(Instant, SessionId)>,
+    /// When media inactivity is next looked for (once a second, across all calls).
+    next_sweep: Option<Instant>,
     /// One DTLS certificate for every call, made once (as most WebRTC servers do) instead of
     /// a key and a certificate per call; each DTLS handshake still agrees fresh keys.
     dtls_cert: Option<DtlsCert>,
 }
+
+/// How often media inactivity is looked for: a call silent for `inactivity` is reported
+/// within this much more.
+const INACTIVITY_SWEEP: Duration = Duration::from_secs(1);
 
 /// The telephone-event payload type offered to agents.
 const AGENT_TE_PT: u8 = 101;
@@ -201,6 +210,8 @@ impl Bridge {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stray: 0,
+            timers: BTreeSet::new(),
+            next_sweep: None,
             dtls_cert: super::dtls::provider().dtls_provider.generate_certificate(),
         }
     }
@@ -283,6 +294,8 @@ impl Bridge {
             timeout: now,
             created: now,
         };
+        self.timers.insert((now, id));
+        self.next_sweep.get_or_insert(now + INACTIVITY_SWEEP);
         self.sessions.insert(id, session);
         self.drain(id, now);
         Ok((caller_answer, agent_offer.to_sdp_string()))
@@ -384,6 +397,10 @@ impl Bridge {
     /// Ends a call's media and returns its statistics.
     pub fn close(&mut self, id: SessionId) -> Option<MediaStats> {
         let s = self.sessions.remove(&id)?;
+        self.timers.remove(&(s.timeout, id));
+        if self.sessions.is_empty() {
+            self.next_sweep = None;
+        }
         Some(stats_of(&s))
     }
 
@@ -476,10 +493,9 @@ impl Bridge {
     /// Time passes: every session whose timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.timeout <= now)
-            .map(|(id, _)| *id)
+            .timers
+            .range(..=(now, SessionId::MAX))
+            .map(|(_, id)| *id)
             .collect();
         for id in due {
             if let Some(s) = self.sessions.get_mut(&id) {
@@ -487,6 +503,10 @@ impl Bridge {
             }
             self.drain(id, now);
         }
+        if self.next_sweep.is_none_or(|t| t > now) {
+            return;
+        }
+        self.next_sweep = (!self.sessions.is_empty()).then(|| now + INACTIVITY_SWEEP);
         let inactivity = self.inactivity;
         for (id, s) in &mut self.sessions {
             // On hold either way, silence is expected.
@@ -500,12 +520,8 @@ impl Bridge {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let rtc = self.sessions.values().map(|s| s.timeout);
-        let idle = self
-            .sessions
-            .values()
-            .map(|s| s.last_media + self.inactivity);
-        rtc.chain(idle).min()
+        let rtc = self.timers.first().map(|(at, _)| *at);
+        rtc.into_iter().chain(self.next_sweep).min()
     }
 
     pub fn poll_datagram(&mut self) -> Option<Datagram> {
@@ -532,7 +548,11 @@ impl Bridge {
         loop {
             match s.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
-                    s.timeout = t;
+                    if t != s.timeout {
+                        self.timers.remove(&(s.timeout, id));
+                        self.timers.insert((t, id));
+                        s.timeout = t;
+                    }
                     break;
                 }
                 Ok(Output::Transmit(t)) => self.out.push_back(Datagram {
@@ -584,7 +604,9 @@ impl Bridge {
                 Err(e) => {
                     tracing::warn!(session = id, error = %e, "WebRTC session failed");
                     self.events.push_back(BridgeEvent::Failed(id));
+                    self.timers.remove(&(s.timeout, id));
                     s.timeout = now + Duration::from_secs(3600);
+                    self.timers.insert((s.timeout, id));
                     break;
                 }
             }

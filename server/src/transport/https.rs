@@ -62,8 +62,9 @@ pub async fn listen(
     Ok(local)
 }
 
-/// Read buffer of an agent's WebSocket: room for a typical INVITE with SDP.
-const AGENT_READ_BUFFER: usize = 4096;
+/// Read buffer of an agent's WebSocket: room for a REGISTER with its bearer token, the one
+/// message an idle agent sends. A larger message (a browser's SDP) grows it as it arrives.
+const AGENT_READ_BUFFER: usize = 2048;
 
 async fn sip_upgrade(
     ws: WebSocketUpgrade,
