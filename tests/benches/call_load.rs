@@ -469,10 +469,11 @@ fn main() {
     if !text.contains(heading) {
         text.push_str(&format!(
             "\n{heading}\n\nSIPp over UDP → distributor → WSS tunnel → buffer server → load agents over WSS, \
-             all on one machine. Highest rate held {seconds} s with 0 failed calls and 0 \
-             retransmissions; post-dial delay at 200 calls/s (SIPp, 1 ms resolution); the \
-             agent-edge process's CPU per 1,000 calls at the highest rate; memory per idle \
-             registered WSS agent.\n\n\
+             all on one machine. The highest rate held for the step (its length in brackets) \
+             with 0 failed calls and 0 retransmissions; post-dial delay at 200 calls/s (SIPp's \
+             response times, in its clock's steps); the agent-edge process's CPU per 1,000 \
+             calls and resident memory at the highest rate; memory per idle registered WSS \
+             agent; the criterion median of parse + re-address + serialise.\n\n\
              | date | machine | calls/s | INVITE→180 p50 / p99 @200 | INVITE→200 p50 / p99 @200 | CPU s per 1k calls | RSS | idle agent, 1k | idle agent, 10k | parse + re-address |\n\
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         ));
@@ -484,7 +485,10 @@ fn main() {
     };
     let row = format!(
         "| {date} | {machine} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |\n",
-        best.map_or("none".into(), |s| s.rate.to_string()),
+        best.map_or(format!("none ({seconds} s)"), |s| format!(
+            "{} ({seconds} s)",
+            s.rate
+        )),
         ms(at200.and_then(|s| s.ring_p50)),
         ms(at200.and_then(|s| s.ring_p99)),
         ms(at200.and_then(|s| s.answer_p50)),
