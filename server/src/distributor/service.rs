@@ -554,13 +554,11 @@ impl Distributor {
                         }
                     }
                     Frame::CallStats { call_id, json } => {
-                        // Kept only for calls the ACD holds, so the map cannot grow.
+                        // Kept only for calls the ACD holds, and dropped when the ACD says a
+                        // call ended, so the map cannot grow.
                         if self.acd.call_info(&call_id, now).is_some() {
                             self.media_stats.insert(call_id, json);
                         }
-                        let acd = &self.acd;
-                        self.media_stats
-                            .retain(|c, _| acd.call_info(c, now).is_some());
                     }
                     other => debug!(frame = ?other, "ignoring tunnel frame"),
                 }
@@ -951,8 +949,12 @@ impl Distributor {
             }
         }
         while let Some(event) = self.acd.poll_event() {
-            if let acd::AcdEvent::Agent(view) = &event {
-                self.tell_page(view);
+            match &event {
+                acd::AcdEvent::Agent(view) => self.tell_page(view),
+                acd::AcdEvent::CallEnded { call, .. } => {
+                    self.media_stats.remove(call);
+                }
+                _ => {}
             }
             if self.events.receiver_count() == 0 {
                 continue;
