@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::call_index::{CallIndex, Entry, Waiting};
 use super::config::{QueueConfig, Strategy};
 use super::rules::CallType;
 
@@ -236,14 +237,18 @@ pub struct Acd {
     events: VecDeque<AcdEvent>,
     dirty_agents: BTreeSet<String>,
     dirty_queues: BTreeSet<String>,
-    /// Agents in wrap-up: the timer looks at these, not at every agent signed in.
-    wrapping: BTreeSet<String>,
+    /// Agents in wrap-up, by when it ends: the timer looks at the first, not at every agent
+    /// signed in.
+    wrapping: BTreeSet<(Instant, String)>,
     /// Calls not yet connected (queued, offered, being withdrawn): the only ones with timers
-    /// or waiting for an agent. Connected calls are most calls at any time, and every event
-    /// would otherwise look at each of them.
-    unconnected: BTreeSet<String>,
-    /// Agents who could take a call now but for wrap-up, skills and declines (available, no
-    /// offer, room under their call limit), longest idle first, with the key each is filed
+    /// or waiting for an agent, filed by deadline, rank and queue. Connected calls are most
+    /// calls at any time, and every event would otherwise look at each of them.
+    index: CallIndex,
+    /// An agent signed out or its skills changed: every waiting call must be checked for
+    /// someone who could still take it.
+    recheck_all: bool,
+    /// Agents who could take a call now but for skills and declines (available, out of
+    /// wrap-up, no offer, room under their call limit), longest idle first, with the key each is filed
     /// under. Picking an agent walks these, not every agent signed in: with thousands
     /// signed in and calls waiting, a walk of all of them per call per event was the
     /// distributor's limit.
@@ -267,7 +272,8 @@ impl Acd {
             dirty_agents: BTreeSet::new(),
             dirty_queues: BTreeSet::new(),
             wrapping: BTreeSet::new(),
-            unconnected: BTreeSet::new(),
+            index: CallIndex::default(),
+            recheck_all: false,
             ready: BTreeSet::new(),
             ready_key: BTreeMap::new(),
         }
@@ -283,7 +289,10 @@ impl Acd {
             ..profile
         };
         match self.agents.get_mut(agent) {
-            Some(a) => a.profile = profile,
+            Some(a) => {
+                self.recheck_all |= a.profile != profile;
+                a.profile = profile;
+            }
             None => {
                 self.agents.insert(
                     agent.to_owned(),
@@ -308,7 +317,10 @@ impl Acd {
         let Some(a) = self.agents.remove(agent) else {
             return;
         };
-        self.wrapping.remove(agent);
+        if let Some(until) = a.wrap_until {
+            self.wrapping.remove(&(until, agent.to_owned()));
+        }
+        self.recheck_all = true;
         if let Some(call) = a.offer {
             self.withdraw(&call, false, now);
         }
@@ -333,8 +345,9 @@ impl Acd {
         };
         if presence == Presence::Available {
             // Ready again: wrap-up, if any, is over.
-            a.wrap_until = None;
-            self.wrapping.remove(agent);
+            if let Some(until) = a.wrap_until.take() {
+                self.wrapping.remove(&(until, agent.to_owned()));
+            }
             if a.presence != Presence::Available && a.calls.is_empty() {
                 a.idle_since = now;
             }
@@ -357,7 +370,6 @@ impl Acd {
             priority: call_type.priority,
         });
         self.next_order += 1;
-        self.unconnected.insert(call.to_owned());
         self.calls.insert(
             call.to_owned(),
             Call {
@@ -371,6 +383,7 @@ impl Acd {
                 told_queued: false,
             },
         );
+        self.reindex(call);
         self.dirty_queues.insert(queue.clone());
         let waiting = self.waiting_in(&queue);
         let max_length = self.queues.get(&queue).map_or(0, |q| q.max_length);
@@ -480,13 +493,16 @@ impl Acd {
             .map_or(0, |q| q.wrap_up_s)
             .min(24 * 3600);
         self.calls.remove(call);
-        self.unconnected.remove(call);
+        self.index.set(call, None);
         if let Some(a) = self.agents.get_mut(&agent).filter(|_| counted) {
             a.calls.remove(call);
             if a.calls.is_empty() {
                 if wrap_up > 0 {
-                    a.wrap_until = Some(now + Duration::from_secs(wrap_up));
-                    self.wrapping.insert(agent.clone());
+                    let until = now + Duration::from_secs(wrap_up);
+                    if let Some(old) = a.wrap_until.replace(until) {
+                        self.wrapping.remove(&(old, agent.clone()));
+                    }
+                    self.wrapping.insert((until, agent.clone()));
                 } else {
                     a.idle_since = now;
                 }
@@ -499,12 +515,10 @@ impl Acd {
     /// Fires what is due: ring-no-answer, withdrawals that took too long, queue waits,
     /// wrap-ups.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<(String, CallState)> = self
-            .unconnected_calls()
-            .filter(|(_, c)| self.deadline_of(c).is_some_and(|d| d <= now))
-            .map(|(id, c)| (id.clone(), c.state.clone()))
-            .collect();
-        for (call, state) in due {
+        for call in self.index.due(now) {
+            let Some(state) = self.calls.get(&call).map(|c| c.state.clone()) else {
+                continue;
+            };
             match state {
                 CallState::Offered { agent, .. } => {
                     tracing::info!(%call, %agent, "ring-no-answer: withdrawing the offer");
@@ -519,18 +533,14 @@ impl Acd {
                 CallState::Connected { .. } => {}
             }
         }
-        let wrapped: Vec<String> = self
+        while let Some(first) = self
             .wrapping
-            .iter()
-            .filter(|name| {
-                self.agents
-                    .get(*name)
-                    .is_none_or(|a| a.wrap_until.is_none_or(|until| until <= now))
-            })
+            .first()
+            .filter(|(until, _)| *until <= now)
             .cloned()
-            .collect();
-        for name in wrapped {
-            self.wrapping.remove(&name);
+        {
+            self.wrapping.remove(&first);
+            let name = first.1;
             if let Some(a) = self.agents.get_mut(&name)
                 && let Some(until) = a.wrap_until.take()
             {
@@ -553,14 +563,8 @@ impl Acd {
 
     /// The next time [`Acd::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self
-            .unconnected_calls()
-            .filter_map(|(_, c)| self.deadline_of(c));
-        let wraps = self
-            .wrapping
-            .iter()
-            .filter_map(|name| self.agents.get(name)?.wrap_until);
-        calls.chain(wraps).min()
+        let wraps = self.wrapping.first().map(|(until, _)| *until);
+        self.index.next_deadline().into_iter().chain(wraps).min()
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -635,28 +639,38 @@ impl Acd {
 
     // ---- internals ----------------------------------------------------------------------
 
-    fn deadline_of(&self, c: &Call) -> Option<Instant> {
-        match &c.state {
-            CallState::Offered { until, .. } | CallState::Withdrawing { until, .. } => Some(*until),
+    /// How the call is filed in [`Acd::index`]: not at all once connected.
+    fn entry_of(&self, c: &Call) -> Option<Entry> {
+        let (deadline, waiting) = match &c.state {
+            CallState::Offered { until, .. } | CallState::Withdrawing { until, .. } => {
+                (*until, None)
+            }
             CallState::Queued => {
                 let wait = self.queues.get(&c.queue).map_or(120, |q| q.max_wait_s);
-                Some(c.queued_at + Duration::from_secs(wait))
+                let waiting = Waiting {
+                    rank: (Reverse(c.call_type.priority), c.order),
+                    queued_at: c.queued_at,
+                    untold: !c.told_queued,
+                };
+                (c.queued_at + Duration::from_secs(wait), Some(waiting))
             }
-            CallState::Connected { .. } => None,
-        }
+            CallState::Connected { .. } => return None,
+        };
+        Some(Entry {
+            queue: c.queue.clone(),
+            deadline,
+            waiting,
+        })
+    }
+
+    /// Files the call again after a change to it (or its removal).
+    fn reindex(&mut self, call: &str) {
+        let entry = self.calls.get(call).and_then(|c| self.entry_of(c));
+        self.index.set(call, entry);
     }
 
     fn waiting_in(&self, queue: &str) -> usize {
-        self.unconnected_calls()
-            .filter(|(_, c)| c.queue == queue && c.state == CallState::Queued)
-            .count()
-    }
-
-    /// Calls not connected, in call-id order (as `calls` iterates).
-    fn unconnected_calls(&self) -> impl Iterator<Item = (&String, &Call)> {
-        self.unconnected
-            .iter()
-            .filter_map(|id| self.calls.get_key_value(id))
+        self.index.waiting_in(queue)
     }
 
     fn clear_offer(&mut self, agent: &str, call: &str) {
@@ -697,6 +711,7 @@ impl Acd {
             held,
         };
         self.dirty_queues.insert(c.queue.clone());
+        self.reindex(call);
         self.decisions.push_back(Decision::Withdraw {
             call: call.to_owned(),
             agent,
@@ -711,6 +726,7 @@ impl Acd {
         c.order = i64::MIN / 2 + self.next_head;
         c.state = CallState::Queued;
         self.dirty_queues.insert(c.queue.clone());
+        self.reindex(call);
     }
 
     fn connect(&mut self, call: &str, agent: &str, counted: bool, now: Instant) {
@@ -721,7 +737,7 @@ impl Acd {
             agent: agent.to_owned(),
             counted,
         };
-        self.unconnected.remove(call);
+        self.index.set(call, None);
         let waited = now.saturating_duration_since(c.arrived);
         let queue = c.queue.clone();
         self.dirty_queues.insert(queue.clone());
@@ -731,8 +747,9 @@ impl Acd {
             }
             a.calls.insert(call.to_owned());
             a.answered += 1;
-            a.wrap_until = None;
-            self.wrapping.remove(agent);
+            if let Some(until) = a.wrap_until.take() {
+                self.wrapping.remove(&(until, agent.to_owned()));
+            }
             if matches!(&a.presence, Presence::Away { reason } if reason == "no answer") {
                 // It answered as the offer was being withdrawn: it is there after all.
                 a.presence = Presence::Available;
@@ -779,6 +796,7 @@ impl Acd {
         c.queue = queue.to_owned();
         c.queued_at = now;
         self.dirty_queues.insert(queue.to_owned());
+        self.reindex(call);
         tracing::info!(%call, %queue, "call overflows");
         if let Some(status) = full {
             self.refuse(call, status, Outcome::Refused, "overflow queue full", now);
@@ -805,7 +823,7 @@ impl Acd {
         let Some(c) = self.calls.remove(call) else {
             return;
         };
-        self.unconnected.remove(call);
+        self.index.set(call, None);
         self.dirty_queues.insert(c.queue.clone());
         self.events.push_back(AcdEvent::CallEnded {
             call: call.to_owned(),
@@ -841,15 +859,11 @@ impl Acd {
         // available, then reserved.
         self.publish_agents(now);
         self.dispatch(now);
-        let waiting: Vec<String> = self
-            .unconnected_calls()
-            .filter(|(_, c)| c.state == CallState::Queued && !c.told_queued)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for call in waiting {
+        for call in self.index.untold() {
             if let Some(c) = self.calls.get_mut(&call) {
                 c.told_queued = true;
             }
+            self.reindex(&call);
             self.decisions.push_back(Decision::Queued { call });
         }
         self.publish(now);
@@ -857,23 +871,34 @@ impl Acd {
 
     /// A waiting call whose queue has no signed-in agent able to take it (skills, not
     /// declined) overflows, or is refused with the queue's `no_agent_status`.
+    ///
+    /// Only calls that started waiting since the last check are looked at, and all of them
+    /// after an agent signed out or changed skills: nothing else changes the answer.
     fn drop_untakeable(&mut self, now: Instant) {
+        let mut all = std::mem::take(&mut self.recheck_all);
+        // A call that overflows waits in another queue and is checked again there.
+        let mut to_check = BTreeSet::new();
         loop {
-            let stuck = self.unconnected_calls().find(|(_, c)| {
-                c.state == CallState::Queued
-                    && self.queues.get(&c.queue).is_some_and(|q| {
-                        !self.agents.iter().any(|(name, a)| {
-                            !c.declined.contains(name) && Self::qualified(&a.profile, q)
-                        })
-                    })
-            });
-            let Some((call, c)) = stuck else {
+            if to_check.is_empty() {
+                to_check = self.index.take_to_check(std::mem::take(&mut all));
+            }
+            let Some(call) = to_check.pop_first() else {
                 return;
             };
-            let call = call.clone();
+            let Some(c) = self.calls.get(&call) else {
+                continue;
+            };
             let Some(q) = self.queues.get(&c.queue) else {
-                return;
+                continue;
             };
+            let takeable = c.state != CallState::Queued
+                || self
+                    .agents
+                    .iter()
+                    .any(|(name, a)| !c.declined.contains(name) && Self::qualified(&a.profile, q));
+            if takeable {
+                continue;
+            }
             match q.overflow.clone() {
                 Some(overflow) => self.move_to(&call, &overflow, now),
                 None => {
@@ -893,13 +918,15 @@ impl Acd {
     /// Offers waiting calls, best first (higher priority, then place in line), each to the
     /// agent its queue's strategy picks among those free for it.
     fn dispatch(&mut self, now: Instant) {
-        let mut waiting: Vec<(Reverse<i32>, i64, String)> = self
-            .unconnected_calls()
-            .filter(|(_, c)| c.state == CallState::Queued)
-            .map(|(id, c)| (Reverse(c.call_type.priority), c.order, id.clone()))
-            .collect();
-        waiting.sort();
-        for (_, _, call) in waiting {
+        let mut cursor: Option<(Reverse<i32>, i64, String)> = None;
+        // Walks the waiting calls in rank order while some agent is ready: with none, a long
+        // queue costs nothing per event.
+        while !self.ready.is_empty() {
+            let Some(next) = self.index.next_waiting(cursor.as_ref()).cloned() else {
+                return;
+            };
+            let call = next.2.clone();
+            cursor = Some(next);
             let Some(agent) = self.pick(&call, now) else {
                 continue;
             };
@@ -923,6 +950,7 @@ impl Acd {
             if let Some(a) = self.agents.get_mut(&agent) {
                 a.offer = Some(call.clone());
             }
+            self.reindex(&call);
             self.refresh_ready(&agent);
             self.dirty_agents.insert(agent.clone());
             self.events.push_back(AcdEvent::CallOffered {
@@ -1004,23 +1032,7 @@ impl Acd {
 
     fn queue_view(&self, queue: &str, now: Instant) -> QueueView {
         // Connected calls count in neither the depth nor the offers.
-        let in_queue = self
-            .unconnected_calls()
-            .map(|(_, c)| c)
-            .filter(|c| c.queue == queue);
-        let mut depth = 0;
-        let mut offering = 0;
-        let mut oldest: Option<Instant> = None;
-        for c in in_queue {
-            match c.state {
-                CallState::Queued => {
-                    depth += 1;
-                    oldest = Some(oldest.map_or(c.queued_at, |o| o.min(c.queued_at)));
-                }
-                CallState::Offered { .. } | CallState::Withdrawing { .. } => offering += 1,
-                CallState::Connected { .. } => {}
-            }
-        }
+        let (depth, offering, oldest) = self.index.queue(queue);
         QueueView {
             queue: queue.to_owned(),
             depth,
@@ -1044,6 +1056,7 @@ impl Acd {
 
     fn ready(a: &Agent) -> bool {
         a.presence == Presence::Available
+            && a.wrap_until.is_none()
             && a.offer.is_none()
             && a.calls.len() < a.profile.max_calls as usize
     }
@@ -1071,27 +1084,21 @@ impl Acd {
     /// checked when offering; a supervisor may lower it during calls.) For the property tests
     /// and the fuzz target; the cost is a full walk.
     pub fn audit(&self) -> Result<(), String> {
-        let unconnected: BTreeSet<String> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| !matches!(c.state, CallState::Connected { .. }))
-            .map(|(id, _)| id.clone())
-            .collect();
-        if unconnected != self.unconnected {
-            return Err(format!(
-                "unconnected index {:?}, calls say {unconnected:?}",
-                self.unconnected
-            ));
+        let mut index = CallIndex::default();
+        for (id, c) in &self.calls {
+            index.set(id, self.entry_of(c));
         }
-        let wrapping: BTreeSet<String> = self
+        if !index.same_filing(&self.index) {
+            return Err(format!("call index {:?}, calls say {index:?}", self.index));
+        }
+        let wrapping: BTreeSet<(Instant, String)> = self
             .agents
             .iter()
-            .filter(|(_, a)| a.wrap_until.is_some())
-            .map(|(name, _)| name.clone())
+            .filter_map(|(name, a)| Some((a.wrap_until?, name.clone())))
             .collect();
-        if !wrapping.is_subset(&self.wrapping) {
+        if wrapping != self.wrapping {
             return Err(format!(
-                "wrap-up index {:?} misses some of {wrapping:?}",
+                "wrap-up index {:?}, agents say {wrapping:?}",
                 self.wrapping
             ));
         }

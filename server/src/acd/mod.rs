@@ -2,6 +2,7 @@
 //! and strategies, agent states. Pure: events and the time in, decisions out; the
 //! distributor's service owns the one [`Acd`] and turns its decisions into SIP.
 
+mod call_index;
 pub mod config;
 pub mod engine;
 pub mod rules;

@@ -98,13 +98,22 @@ async fn serve_sip_socket(transports: Transports, socket: WebSocket, peer: Socke
         conn: Some(id),
     };
     let (mut sink, mut stream) = socket.split();
+    let as_message = |bytes: Bytes| match String::from_utf8(bytes.to_vec()) {
+        Ok(text) => Message::Text(text.into()),
+        Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
+    };
+    // Messages already waiting go out with one flush (one TLS record, one write).
     let write = async {
-        while let Some(bytes) = outbound.recv().await {
-            let msg = match String::from_utf8(bytes.to_vec()) {
-                Ok(text) => Message::Text(text.into()),
-                Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
-            };
-            if sink.send(msg).await.is_err() {
+        'conn: while let Some(bytes) = outbound.recv().await {
+            if sink.feed(as_message(bytes)).await.is_err() {
+                break;
+            }
+            while let Ok(bytes) = outbound.try_recv() {
+                if sink.feed(as_message(bytes)).await.is_err() {
+                    break 'conn;
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }

@@ -233,6 +233,30 @@ async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr, cre
     let _ = state.events.send(TunnelServerEvent::Down { conn }).await;
 }
 
+/// At most this many frames waiting to go out are written before one flush.
+const MAX_BURST: usize = 64;
+
+/// Writes `first` and the frames already waiting behind it, then flushes once: under load a
+/// burst becomes one TLS record and one write instead of one of each per frame (a write per
+/// frame was an eighth of the edge's CPU at 1,600 calls/s).
+async fn send_burst<Si>(sink: &mut Si, first: Frame, outbound: &mut mpsc::Receiver<Frame>) -> bool
+where
+    Si: Sink<bytes::Bytes> + Unpin,
+{
+    if sink.feed(proto_tunnel::encode(&first)).await.is_err() {
+        return false;
+    }
+    for _ in 1..MAX_BURST {
+        let Ok(frame) = outbound.try_recv() else {
+            break;
+        };
+        if sink.feed(proto_tunnel::encode(&frame)).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
 /// Moves frames both ways until either side ends or the peer falls silent. Pings are answered
 /// here; every other frame goes to `deliver`.
 async fn pump<Si, St, D, F>(
@@ -255,7 +279,7 @@ async fn pump<Si, St, D, F>(
         tokio::select! {
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break };
-                if sink.send(proto_tunnel::encode(&frame)).await.is_err() {
+                if !send_burst(&mut sink, frame, &mut outbound).await {
                     break;
                 }
             }
