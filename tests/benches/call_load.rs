@@ -5,7 +5,8 @@
 //! 1. memory per idle registered WSS agent, at 1,000 and 10,000 agents;
 //! 2. the highest call rate held for a step (30 s by default) with 0 failed calls and 0
 //!    retransmissions, ramping by doubling then bisecting; at each step the post-dial delay
-//!    (SIPp's response times: INVITE to the first 180, INVITE to the 200; 1 ms resolution),
+//!    (SIPp's response times: INVITE to the first 180, INVITE to the 200, in steps of SIPp's
+//!    clock: 4 ms on the bench VM),
 //!    the agent-edge process's CPU seconds per 1,000 calls and its resident memory;
 //! 3. the criterion micro-benchmark of parse plus re-address (`cargo bench -p agent-edge
 //!    --bench sip_path`, which `just bench` runs first), read from its estimates.
