@@ -314,12 +314,10 @@ impl Acd {
 
     /// The agent signed out or its edge went away. A call offered to it goes elsewhere.
     pub fn sign_out(&mut self, agent: &str, now: Instant) {
-        let Some(a) = self.agents.remove(agent) else {
+        let Some(mut a) = self.agents.remove(agent) else {
             return;
         };
-        if let Some(until) = a.wrap_until {
-            self.wrapping.remove(&(until, agent.to_owned()));
-        }
+        set_wrap_up(&mut self.wrapping, agent, &mut a, None);
         self.recheck_all = true;
         if let Some(call) = a.offer {
             self.withdraw(&call, false, now);
@@ -345,9 +343,7 @@ impl Acd {
         };
         if presence == Presence::Available {
             // Ready again: wrap-up, if any, is over.
-            if let Some(until) = a.wrap_until.take() {
-                self.wrapping.remove(&(until, agent.to_owned()));
-            }
+            set_wrap_up(&mut self.wrapping, agent, a, None);
             if a.presence != Presence::Available && a.calls.is_empty() {
                 a.idle_since = now;
             }
@@ -385,7 +381,7 @@ impl Acd {
         );
         self.reindex(call);
         self.dirty_queues.insert(queue.clone());
-        let waiting = self.waiting_in(&queue);
+        let waiting = self.index.waiting_in(&queue);
         let max_length = self.queues.get(&queue).map_or(0, |q| q.max_length);
         if waiting > max_length {
             let status = self.queues.get(&queue).map_or(486, |q| q.full_status);
@@ -499,10 +495,7 @@ impl Acd {
             if a.calls.is_empty() {
                 if wrap_up > 0 {
                     let until = now + Duration::from_secs(wrap_up);
-                    if let Some(old) = a.wrap_until.replace(until) {
-                        self.wrapping.remove(&(old, agent.clone()));
-                    }
-                    self.wrapping.insert((until, agent.clone()));
+                    set_wrap_up(&mut self.wrapping, &agent, a, Some(until));
                 } else {
                     a.idle_since = now;
                 }
@@ -669,10 +662,6 @@ impl Acd {
         self.index.set(call, entry);
     }
 
-    fn waiting_in(&self, queue: &str) -> usize {
-        self.index.waiting_in(queue)
-    }
-
     fn clear_offer(&mut self, agent: &str, call: &str) {
         if let Some(a) = self.agents.get_mut(agent)
             && a.offer.as_deref() == Some(call)
@@ -747,9 +736,7 @@ impl Acd {
             }
             a.calls.insert(call.to_owned());
             a.answered += 1;
-            if let Some(until) = a.wrap_until.take() {
-                self.wrapping.remove(&(until, agent.to_owned()));
-            }
+            set_wrap_up(&mut self.wrapping, agent, a, None);
             if matches!(&a.presence, Presence::Away { reason } if reason == "no answer") {
                 // It answered as the offer was being withdrawn: it is there after all.
                 a.presence = Presence::Available;
@@ -784,7 +771,7 @@ impl Acd {
 
     /// Moves a waiting call to another queue, where it waits afresh.
     fn move_to(&mut self, call: &str, queue: &str, now: Instant) {
-        let waiting = self.waiting_in(queue);
+        let waiting = self.index.waiting_in(queue);
         let Some(q) = self.queues.get(queue) else {
             return;
         };
@@ -1161,6 +1148,21 @@ impl Acd {
             }
         }
         Ok(())
+    }
+}
+
+/// Sets or ends an agent's wrap-up, keeping `wrapping` (agents by when it ends) in step.
+fn set_wrap_up(
+    wrapping: &mut BTreeSet<(Instant, String)>,
+    name: &str,
+    a: &mut Agent,
+    until: Option<Instant>,
+) {
+    if let Some(old) = std::mem::replace(&mut a.wrap_until, until) {
+        wrapping.remove(&(old, name.to_owned()));
+    }
+    if let Some(until) = until {
+        wrapping.insert((until, name.to_owned()));
     }
 }
 
