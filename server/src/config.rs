@@ -42,6 +42,29 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The distributor's admin HTTP API.
     pub admin: AdminConfig,
+    /// What Ctrl-C or SIGTERM does to calls in progress.
+    pub shutdown: ShutdownConfig,
+}
+
+/// A graceful stop: new calls are refused with 503 at once, calls in progress get `grace_s`
+/// to end by themselves, then both legs of each are hung up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds calls in progress (and callers waiting in queues) are given to end.
+    pub grace_s: u64,
+    /// Seconds the BYEs sent after the grace wait for their answers before the process
+    /// goes anyway (a caller that never answers cannot hold a shutdown).
+    pub bye_wait_s: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_s: 30,
+            bye_wait_s: 5,
+        }
+    }
 }
 
 /// The admin API: where it listens, where agents are stored, where its key is kept.
@@ -222,10 +245,10 @@ pub struct BufferConfig {
     /// Longest registration granted, in seconds.
     pub max_expires: u32,
     /// How the distributor hands calls to this edge: tunnel, uri, message or table.
-    pub handoff: String,
+    pub handoff: crate::handoff::Mode,
     /// Reach the distributor over plain SIP instead of the tunnel, for an edge with a public
-    /// address: `udp:HOST:PORT` or `tcp:HOST:PORT`. Only the `uri` and `message` hand-offs.
-    pub distributor_sip: Option<String>,
+    /// address: `udp:IP:PORT` or `tcp:IP:PORT`. Only the `uri` and `message` hand-offs.
+    pub distributor_sip: Option<SipLink>,
     /// With `distributor_sip`: the distributor's public keys (its /.well-known/jwks.json), to
     /// verify agent tokens without a tunnel to learn them from.
     pub keys_file: Option<PathBuf>,
@@ -251,7 +274,7 @@ impl Default for BufferConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 5070)),
             https: SocketAddr::from(([127, 0, 0, 1], 8443)),
             max_expires: 3600,
-            handoff: "tunnel".into(),
+            handoff: crate::handoff::Mode::Tunnel,
             distributor_sip: None,
             keys_file: None,
             token_file: None,
@@ -262,21 +285,46 @@ impl Default for BufferConfig {
     }
 }
 
-impl BufferConfig {
-    /// The distributor's plain-SIP address, when the edge has no tunnel.
-    pub fn link_target(&self) -> Option<crate::sip::Target> {
-        let (kind, addr) = self.distributor_sip.as_deref()?.split_once(':')?;
-        let addr: SocketAddr = addr.parse().ok()?;
+/// Where an edge without a tunnel reaches its distributor over plain SIP: written
+/// `udp:IP:PORT` or `tcp:IP:PORT`, checked when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SipLink {
+    pub kind: crate::sip::TransportKind,
+    pub addr: SocketAddr,
+}
+
+impl TryFrom<String> for SipLink {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<SipLink, String> {
+        let bad = || format!("{text:?} is not udp:IP:PORT or tcp:IP:PORT");
+        let (kind, addr) = text.split_once(':').ok_or_else(bad)?;
         let kind = match kind {
             "udp" => crate::sip::TransportKind::Udp,
             "tcp" => crate::sip::TransportKind::Tcp,
-            _ => return None,
+            _ => return Err(bad()),
         };
-        Some(crate::sip::Target {
-            kind,
-            addr,
+        let addr = addr.parse().map_err(|_| bad())?;
+        Ok(SipLink { kind, addr })
+    }
+}
+
+impl SipLink {
+    /// Where the transaction layer sends to the distributor.
+    pub fn target(self) -> crate::sip::Target {
+        crate::sip::Target {
+            kind: self.kind,
+            addr: self.addr,
             conn: None,
-        })
+        }
+    }
+}
+
+impl BufferConfig {
+    /// The distributor's plain-SIP address, when the edge has no tunnel.
+    pub fn link_target(&self) -> Option<crate::sip::Target> {
+        self.distributor_sip.map(SipLink::target)
     }
 }
 
@@ -333,15 +381,9 @@ impl Config {
         if !(60..=31 * 24 * 3600).contains(&self.identity.token_ttl_s) {
             return invalid("identity.token_ttl_s must be between 60 s and 31 days");
         }
-        let Some(mode) = crate::handoff::Mode::parse(&self.buffer.handoff) else {
-            return invalid("buffer.handoff must be tunnel, uri, message or table");
-        };
         if self.buffer.distributor_sip.is_some() {
-            if self.buffer.link_target().is_none() {
-                return invalid("buffer.distributor_sip must be udp:IP:PORT or tcp:IP:PORT");
-            }
             if !matches!(
-                mode,
+                self.buffer.handoff,
                 crate::handoff::Mode::Uri | crate::handoff::Mode::Message
             ) {
                 return invalid("over buffer.distributor_sip the hand-off is uri or message");
@@ -352,6 +394,9 @@ impl Config {
         }
         if !(5..=3600).contains(&self.buffer.media_timeout_s) {
             return invalid("buffer.media_timeout_s must be 5-3600 seconds");
+        }
+        if self.shutdown.grace_s > 3600 || !(1..=60).contains(&self.shutdown.bye_wait_s) {
+            return invalid("shutdown.grace_s must be at most 3600 and bye_wait_s 1-60 seconds");
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");
@@ -416,7 +461,6 @@ mod tests {
             "[buffer]\nconnect = \"ws://127.0.0.1:1/tunnel\"\n",
             "[tls]\ncert = \"a.pem\"\n",
             "[buffer]\ndistributor_sip = \"udp:127.0.0.1:5060\"\nhandoff = \"table\"\nkeys_file = \"k\"\n",
-            "[buffer]\ndistributor_sip = \"sctp:127.0.0.1:5060\"\nhandoff = \"uri\"\nkeys_file = \"k\"\n",
             "[buffer]\ndistributor_sip = \"udp:127.0.0.1:5060\"\nhandoff = \"uri\"\n",
         ] {
             assert!(
@@ -424,5 +468,34 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn hand_off_and_link_are_typed_when_the_file_is_read() {
+        for (text, says) in [
+            ("[buffer]\nhandoff = \"fax\"\n", "unknown variant `fax`"),
+            (
+                "[buffer]\ndistributor_sip = \"sctp:127.0.0.1:5060\"\nhandoff = \"uri\"\n",
+                "is not udp:IP:PORT or tcp:IP:PORT",
+            ),
+            (
+                "[buffer]\ndistributor_sip = \"udp:somewhere\"\nhandoff = \"uri\"\n",
+                "is not udp:IP:PORT or tcp:IP:PORT",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Parse(_)) && err.to_string().contains(says),
+                "{text}: {err}"
+            );
+        }
+        let c = Config::parse(
+            "[buffer]\ndistributor_sip = \"tcp:127.0.0.1:5060\"\nhandoff = \"message\"\nkeys_file = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.buffer.handoff, crate::handoff::Mode::Message);
+        let target = c.buffer.link_target().unwrap();
+        assert_eq!(target.kind, crate::sip::TransportKind::Tcp);
+        assert_eq!(target.addr, SocketAddr::from(([127, 0, 0, 1], 5060)));
     }
 }

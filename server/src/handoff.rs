@@ -17,8 +17,9 @@ use bytes::Bytes;
 
 use crate::sip::{Header, Method, SipError, SipMessage, SipUri, StartLine};
 
-/// How a buffer server wants calls handed to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a buffer server wants calls handed to it (`[buffer] handoff` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Tunnel,
     Uri,

@@ -407,6 +407,22 @@ impl Acd {
         self.settle(now);
     }
 
+    /// The distributor is shutting down: every call still waiting in a queue (not offered,
+    /// not connected) is refused with `status`, so no caller is left ringing into a process
+    /// that is about to close. Offered and connected calls are left to end on their own.
+    pub fn refuse_waiting(&mut self, status: u16, reason: &str, now: Instant) {
+        let waiting: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Queued)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call in waiting {
+            self.refuse(&call, status, Outcome::Refused, reason, now);
+        }
+        self.settle(now);
+    }
+
     /// The agent's side rings (a 180 from its edge).
     pub fn offer_ringing(&mut self, call: &str, agent: &str, now: Instant) {
         if let Some(Call {

@@ -368,3 +368,27 @@ fn strategies_choose_as_named() {
     assert_eq!(run(Strategy::BestSkill), ["cat", "cat", "cat", "cat"]);
     assert_eq!(run(Strategy::FewestCalls), ["bea", "cat", "ann", "bea"]);
 }
+
+#[test]
+fn shutting_down_refuses_the_waiting_calls_and_leaves_connected_ones() {
+    let clock = Clock::new();
+    let mut acd = Acd::new(vec![queue("q")]);
+    acd.sign_in("alice", skilled(&[]), clock.at(0));
+    acd.call_arrived("c1", ty("q", 0), clock.at(1));
+    acd.offer_ended("c1", "alice", OfferEnd::Answered, clock.at(2));
+    acd.call_arrived("c2", ty("q", 0), clock.at(3));
+    acd.call_arrived("c3", ty("q", 0), clock.at(4));
+    decisions(&mut acd);
+    ended(&mut acd);
+    acd.refuse_waiting(503, "shutting down", clock.at(5));
+    let refused: Vec<_> = decisions(&mut acd)
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Refuse { call, status, .. } => Some((call, status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec![("c2".into(), 503), ("c3".into(), 503)]);
+    assert_eq!(acd.agent_of("c1"), Some("alice"));
+    acd.audit().unwrap();
+}

@@ -187,6 +187,13 @@ impl RoutingTable {
             .map(|(k, _)| *k)
     }
 
+    /// Every call's key, oldest first (for ending them all at shutdown).
+    pub fn keys(&self) -> Vec<CallKey> {
+        let mut keys: Vec<CallKey> = self.calls.keys().copied().collect();
+        keys.sort_by_key(|k| k.0);
+        keys
+    }
+
     pub fn len(&self) -> usize {
         self.calls.len()
     }

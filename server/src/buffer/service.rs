@@ -16,6 +16,7 @@ use super::readdress::{self, LocalAddr};
 use super::registrar::{self, RegisterRequest, Registrar};
 use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
 use crate::admin::tokens::{self, TokenError, TokenVerifier, VerifierSettings};
+use crate::app::status::{Status, StatusSink};
 use crate::config::{BufferConfig, SipConfig};
 use crate::handoff::{self, Mode, RouteTable};
 use crate::ids;
@@ -40,6 +41,9 @@ pub struct Link {
     pub target: Target,
     /// The edge credential (an edge token), sent as a bearer token on each REGISTER.
     pub token: String,
+    /// Checks agent tokens with the distributor's public keys from a file, since no tunnel
+    /// brings them.
+    pub verifier: TokenVerifier,
 }
 
 /// The content type of a page's presence MESSAGE, and of the agent state sent to it.
@@ -54,6 +58,21 @@ const STATS_SLICES: u32 = 20;
 
 /// How long a link registration of an agent lasts; refreshed at half of it.
 const LINK_EXPIRES: Duration = Duration::from_secs(600);
+
+/// What the program running the buffer server asks of it.
+#[derive(Debug)]
+pub enum Command {
+    /// A shutdown began: new calls from the distributor are refused with 503.
+    Drain,
+    /// How many calls are in progress, and how many of the BYEs sent by [`Command::HangUpAll`]
+    /// still wait for their answer.
+    Calls {
+        reply: tokio::sync::oneshot::Sender<(usize, usize)>,
+    },
+    /// The shutdown's grace is over: answered calls are ended with BYE on both legs, calls
+    /// still ringing are cancelled towards the agent and refused with 503 towards the caller.
+    HangUpAll,
+}
 
 /// A request forwarded from one leg to the other, waiting for its answer.
 #[derive(Debug)]
@@ -112,6 +131,13 @@ pub struct Buffer {
     /// The bridge's answer to a re-INVITE forwarded on a bridged call, sent back with the
     /// other side's 2xx.
     reinvite_answers: HashMap<CallKey, String>,
+    /// The tunnel coming and going, for the operator.
+    status: StatusSink,
+    /// Shutting down: new calls get 503.
+    draining: bool,
+    /// BYEs sent by [`Command::HangUpAll`] whose transactions have not ended, so a shutdown
+    /// waits for both legs to hear of the end before the process goes.
+    hangups: HashSet<TxId>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -125,18 +151,18 @@ impl std::fmt::Debug for Buffer {
 }
 
 impl Buffer {
-    /// `link` and `verifier` are set for an edge without a tunnel: it reaches the distributor
-    /// over plain SIP and knows the token keys from a file.
+    /// `link` is set for an edge without a tunnel: it reaches the distributor over plain SIP
+    /// and knows the token keys from a file.
     pub fn new(
         config: BufferConfig,
         sip: &SipConfig,
         transports: Transports,
         addrs: BoundAddrs,
         link: Option<Link>,
-        verifier: Option<TokenVerifier>,
         media: Option<MediaIo>,
+        status: StatusSink,
     ) -> Buffer {
-        let mode = Mode::parse(&config.handoff).unwrap_or(Mode::Tunnel);
+        let mode = config.handoff;
         Buffer {
             id: config.id.clone(),
             config,
@@ -151,7 +177,7 @@ impl Buffer {
             table: RoutingTable::new(),
             addrs,
             tunnel: None,
-            verifier,
+            verifier: link.as_ref().map(|l| l.verifier.clone()),
             link,
             link_refresh: None,
             link_cseq: 0,
@@ -169,6 +195,9 @@ impl Buffer {
             reinvite_answers: HashMap::new(),
             stats_at: Instant::now() + STATS_EVERY / STATS_SLICES,
             stats_slice: 0,
+            status,
+            draining: false,
+            hangups: HashSet::new(),
         }
     }
 
@@ -178,6 +207,7 @@ impl Buffer {
         mut sip: mpsc::Receiver<TransportEvent>,
         mut tunnel: mpsc::Receiver<TunnelClientEvent>,
         mut media: mpsc::Receiver<MediaIn>,
+        mut commands: mpsc::Receiver<Command>,
     ) {
         loop {
             let now = Instant::now();
@@ -205,6 +235,7 @@ impl Buffer {
                         m.on_input(input, Instant::now());
                     }
                 }
+                Some(command) = commands.recv() => self.on_command(command, Instant::now()),
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
@@ -229,6 +260,30 @@ impl Buffer {
                 }
             }
             self.drive(Instant::now());
+        }
+    }
+
+    fn on_command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Drain => {
+                info!("draining: new calls are refused");
+                self.draining = true;
+            }
+            Command::Calls { reply } => {
+                let _ = reply.send((self.table.len(), self.hangups.len()));
+            }
+            Command::HangUpAll => {
+                for key in self.table.keys() {
+                    match self.table.get(key).map(|e| e.state) {
+                        Some(CallState::Offering) => self.refuse_offering(key, now),
+                        Some(CallState::Answered | CallState::Confirmed) => {
+                            info!(call = ?key, "shutting down: hanging up both legs");
+                            self.hang_up(key, now);
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
     }
 
@@ -260,7 +315,9 @@ impl Buffer {
             TunnelClientEvent::Down { conn } => {
                 if self.tunnel.as_ref().is_some_and(|(c, _)| *c == conn) {
                     self.tunnel = None;
-                    crate::announce(&format!("tunnel-down {}", self.id));
+                    self.status.emit(Status::TunnelDown {
+                        edge: self.id.clone(),
+                    });
                 }
                 self.layer.connection_closed(conn);
             }
@@ -281,7 +338,9 @@ impl Buffer {
                         // Up once agents can log in: the keys follow Welcome on each tunnel.
                         if self.announced != Some(conn) {
                             self.announced = Some(conn);
-                            crate::announce(&format!("tunnel-up {}", self.id));
+                            self.status.emit(Status::TunnelUp {
+                                edge: self.id.clone(),
+                            });
                         }
                     }
                     Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
@@ -463,9 +522,17 @@ impl Buffer {
                 from,
             } => self.on_ack(&msg, &from),
             TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
-            TxEvent::Response { tx, msg } => self.on_response(tx, msg, now),
+            TxEvent::Response { tx, msg } => {
+                if msg.status().is_some_and(|c| c >= 200) {
+                    self.hangups.remove(&tx);
+                }
+                self.on_response(tx, msg, now);
+            }
             TxEvent::StrayResponse { msg, .. } => self.on_stray_response(&msg),
-            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
+            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => {
+                self.hangups.remove(&tx);
+                self.on_failure(tx, now);
+            }
             TxEvent::Terminated { tx } => self.on_terminated(tx),
         }
     }
@@ -484,6 +551,11 @@ impl Buffer {
         match (method, routed) {
             (Method::Register, _) if !self.is_distributor(&from) => {
                 self.on_register(tx, &msg, &from, now);
+            }
+            (Method::Invite, None) if !in_dialog && self.is_distributor(&from) && self.draining => {
+                let mut resp = msg.response(503, Some(&ids::tag()));
+                resp.set_reason("Shutting down");
+                let _ = self.layer.send_response(tx, resp, now);
             }
             (Method::Invite, None) if !in_dialog && self.is_distributor(&from) => {
                 self.on_new_call(tx, msg, from, now);
@@ -964,6 +1036,34 @@ impl Buffer {
         self.acks.insert((key, other), out);
     }
 
+    /// Ends a call still ringing at the agent: 503 to the caller, CANCEL to the agent.
+    fn refuse_offering(&mut self, key: CallKey, now: Instant) {
+        let client_tx = self
+            .client_invites
+            .iter()
+            .find(|(_, k)| **k == key)
+            .map(|(tx, _)| *tx);
+        if let Some(entry) = self.table.get_mut(key) {
+            entry.state = CallState::Cancelling;
+        }
+        if let (Some(tx), Some(entry)) = (client_tx, self.table.get(key))
+            && let Some(req) = self.layer.server_request(tx).cloned()
+        {
+            let mut resp = req.response(503, Some(&entry.client.local_tag));
+            resp.set_reason("Shutting down");
+            let _ = self.layer.send_response(tx, resp, now);
+        }
+        self.table.detach_client(key);
+        let agent_tx = self
+            .agent_invites
+            .iter()
+            .find(|(_, (k, _))| *k == key)
+            .map(|(tx, _)| *tx);
+        if let Some(agent_tx) = agent_tx {
+            self.layer.cancel(agent_tx, now);
+        }
+    }
+
     fn on_cancel(&mut self, invite_tx: TxId, now: Instant) {
         let Some(&key) = self.client_invites.get(&invite_tx) else {
             return;
@@ -1183,7 +1283,10 @@ impl Buffer {
         let cseq = leg.next_cseq();
         let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
         let target = leg.target.clone();
-        self.layer.send_request(bye, target, now);
+        let tx = self.layer.send_request(bye, target, now);
+        if self.draining {
+            self.hangups.insert(tx);
+        }
     }
 
     /// Sends the media statistics of this slice's bridged calls to the distributor, for its
@@ -1246,7 +1349,10 @@ impl Buffer {
             let bye =
                 readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
             let target = leg.target.clone();
-            self.layer.send_request(bye, target, now);
+            let tx = self.layer.send_request(bye, target, now);
+            if self.draining {
+                self.hangups.insert(tx);
+            }
         }
         self.end_call(key);
     }
@@ -1297,6 +1403,7 @@ impl Buffer {
     }
 
     fn on_terminated(&mut self, tx: TxId) {
+        self.hangups.remove(&tx);
         self.client_invites.remove(&tx);
         if let Some((key, _)) = self.agent_invites.remove(&tx)
             && self

@@ -20,6 +20,7 @@ use super::agents::AgentEdges;
 use crate::acd::{self, Acd, CallFacts, Classifier, Decision, OfferEnd, Presence, Profile};
 use crate::admin::store::Store;
 use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
+use crate::app::status::{Status, StatusSink};
 use crate::buffer::registrar::{self, RegisterRequest};
 use crate::config::{DistributorConfig, SipConfig};
 use crate::handoff::{self, Mode};
@@ -64,6 +65,11 @@ pub enum Command {
     Subscribe {
         reply: oneshot::Sender<(LiveView, broadcast::Receiver<Arc<str>>)>,
     },
+    /// A shutdown began: new calls are refused with 503 from now on; calls in progress and
+    /// waiting in queues go on.
+    Drain,
+    /// The shutdown's grace is over: calls still waiting in a queue are refused with 503.
+    RefuseWaiting,
 }
 
 /// Events kept for a slow subscriber before it starts losing them.
@@ -210,6 +216,10 @@ pub struct Distributor {
     media: Option<QueueMedia>,
     /// The last media statistics (JSON) an edge reported for each call in progress.
     media_stats: HashMap<String, String>,
+    /// Edges and agents coming and going, for the operator.
+    status: StatusSink,
+    /// Shutting down: new calls get 503.
+    draining: bool,
 }
 
 impl Edge {
@@ -270,6 +280,7 @@ impl Distributor {
         addrs: BoundAddrs,
         ids: Identities,
         media: Option<QueueMedia>,
+        status: StatusSink,
     ) -> Distributor {
         let Identities {
             verifier: identity,
@@ -305,6 +316,8 @@ impl Distributor {
             invites: HashMap::new(),
             media,
             media_stats: HashMap::new(),
+            status,
+            draining: false,
         }
     }
 
@@ -384,6 +397,11 @@ impl Distributor {
                 let events = self.events.subscribe();
                 let _ = reply.send((self.live_view(now), events));
             }
+            Command::Drain => {
+                info!("draining: new calls are refused");
+                self.draining = true;
+            }
+            Command::RefuseWaiting => self.acd.refuse_waiting(503, "shutting down", now),
         }
     }
 
@@ -488,7 +506,10 @@ impl Distributor {
 
     fn agent_up(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
         if self.agents.up(agent, conn) {
-            crate::announce(&format!("agent-up {agent} {edge_id}"));
+            self.status.emit(Status::AgentUp {
+                agent: agent.to_owned(),
+                edge: edge_id.to_owned(),
+            });
             let profile = self.profile_of(agent);
             self.acd.sign_in(agent, profile, now);
         }
@@ -496,7 +517,10 @@ impl Distributor {
 
     fn agent_down(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
         if self.agents.down(agent, conn) {
-            crate::announce(&format!("agent-down {agent} {edge_id}"));
+            self.status.emit(Status::AgentDown {
+                agent: agent.to_owned(),
+                edge: edge_id.to_owned(),
+            });
             self.acd.sign_out(agent, now);
         }
     }
@@ -518,7 +542,10 @@ impl Distributor {
                     self.edge_down(old, now);
                 }
                 info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
-                crate::announce(&format!("edge-up {edge_id} {}", mode.as_str()));
+                self.status.emit(Status::EdgeUp {
+                    edge: edge_id.clone(),
+                    handoff: mode.as_str(),
+                });
                 let keys = Frame::Keys {
                     json: self.identity.clone(),
                 };
@@ -575,7 +602,10 @@ impl Distributor {
         }
         info!(edge = %edge.id, "edge down");
         for agent in self.agents.edge_down(conn) {
-            crate::announce(&format!("agent-down {agent} {}", edge.id));
+            self.status.emit(Status::AgentDown {
+                agent: agent.clone(),
+                edge: edge.id.clone(),
+            });
             self.acd.sign_out(&agent, now);
         }
         self.layer.connection_closed(conn);
@@ -852,7 +882,10 @@ impl Distributor {
                 let link = registrar::target_for(&contact, &from);
                 if !self.edges.contains_key(&conn) {
                     info!(edge = %edge_id, handoff = mode.as_str(), "edge up over plain SIP");
-                    crate::announce(&format!("edge-up {edge_id} {}", mode.as_str()));
+                    self.status.emit(Status::EdgeUp {
+                        edge: edge_id.clone(),
+                        handoff: mode.as_str(),
+                    });
                 }
                 self.edge_ids.insert(edge_id.clone(), conn);
                 self.edges.insert(
@@ -887,6 +920,13 @@ impl Distributor {
         let call_id = invite.call_id().unwrap_or_default().to_owned();
         if invite.max_forwards() == Some(0) {
             self.respond(tx, &invite, 483, now);
+            return;
+        }
+        if self.draining {
+            let mut resp = invite.response(503, Some(&ids::tag()));
+            resp.set_reason("Shutting down");
+            resp.push_header("Retry-After", "30");
+            let _ = self.layer.send_response(tx, resp, now);
             return;
         }
         if self.callers.contains_key(&call_id) || self.acd.call_info(&call_id, now).is_some() {

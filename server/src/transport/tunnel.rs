@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::next_conn_id;
 use super::tls_listener::{PeerAddr, TlsListener};
 use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
+use crate::app::status::{Status, StatusSink};
 use crate::sip::ConnId;
 
 /// Silence after which a ping is sent.
@@ -341,6 +342,8 @@ pub struct DialSettings {
     pub handoffs: Vec<String>,
     /// The edge's credential (an edge token), sent as `Authorization: Bearer`.
     pub token: Option<String>,
+    /// Where a refusal is reported to the operator.
+    pub status: StatusSink,
 }
 
 pub fn spawn_dialler(settings: DialSettings, events: mpsc::Sender<TunnelClientEvent>) {
@@ -358,7 +361,10 @@ pub fn spawn_dialler(settings: DialSettings, events: mpsc::Sender<TunnelClientEv
                     // Said once per reason: a refused edge retries quietly.
                     if last_refusal.as_ref() != Some(&why) {
                         warn!(url = %settings.url, reason = %why, "distributor refused the tunnel");
-                        crate::announce(&format!("tunnel-refused {} {why}", settings.edge_id));
+                        settings.status.emit(Status::TunnelRefused {
+                            edge: settings.edge_id.clone(),
+                            reason: why.to_string(),
+                        });
                         last_refusal = Some(why);
                     }
                 }

@@ -1,0 +1,257 @@
+//! Starting each role: bind its listeners, build its service, spawn its task. What the
+//! program running it keeps is the addresses and the role's command channel.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+
+use super::identity::{admin_key, edge_token_issuer, tls_files, token_issuer, unix_now};
+use super::status::{Status, StatusSink};
+use super::{BufferAddrs, Context, DistributorAddrs, StartError};
+use crate::admin::api::AdminState;
+use crate::admin::keys::KeyRing;
+use crate::admin::store::Store;
+use crate::admin::tokens::{TokenVerifier, VerifierSettings};
+use crate::config::{Config, DistributorConfig};
+use crate::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
+use crate::transport::{self, Transports};
+use crate::{buffer, distributor};
+
+/// Room for SIP messages waiting for their role's task.
+const EVENT_QUEUE: usize = 8192;
+/// Room for the admin API's and the shutdown's requests to a role.
+const COMMAND_QUEUE: usize = 64;
+
+/// A started distributor.
+pub(super) struct Distributor {
+    pub addrs: DistributorAddrs,
+    pub commands: mpsc::Sender<distributor::service::Command>,
+}
+
+/// A started buffer server.
+pub(super) struct Buffer {
+    pub addrs: BufferAddrs,
+    pub commands: mpsc::Sender<buffer::service::Command>,
+}
+
+/// The announcements of queues that play early media, read now so a bad file stops the
+/// start, and the socket they are played from.
+async fn queue_media(
+    d: &DistributorConfig,
+    status: &StatusSink,
+) -> Result<Option<distributor::service::QueueMedia>, StartError> {
+    use crate::media::announcement::Announcement;
+    let mut announcements = std::collections::HashMap::new();
+    for q in &d.queues {
+        if let Some(path) = &q.announcement {
+            let audio =
+                Announcement::load(path).context(|| format!("queue {}'s announcement", q.name))?;
+            announcements.insert(q.name.clone(), audio);
+        }
+    }
+    if announcements.is_empty() {
+        return Ok(None);
+    }
+    let player = crate::media::early::EarlyMedia::bind(d.early_media)
+        .await
+        .context(|| format!("binding early media {}", d.early_media))?;
+    status.emit(Status::Listening {
+        name: "distributor.early_media",
+        addr: player.local_addr(),
+    });
+    Ok(Some(distributor::service::QueueMedia {
+        player,
+        announcements,
+    }))
+}
+
+/// Binds the distributor's listeners and starts its task and its admin API.
+pub(super) async fn start_distributor(
+    config: &Config,
+    ring: &Arc<RwLock<KeyRing>>,
+    status: &StatusSink,
+) -> Result<Distributor, StartError> {
+    let d = &config.distributor;
+    let tls = certs::server_config(&tls_files(config)?).context(|| "loading TLS".into())?;
+    let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
+    let transports = Transports::new(sip_tx, config.sip.max_message_bytes);
+    let udp = transport::udp::listen(&transports, d.udp)
+        .await
+        .context(|| format!("binding distributor UDP {}", d.udp))?;
+    let tcp = transport::stream::listen_tcp(&transports, d.tcp)
+        .await
+        .context(|| format!("binding distributor TCP {}", d.tcp))?;
+    let tls_addr = transport::stream::listen_tls(&transports, d.tls, tls.clone())
+        .await
+        .context(|| format!("binding distributor TLS {}", d.tls))?;
+    let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
+    let edges = edge_token_issuer(config, ring);
+    let tunnel_addr = tunnel::listen(d.tunnel, tls, &d.id, edges, tunnel_tx)
+        .await
+        .context(|| format!("binding the tunnel endpoint {}", d.tunnel))?;
+    let issuer = token_issuer(config, ring);
+    let identity =
+        serde_json::to_string(&issuer.verifier_settings()).context(|| "token keys".into())?;
+    let store = Arc::new(
+        Store::open(&config.admin.db)
+            .context(|| format!("opening {}", config.admin.db.display()))?,
+    );
+    let revoked = store
+        .revoked(unix_now())
+        .context(|| "reading revoked tokens".into())?;
+    let early_media = queue_media(d, status).await?;
+    let early_media_addr = early_media.as_ref().map(|m| m.player.local_addr());
+    let service = distributor::service::Distributor::new(
+        d.clone(),
+        &config.sip,
+        transports,
+        distributor::service::BoundAddrs {
+            udp,
+            tcp,
+            tls: tls_addr,
+        },
+        distributor::service::Identities {
+            verifier: identity,
+            revoked,
+            edge_issuer: edge_token_issuer(config, ring),
+            store: Some(store.clone()),
+        },
+        early_media,
+        status.clone(),
+    );
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    tokio::spawn(service.run(sip_rx, tunnel_rx, command_rx));
+    let admin = AdminState {
+        store,
+        issuer,
+        token_ttl_s: config.identity.token_ttl_s,
+        admin_key: admin_key(config)?.into(),
+        commands: commands.clone(),
+    };
+    let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
+        .await
+        .context(|| format!("binding the admin API {}", config.admin.listen))?;
+    let addrs = DistributorAddrs {
+        udp,
+        tcp,
+        tls: tls_addr,
+        tunnel: tunnel_addr,
+        admin: admin_addr,
+        early_media: early_media_addr,
+    };
+    for (name, addr) in [
+        ("distributor.udp", udp),
+        ("distributor.tcp", tcp),
+        ("distributor.tls", tls_addr),
+        ("distributor.tunnel", tunnel_addr),
+        ("distributor.admin", admin_addr),
+    ] {
+        status.emit(Status::Listening { name, addr });
+    }
+    Ok(Distributor { addrs, commands })
+}
+
+/// Binds the buffer server's listeners, starts its task and its tunnel dialler (or, with
+/// `buffer.distributor_sip`, its plain-SIP link to the distributor).
+pub(super) async fn start_buffer(
+    config: &Config,
+    connect: String,
+    token: Option<String>,
+    status: &StatusSink,
+) -> Result<Buffer, StartError> {
+    let b = &config.buffer;
+    let files = tls_files(config)?;
+    let tls = certs::server_config(&files).context(|| "loading TLS".into())?;
+    let ca = config.tls.ca.clone().unwrap_or(files.ca);
+    let client_tls: Arc<rustls::ClientConfig> =
+        certs::client_config(&ca).context(|| format!("loading the CA {}", ca.display()))?;
+    let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
+    let transports = Transports::new(sip_tx, config.sip.max_message_bytes);
+    let udp = transport::udp::listen(&transports, b.udp)
+        .await
+        .context(|| format!("binding buffer UDP {}", b.udp))?;
+    let tcp = transport::stream::listen_tcp(&transports, b.tcp)
+        .await
+        .context(|| format!("binding buffer TCP {}", b.tcp))?;
+    let https = transport::https::listen(&transports, b.https, tls)
+        .await
+        .context(|| format!("binding buffer HTTPS {}", b.https))?;
+    let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelClientEvent>(EVENT_QUEUE);
+    // An edge with a public address may skip the tunnel and reach the distributor over SIP.
+    let link = match b.link_target() {
+        Some(target) => {
+            let token = token.clone().ok_or_else(|| {
+                StartError::msg(
+                    "buffer.distributor_sip needs the edge credential (AGENT_EDGE_EDGE_TOKEN)",
+                )
+            })?;
+            let path = b
+                .keys_file
+                .clone()
+                .ok_or_else(|| StartError::msg("buffer.keys_file is required"))?;
+            let jwks =
+                std::fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+            let settings = VerifierSettings {
+                issuer: config.identity.issuer.clone(),
+                audience: config.identity.audience.clone(),
+                jwks: serde_json::from_str(&jwks)
+                    .context(|| format!("{} is not a JWK set", path.display()))?,
+            };
+            Some(buffer::service::Link {
+                target,
+                token,
+                verifier: TokenVerifier::new(&settings),
+            })
+        }
+        None => None,
+    };
+    let linked = link.is_some();
+    let (media, media_rx) = buffer::media::MediaIo::bind(
+        b.media,
+        b.media_public_ip,
+        std::time::Duration::from_secs(b.media_timeout_s),
+    )
+    .await
+    .context(|| format!("binding buffer media {}", b.media))?;
+    let media_addr = media.webrtc_addr();
+    let service = buffer::service::Buffer::new(
+        b.clone(),
+        &config.sip,
+        transports,
+        buffer::service::BoundAddrs { udp, tcp, https },
+        link,
+        Some(media),
+        status.clone(),
+    );
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    tokio::spawn(service.run(sip_rx, tunnel_rx, media_rx, command_rx));
+    if !linked {
+        let dial = tunnel::DialSettings {
+            url: connect,
+            tls: client_tls,
+            edge_id: b.id.clone(),
+            handoffs: vec![b.handoff.as_str().to_owned()],
+            token,
+            status: status.clone(),
+        };
+        tunnel::spawn_dialler(dial, tunnel_tx);
+    }
+    for (name, addr) in [
+        ("buffer.media", media_addr),
+        ("buffer.udp", udp),
+        ("buffer.tcp", tcp),
+        ("buffer.https", https),
+    ] {
+        status.emit(Status::Listening { name, addr });
+    }
+    status.emit(Status::AgentPage {
+        url: format!("https://{https}/"),
+    });
+    let addrs = BufferAddrs {
+        udp,
+        tcp,
+        https,
+        media: media_addr,
+    };
+    Ok(Buffer { addrs, commands })
+}
