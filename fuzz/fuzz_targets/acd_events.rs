@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use agent_edge::acd::config::{QueueConfig, Strategy};
-use agent_edge::acd::{Acd, AcdEvent, CallType, Decision, OfferEnd, Presence, Profile};
+use agent_edge::acd::{Acd, AcdEvent, CallType, Decision, FailCause, OfferEnd, Presence, Profile};
 use libfuzzer_sys::fuzz_target;
 
 const AGENTS: [&str; 4] = ["ann", "bea", "cat", "dan"];
@@ -81,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
                     let end = match arg % 4 {
                         0 => OfferEnd::Answered,
                         1 => OfferEnd::Declined { status: 486 },
-                        2 => OfferEnd::Failed,
+                        2 => OfferEnd::Failed {
+                            cause: FailCause::Timeout,
+                        },
                         _ => OfferEnd::Unacceptable { status: 488 },
                     };
                     acd.offer_ended(&call, &agent, end, now);

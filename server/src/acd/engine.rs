@@ -49,11 +49,38 @@ pub enum OfferEnd {
     Answered,
     /// A final failure from the agent's side (busy, decline, 487 after a withdrawal).
     Declined { status: u16 },
-    /// No answer at all: timeout, transport failure, the edge gone.
-    Failed,
+    /// No answer from the agent's side, for this cause: the agent is made away.
+    Failed { cause: FailCause },
     /// The call itself cannot be taken (488/606: no media in common): no other agent could
     /// take it either, so the caller gets this status and the agent is not blamed.
     Unacceptable { status: u16 },
+}
+
+/// Why an offer got no answer: said in the log and in the away reason the agent is given,
+/// so an operator can tell a dead edge from a phone that never rang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailCause {
+    /// The agent's edge was not connected when the offer was made.
+    EdgeGone,
+    /// No final answer in time (SIP timer B or C).
+    Timeout,
+    /// The connection to the edge failed under the offer.
+    Transport,
+    /// The edge answered with a failure that is neither a decline nor 488/606 (404: the agent
+    /// is not registered there; 5xx: the edge is in trouble).
+    Status(u16),
+}
+
+impl FailCause {
+    /// The away reason the agent gets.
+    pub fn reason(self) -> String {
+        match self {
+            FailCause::EdgeGone => "unreachable: edge not connected".into(),
+            FailCause::Timeout => "unreachable: no answer".into(),
+            FailCause::Transport => "unreachable: connection failed".into(),
+            FailCause::Status(code) => format!("unreachable: {code} from the edge"),
+        }
+    }
 }
 
 /// What the distributor must do.
@@ -477,9 +504,10 @@ impl Acd {
                 self.clear_offer(agent, call);
                 self.refuse(call, status, Outcome::Refused, "not acceptable here", now);
             }
-            (CallState::Offered { agent: a, .. }, OfferEnd::Failed) if a == agent => {
+            (CallState::Offered { agent: a, .. }, OfferEnd::Failed { cause }) if a == agent => {
+                tracing::info!(call, agent, ?cause, "offer failed: the agent is made away");
                 self.clear_offer(agent, call);
-                self.make_away(agent, "unreachable");
+                self.make_away(agent, &cause.reason());
                 self.requeue_at_head(call);
             }
             (CallState::Withdrawing { agent: a, .. }, _) if a == agent => {

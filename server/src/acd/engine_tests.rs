@@ -202,7 +202,14 @@ fn sign_out_mid_offer_moves_the_call_to_the_next_agent() {
     acd.sign_in("bob", skilled(&[]), clock.at(1));
     acd.call_arrived("c1", ty("q", 0), clock.at(2));
     acd.sign_out("alice", clock.at(3));
-    acd.offer_ended("c1", "alice", OfferEnd::Failed, clock.at(3));
+    acd.offer_ended(
+        "c1",
+        "alice",
+        OfferEnd::Failed {
+            cause: FailCause::EdgeGone,
+        },
+        clock.at(3),
+    );
     assert_eq!(
         decisions(&mut acd),
         vec![

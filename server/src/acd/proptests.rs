@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::config::{QueueConfig, Strategy as Pick};
-use super::{Acd, AcdEvent, AgentState, CallType, Decision, OfferEnd, Outcome, Presence, Profile};
+use super::{
+    Acd, AcdEvent, AgentState, CallType, Decision, FailCause, OfferEnd, Outcome, Presence, Profile,
+};
 
 const AGENTS: [&str; 4] = ["ann", "bea", "cat", "dan"];
 const SKILLS: [&str; 2] = ["billing", "support"];
@@ -213,7 +215,9 @@ proptest! {
                         let end = match how {
                             0 => OfferEnd::Answered,
                             1 => OfferEnd::Declined { status: 486 },
-                            2 => OfferEnd::Failed,
+                            2 => OfferEnd::Failed {
+                                cause: FailCause::Timeout,
+                            },
                             _ => OfferEnd::Unacceptable { status: 488 },
                         };
                         if end == OfferEnd::Answered
@@ -231,7 +235,9 @@ proptest! {
                         let end = [
                             OfferEnd::Answered,
                             OfferEnd::Declined { status: 603 },
-                            OfferEnd::Failed,
+                            OfferEnd::Failed {
+                                cause: FailCause::Timeout,
+                            },
                         ][usize::from(how)];
                         if !known {
                             let before = acd.agent_of(&call).map(str::to_owned);

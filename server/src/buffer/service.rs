@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::media::{MediaIn, MediaIo};
 use super::readdress::{self, LocalAddr};
-use super::registrar::{self, RegisterRequest, Registrar};
+use super::registrar::Registrar;
 use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
 use crate::admin::tokens::{self, TokenError, TokenVerifier, VerifierSettings};
 use crate::app::status::{Status, StatusSink};
@@ -21,6 +21,7 @@ use crate::config::{BufferConfig, SipConfig};
 use crate::handoff::{self, Mode, RouteTable};
 use crate::ids;
 use crate::media::bridge::BridgeEvent;
+use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, Target, TransportKind};
 use crate::transport::tunnel::TunnelClientEvent;
@@ -529,9 +530,13 @@ impl Buffer {
                 self.on_response(tx, msg, now);
             }
             TxEvent::StrayResponse { msg, .. } => self.on_stray_response(&msg),
-            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => {
+            TxEvent::Timeout { tx } => {
                 self.hangups.remove(&tx);
-                self.on_failure(tx, now);
+                self.on_failure(tx, "no answer in time", now);
+            }
+            TxEvent::TransportError { tx } => {
+                self.hangups.remove(&tx);
+                self.on_failure(tx, "connection failed", now);
             }
             TxEvent::Terminated { tx } => self.on_terminated(tx),
         }
@@ -574,7 +579,7 @@ impl Buffer {
     }
 
     fn on_register(&mut self, tx: TxId, msg: &SipMessage, from: &Target, now: Instant) {
-        let request = match registrar::parse_register(msg, self.config.max_expires) {
+        let request = match register::parse_register(msg, self.config.max_expires) {
             Ok(r) => r,
             Err(e) => {
                 let mut resp = msg.response(e.status(), Some(&ids::tag()));
@@ -597,7 +602,7 @@ impl Buffer {
                 contact,
                 expires,
             } => {
-                let target = registrar::target_for(&contact, from);
+                let target = register::target_for(&contact, from);
                 resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
                 let new = self.registrar.bind(
                     &agent,
@@ -1252,34 +1257,28 @@ impl Buffer {
     /// Confirms the agent's 2xx and hangs its leg up: for an answer that raced the caller's
     /// CANCEL, or a caller whose ACK never came.
     fn ack_and_bye_agent(&mut self, key: CallKey, now: Instant) {
-        let Some(kind) = self.table.get(key).map(|e| e.agent_leg.target.kind) else {
+        let Some(entry) = self.table.get(key) else {
             return;
         };
-        let local = self.local_addr(kind);
-        let Some(entry) = self.table.get_mut(key) else {
-            return;
-        };
-        let leg = &mut entry.agent_leg;
+        let local = self.local_addr(entry.agent_leg.target.kind);
+        let leg = &entry.agent_leg;
         let branch = transaction::new_branch();
         let ack = readdress::originate(Method::Ack, leg, leg.invite_cseq, &local, &branch);
         self.layer.send_stateless(ack, leg.target.clone());
-        let cseq = leg.next_cseq();
-        let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
-        let target = leg.target.clone();
-        self.layer.send_request(bye, target, now);
+        self.bye(key, Side::Agent, now);
         self.end_call(key);
     }
 
-    /// Hangs up the client leg (the caller never confirmed our answer).
-    fn bye_client(&mut self, key: CallKey, now: Instant) {
-        let Some(kind) = self.table.get(key).map(|e| e.client.target.kind) else {
+    /// Hangs up one leg with a BYE of our own; the call's entry stays for its answer.
+    fn bye(&mut self, key: CallKey, side: Side, now: Instant) {
+        let Some(kind) = self.table.get(key).map(|e| e.leg(side).target.kind) else {
             return;
         };
         let local = self.local_addr(kind);
         let Some(entry) = self.table.get_mut(key) else {
             return;
         };
-        let leg = &mut entry.client;
+        let leg = entry.leg_mut(side);
         let cseq = leg.next_cseq();
         let bye = readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
         let target = leg.target.clone();
@@ -1338,22 +1337,8 @@ impl Buffer {
 
     /// Ends an answered call from here: BYE on both legs (the media stopped).
     fn hang_up(&mut self, key: CallKey, now: Instant) {
-        self.bye_client(key, now);
-        let Some(kind) = self.table.get(key).map(|e| e.agent_leg.target.kind) else {
-            return;
-        };
-        let local = self.local_addr(kind);
-        if let Some(entry) = self.table.get_mut(key) {
-            let leg = &mut entry.agent_leg;
-            let cseq = leg.next_cseq();
-            let bye =
-                readdress::originate(Method::Bye, leg, cseq, &local, &transaction::new_branch());
-            let target = leg.target.clone();
-            let tx = self.layer.send_request(bye, target, now);
-            if self.draining {
-                self.hangups.insert(tx);
-            }
-        }
+        self.bye(key, Side::Client, now);
+        self.bye(key, Side::Agent, now);
         self.end_call(key);
     }
 
@@ -1366,8 +1351,10 @@ impl Buffer {
         }
     }
 
-    fn on_failure(&mut self, tx: TxId, now: Instant) {
+    /// A transaction failed for `cause`: the leg it was on is named in the log.
+    fn on_failure(&mut self, tx: TxId, cause: &'static str, now: Instant) {
         if let Some((key, client_tx)) = self.agent_invites.remove(&tx) {
+            info!(call = ?key, leg = "agent", cause, "the offer to the agent failed");
             let state = self.table.get(key).map(|e| e.state);
             if state == Some(CallState::Offering)
                 && let Some(req) = self.layer.server_request(client_tx).cloned()
@@ -1378,6 +1365,11 @@ impl Buffer {
             }
             self.end_call(key);
         } else if let Some(fwd) = self.forwarded.remove(&tx) {
+            let leg = match fwd.from_side.other() {
+                Side::Agent => "agent",
+                Side::Client => "client",
+            };
+            info!(call = ?fwd.key, leg, cause, method = %fwd.method, "a forwarded request failed");
             if let Some(req) = self.layer.server_request(fwd.server_tx).cloned() {
                 let tag = self
                     .table
@@ -1395,8 +1387,8 @@ impl Buffer {
                 && entry.state == CallState::Answered
             {
                 // RFC 3261 §13.3.1.4: the session ends with a BYE, on both legs here.
-                warn!(call = ?key, "no ACK from the caller; ending the call");
-                self.bye_client(key, now);
+                warn!(call = ?key, leg = "client", cause, "no ACK from the caller; ending the call");
+                self.bye(key, Side::Client, now);
                 self.ack_and_bye_agent(key, now);
             }
         }

@@ -17,17 +17,19 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::agents::AgentEdges;
-use crate::acd::{self, Acd, CallFacts, Classifier, Decision, OfferEnd, Presence, Profile};
+use crate::acd::{
+    self, Acd, CallFacts, Classifier, Decision, FailCause, OfferEnd, Presence, Profile,
+};
 use crate::admin::store::Store;
 use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
 use crate::app::status::{Status, StatusSink};
-use crate::buffer::registrar::{self, RegisterRequest};
 use crate::config::{DistributorConfig, SipConfig};
 use crate::handoff::{self, Mode};
 use crate::ids;
 use crate::media::announcement::Announcement;
 use crate::media::early::EarlyMedia;
 use crate::media::sdp;
+use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
 use crate::transport::tunnel::TunnelServerEvent;
@@ -794,7 +796,8 @@ impl Distributor {
             TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
             TxEvent::Response { tx, msg } => self.on_response(tx, msg, now),
             TxEvent::StrayResponse { msg, from } => self.on_stray_response(msg, &from),
-            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
+            TxEvent::Timeout { tx } => self.on_failure(tx, FailCause::Timeout, now),
+            TxEvent::TransportError { tx } => self.on_failure(tx, FailCause::Transport, now),
             TxEvent::Terminated { tx } => {
                 if let Some(call_id) = self.invites.remove(&tx) {
                     self.stop_early_media(&call_id);
@@ -854,7 +857,7 @@ impl Distributor {
                 return refuse(self, 401, "An edge credential is required");
             }
         };
-        let request = match registrar::parse_register(msg, 3600) {
+        let request = match register::parse_register(msg, 3600) {
             Ok(r) => r,
             Err(e) => return refuse(self, e.status(), &e.to_string()),
         };
@@ -879,7 +882,7 @@ impl Distributor {
                 let Some(mode @ (Mode::Uri | Mode::Message)) = mode else {
                     return refuse(self, 488, "Over plain SIP the hand-off is uri or message");
                 };
-                let link = registrar::target_for(&contact, &from);
+                let link = register::target_for(&contact, &from);
                 if !self.edges.contains_key(&conn) {
                     info!(edge = %edge_id, handoff = mode.as_str(), "edge up over plain SIP");
                     self.status.emit(Status::EdgeUp {
@@ -1050,7 +1053,9 @@ impl Distributor {
         let edge_id = conn.and_then(|c| self.edges.get(&c)).map(|e| e.id.clone());
         let (Some(conn), Some(edge_id), Some(caller)) = (conn, edge_id, self.callers.get(call_id))
         else {
-            self.acd.offer_ended(call_id, agent, OfferEnd::Failed, now);
+            let cause = FailCause::EdgeGone;
+            self.acd
+                .offer_ended(call_id, agent, OfferEnd::Failed { cause }, now);
             return;
         };
         let (server_tx, from) = (caller.server_tx, caller.caller.clone());
@@ -1324,7 +1329,9 @@ impl Distributor {
                     let end = match code {
                         486 | 487 | 600 | 603 => OfferEnd::Declined { status: code },
                         488 | 606 => OfferEnd::Unacceptable { status: code },
-                        _ => OfferEnd::Failed,
+                        _ => OfferEnd::Failed {
+                            cause: FailCause::Status(code),
+                        },
                     };
                     info!(%call_id, %agent, code, "the offer ended without an answer");
                     self.acd.offer_ended(&call_id, &agent, end, now);
@@ -1397,19 +1404,24 @@ impl Distributor {
         Some(Target { kind, addr, conn })
     }
 
-    fn on_failure(&mut self, tx: TxId, now: Instant) {
+    /// A transaction got no answer (`Timeout`) or lost its connection (`Transport`).
+    fn on_failure(&mut self, tx: TxId, cause: FailCause, now: Instant) {
         if let Some(call_id) = self.invites.get(&tx).cloned() {
             // Our answer to the caller was never ACKed: the call is over.
-            warn!(%call_id, "caller never confirmed the answer");
+            warn!(%call_id, ?cause, "caller's leg failed: no ACK for the answer");
             self.acd.call_ended(&call_id, now);
         } else if let Some(offer) = self.offers.remove(&tx) {
             if self.offer_of_server.get(&offer.server_tx) == Some(&tx) {
                 self.offer_of_server.remove(&offer.server_tx);
             }
-            warn!(agent = %offer.agent, call_id = %offer.call_id, "the edge did not answer the offer");
+            warn!(agent = %offer.agent, call_id = %offer.call_id, ?cause, "agent's leg failed: no answer to the offer");
             if self.is_current(&offer) {
-                self.acd
-                    .offer_ended(&offer.call_id, &offer.agent, OfferEnd::Failed, now);
+                self.acd.offer_ended(
+                    &offer.call_id,
+                    &offer.agent,
+                    OfferEnd::Failed { cause },
+                    now,
+                );
             } else if offer.abandoned
                 && let Some(req) = self.layer.server_request(offer.server_tx).cloned()
             {

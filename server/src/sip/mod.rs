@@ -6,6 +6,7 @@
 pub mod error;
 pub mod framing;
 pub mod message;
+pub mod register;
 pub mod target;
 pub mod uri;
 
