@@ -7,6 +7,7 @@ pub mod app;
 pub mod buffer;
 pub mod config;
 pub mod distributor;
+pub mod driver;
 pub mod handoff;
 pub mod ids;
 pub mod media;

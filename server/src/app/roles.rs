@@ -13,6 +13,7 @@ use crate::admin::keys::KeyRing;
 use crate::admin::store::Store;
 use crate::admin::tokens::{TokenVerifier, VerifierSettings};
 use crate::config::{Config, DistributorConfig};
+use crate::media::early::EarlyMedia;
 use crate::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use crate::transport::{self, Transports};
 use crate::{buffer, distributor};
@@ -39,7 +40,7 @@ pub(super) struct Buffer {
 async fn queue_media(
     d: &DistributorConfig,
     status: &StatusSink,
-) -> Result<Option<distributor::service::QueueMedia>, StartError> {
+) -> Result<Option<(distributor::service::QueueMedia, EarlyMedia)>, StartError> {
     use crate::media::announcement::Announcement;
     let mut announcements = std::collections::HashMap::new();
     for q in &d.queues {
@@ -52,17 +53,18 @@ async fn queue_media(
     if announcements.is_empty() {
         return Ok(None);
     }
-    let player = crate::media::early::EarlyMedia::bind(d.early_media)
+    let player = EarlyMedia::bind(d.early_media)
         .await
         .context(|| format!("binding early media {}", d.early_media))?;
     status.emit(Status::Listening {
         name: "distributor.early_media",
         addr: player.local_addr(),
     });
-    Ok(Some(distributor::service::QueueMedia {
-        player,
+    let media = distributor::service::QueueMedia {
+        from: player.local_addr(),
         announcements,
-    }))
+    };
+    Ok(Some((media, player)))
 }
 
 /// Binds the distributor's listeners and starts its task and its admin API.
@@ -99,12 +101,11 @@ pub(super) async fn start_distributor(
     let revoked = store
         .revoked(unix_now())
         .context(|| "reading revoked tokens".into())?;
-    let early_media = queue_media(d, status).await?;
-    let early_media_addr = early_media.as_ref().map(|m| m.player.local_addr());
-    let service = distributor::service::Distributor::new(
+    let (early_media, player) = queue_media(d, status).await?.unzip();
+    let early_media_addr = early_media.as_ref().map(|m| m.from);
+    let core = distributor::service::Distributor::new(
         d.clone(),
         &config.sip,
-        transports,
         distributor::service::BoundAddrs {
             udp,
             tcp,
@@ -114,13 +115,20 @@ pub(super) async fn start_distributor(
             verifier: identity,
             revoked,
             edge_issuer: edge_token_issuer(config, ring),
-            store: Some(store.clone()),
+            profiles: Some(store.clone()),
         },
         early_media,
-        status.clone(),
     );
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    tokio::spawn(service.run(sip_rx, tunnel_rx, command_rx));
+    let shell = distributor::shell::DistributorShell::new(
+        transports,
+        sip_rx,
+        tunnel_rx,
+        command_rx,
+        player,
+        status.clone(),
+    );
+    tokio::spawn(shell.run(core));
     let admin = AdminState {
         store,
         issuer,
@@ -206,25 +214,31 @@ pub(super) async fn start_buffer(
         None => None,
     };
     let linked = link.is_some();
-    let (media, media_rx) = buffer::media::MediaIo::bind(
-        b.media,
-        b.media_public_ip,
+    let (sockets, media_rx) = buffer::media_io::MediaSockets::bind(b.media, b.media_public_ip)
+        .await
+        .context(|| format!("binding buffer media {}", b.media))?;
+    let media_addr = sockets.webrtc_addr();
+    let media = buffer::media::CallMedia::new(
+        media_addr,
         std::time::Duration::from_secs(b.media_timeout_s),
-    )
-    .await
-    .context(|| format!("binding buffer media {}", b.media))?;
-    let media_addr = media.webrtc_addr();
-    let service = buffer::service::Buffer::new(
+    );
+    let core = buffer::service::Buffer::new(
         b.clone(),
         &config.sip,
-        transports,
         buffer::service::BoundAddrs { udp, tcp, https },
         link,
         Some(media),
-        status.clone(),
+        std::time::Instant::now(),
     );
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    tokio::spawn(service.run(sip_rx, tunnel_rx, media_rx, command_rx));
+    let sources = buffer::shell::Sources {
+        sip: sip_rx,
+        tunnel: tunnel_rx,
+        media: media_rx,
+        commands: command_rx,
+    };
+    let shell = buffer::shell::BufferShell::new(transports, sources, sockets, status.clone());
+    tokio::spawn(shell.run(core));
     if !linked {
         let dial = tunnel::DialSettings {
             url: connect,

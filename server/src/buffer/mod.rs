@@ -2,7 +2,9 @@
 //! that re-addresses every message between a call's client leg and agent leg.
 
 pub mod media;
+pub mod media_io;
 pub mod readdress;
 pub mod registrar;
 pub mod routing_table;
 pub mod service;
+pub mod shell;

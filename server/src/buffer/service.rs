@@ -2,30 +2,27 @@
 //! registrar and the routing table, fed by the agent-side transports and the tunnel. Every
 //! message from one leg is rebuilt for the other by [`super::readdress`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proto_tunnel::Frame;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::media::{MediaIn, MediaIo};
+use super::media::{CallMedia, MediaIn};
 use super::readdress::{self, LocalAddr};
 use super::registrar::Registrar;
 use super::routing_table::{CallEntry, CallKey, CallState, RoutingTable, Side};
 use crate::admin::tokens::{self, TokenError, TokenVerifier, VerifierSettings};
-use crate::app::status::{Status, StatusSink};
+use crate::app::status::Status;
 use crate::config::{BufferConfig, SipConfig};
 use crate::handoff::{self, Mode, RouteTable};
 use crate::ids;
-use crate::media::bridge::BridgeEvent;
+use crate::media::bridge::{BridgeEvent, Datagram, SessionId};
 use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, Target, TransportKind};
-use crate::transport::tunnel::TunnelClientEvent;
-use crate::transport::{TransportEvent, Transports};
 
 /// The addresses the buffer server's listeners are bound to.
 #[derive(Debug, Clone)]
@@ -75,6 +72,53 @@ pub enum Command {
     HangUpAll,
 }
 
+/// What the buffer server is told.
+#[derive(Debug)]
+pub enum Input {
+    /// SIP from an agent, or from the distributor over a plain-SIP link.
+    Sip { msg: SipMessage, from: Target },
+    /// An agent's (or the link's) stream connection closed.
+    Closed { conn: ConnId },
+    /// The tunnel to the distributor opened.
+    TunnelUp { conn: ConnId },
+    /// The tunnel dropped; the dialler is backing off to dial again.
+    TunnelDown { conn: ConnId },
+    /// A frame from the distributor.
+    Frame { conn: ConnId, frame: Frame },
+    /// A datagram for the media bridge.
+    Media(MediaIn),
+    /// The caller-side socket asked for with [`Output::OpenCallerPort`]: its address as
+    /// announced in SDP, or why it could not be opened.
+    CallerPort {
+        call: SessionId,
+        result: Result<SocketAddr, String>,
+    },
+    /// From the program running the server (the shutdown).
+    Command(Command),
+    /// Sending to `to` failed at once: its transactions fail.
+    SendFailed { to: Target },
+}
+
+/// What the buffer server wants done.
+#[derive(Debug)]
+pub enum Output {
+    /// SIP to an agent, or to the distributor over a plain-SIP link.
+    Sip { to: Target, bytes: Bytes },
+    /// A frame into the tunnel `conn`.
+    Frame { conn: ConnId, frame: Frame },
+    /// Close an agent's connection (its token was revoked).
+    Close { conn: ConnId },
+    /// Open a bridged call's caller-side UDP socket; the answer comes back as
+    /// [`Input::CallerPort`].
+    OpenCallerPort { call: SessionId },
+    /// Close it: the call ended.
+    CloseCallerPort { call: SessionId },
+    /// A media datagram, from the shared WebRTC socket or a call's caller socket.
+    Datagram(Datagram),
+    /// For the operator.
+    Status(Status),
+}
+
 /// A request forwarded from one leg to the other, waiting for its answer.
 #[derive(Debug)]
 struct Forwarded {
@@ -85,15 +129,17 @@ struct Forwarded {
     method: Method,
 }
 
+/// The buffer server core: registrar, routing table and re-addressing B2BUA, with no sockets
+/// and no clock reads (see [`crate::driver::Core`] for the rule its caller follows).
 pub struct Buffer {
     id: String,
     config: BufferConfig,
     layer: TransactionLayer,
-    transports: Transports,
     registrar: Registrar,
     table: RoutingTable,
     addrs: BoundAddrs,
-    tunnel: Option<(ConnId, mpsc::Sender<Frame>)>,
+    /// The tunnel to the distributor, while it is up.
+    tunnel: Option<ConnId>,
     /// Checks agent tokens with the distributor's public keys, once the tunnel brought them.
     verifier: Option<TokenVerifier>,
     /// Token ids the distributor revoked.
@@ -122,7 +168,7 @@ pub struct Buffer {
     /// The ACK sent on a leg for its last 2xx, re-sent when that 2xx is retransmitted.
     acks: HashMap<(CallKey, Side), SipMessage>,
     /// The media bridge, for calls to browser (WSS) agents.
-    media: Option<MediaIo>,
+    media: Option<CallMedia>,
     /// The caller's SDP answer of each bridged call, sent with the agent's 2xx.
     caller_answers: HashMap<CallKey, String>,
     /// When the bridged calls' media statistics next go to the distributor.
@@ -132,8 +178,8 @@ pub struct Buffer {
     /// The bridge's answer to a re-INVITE forwarded on a bridged call, sent back with the
     /// other side's 2xx.
     reinvite_answers: HashMap<CallKey, String>,
-    /// The tunnel coming and going, for the operator.
-    status: StatusSink,
+    /// What to do, in order; drained by [`crate::driver::Core::poll_output`].
+    out: VecDeque<Output>,
     /// Shutting down: new calls get 503.
     draining: bool,
     /// BYEs sent by [`Command::HangUpAll`] whose transactions have not ended, so a shutdown
@@ -151,17 +197,71 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
+impl crate::driver::Core for Buffer {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Sip { msg, from } if self.is_distributor(&from) => {
+                self.on_distributor_msg(msg, None, from, now);
+            }
+            Input::Sip { msg, from } => self.layer.handle_message(msg, from, now),
+            Input::Closed { conn } => {
+                self.layer.connection_closed(conn);
+                for agent in self.registrar.connection_closed(conn) {
+                    self.agent_gone(&agent, now);
+                }
+            }
+            Input::TunnelUp { conn } => self.tunnel_up(conn),
+            Input::TunnelDown { conn } => self.tunnel_down(conn),
+            Input::Frame { conn, frame } => self.on_frame(conn, frame, now),
+            Input::Media(input) => {
+                if let Some(m) = self.media.as_mut() {
+                    m.on_input(input, now);
+                }
+            }
+            Input::CallerPort { call, result } => self.on_caller_port(call, result, now),
+            Input::Command(command) => self.on_command(command, now),
+            Input::SendFailed { to } => self.layer.transport_failed(&to),
+        }
+        self.drive(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.on_timers(now);
+        self.drive(now);
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.layer.poll_timeout(),
+            self.media.as_ref().and_then(CallMedia::poll_timeout),
+            (!self.caller_answers.is_empty()).then_some(self.stats_at),
+            self.registrar.next_expiry(),
+            self.routes.next_expiry(),
+            self.link_refresh,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 impl Buffer {
     /// `link` is set for an edge without a tunnel: it reaches the distributor over plain SIP
     /// and knows the token keys from a file.
     pub fn new(
         config: BufferConfig,
         sip: &SipConfig,
-        transports: Transports,
         addrs: BoundAddrs,
         link: Option<Link>,
-        media: Option<MediaIo>,
-        status: StatusSink,
+        media: Option<CallMedia>,
+        now: Instant,
     ) -> Buffer {
         let mode = config.handoff;
         Buffer {
@@ -173,7 +273,6 @@ impl Buffer {
                 // An agent's phone that rings for ever is cancelled after three minutes.
                 timer_c: Some(Duration::from_secs(180)),
             }),
-            transports,
             registrar: Registrar::new(),
             table: RoutingTable::new(),
             addrs,
@@ -194,73 +293,72 @@ impl Buffer {
             media,
             caller_answers: HashMap::new(),
             reinvite_answers: HashMap::new(),
-            stats_at: Instant::now() + STATS_EVERY / STATS_SLICES,
+            stats_at: now + STATS_EVERY / STATS_SLICES,
             stats_slice: 0,
-            status,
+            out: VecDeque::new(),
             draining: false,
             hangups: HashSet::new(),
         }
     }
 
-    /// Serves until the transports stop.
-    pub async fn run(
-        mut self,
-        mut sip: mpsc::Receiver<TransportEvent>,
-        mut tunnel: mpsc::Receiver<TunnelClientEvent>,
-        mut media: mpsc::Receiver<MediaIn>,
-        mut commands: mpsc::Receiver<Command>,
-    ) {
-        loop {
-            let now = Instant::now();
-            let wake = [
-                self.layer.poll_timeout(),
-                self.media.as_ref().and_then(MediaIo::poll_timeout),
-                (!self.caller_answers.is_empty()).then_some(self.stats_at),
-                self.registrar.next_expiry(),
-                self.routes.next_expiry(),
-                self.link_refresh,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + Duration::from_secs(3600));
-            tokio::select! {
-                ev = sip.recv() => match ev {
-                    Some(ev) => self.on_transport(ev, Instant::now()),
-                    None => break,
-                },
-                // Without a tunnel (a plain-SIP edge) this source is simply closed.
-                Some(ev) = tunnel.recv() => self.on_tunnel(ev, Instant::now()),
-                Some(input) = media.recv() => {
-                    if let Some(m) = self.media.as_mut() {
-                        m.on_input(input, Instant::now());
-                    }
-                }
-                Some(command) = commands.recv() => self.on_command(command, Instant::now()),
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    self.layer.handle_timeout(now);
-                    for agent in self.registrar.expire(now) {
-                        self.agent_gone(&agent);
-                    }
-                    if self.link_refresh.is_some_and(|at| at <= now) {
-                        self.refresh_link(now);
-                    }
-                    if let Some(m) = self.media.as_mut() {
-                        m.handle_timeout(now);
-                    }
-                    if self.stats_at <= now {
-                        self.stats_at = now + STATS_EVERY / STATS_SLICES;
-                        self.stats_slice = self.stats_slice.wrapping_add(1);
-                        self.report_stats();
-                    }
-                    let expired = self.routes.expire(now);
-                    if expired > 0 {
-                        info!(expired, "route entries expired without their INVITE");
-                    }
-                }
+    fn status(&mut self, status: Status) {
+        self.out.push_back(Output::Status(status));
+    }
+
+    /// A frame to the distributor, while the tunnel is up.
+    fn send_frame(&mut self, frame: Frame) -> bool {
+        match self.tunnel {
+            Some(conn) => {
+                self.out.push_back(Output::Frame { conn, frame });
+                true
             }
-            self.drive(Instant::now());
+            None => false,
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        self.layer.handle_timeout(now);
+        for agent in self.registrar.expire(now) {
+            self.agent_gone(&agent, now);
+        }
+        if self.link_refresh.is_some_and(|at| at <= now) {
+            self.refresh_link(now);
+        }
+        if let Some(m) = self.media.as_mut() {
+            m.handle_timeout(now);
+        }
+        if self.stats_at <= now {
+            self.stats_at = now + STATS_EVERY / STATS_SLICES;
+            self.stats_slice = self.stats_slice.wrapping_add(1);
+            self.report_stats();
+        }
+        let expired = self.routes.expire(now);
+        if expired > 0 {
+            info!(expired, "route entries expired without their INVITE");
+        }
+    }
+
+    /// The caller-side socket of a bridged call opened (or not).
+    fn on_caller_port(
+        &mut self,
+        call: SessionId,
+        result: Result<SocketAddr, String>,
+        now: Instant,
+    ) {
+        let key = CallKey(call);
+        let answer = match (result, self.media.as_mut()) {
+            (Ok(local), Some(media)) => media.caller_port(call, local).map_err(|e| e.to_string()),
+            (Ok(_), None) => return,
+            (Err(e), _) => Err(e),
+        };
+        match answer {
+            Ok(answer) => {
+                self.caller_answers.insert(key, answer);
+            }
+            Err(e) => {
+                warn!(call = ?key, error = %e, "no caller-side media socket: refusing the call");
+                self.refuse_offering(key, 503, "No media port for the caller", now);
+            }
         }
     }
 
@@ -276,7 +374,9 @@ impl Buffer {
             Command::HangUpAll => {
                 for key in self.table.keys() {
                     match self.table.get(key).map(|e| e.state) {
-                        Some(CallState::Offering) => self.refuse_offering(key, now),
+                        Some(CallState::Offering) => {
+                            self.refuse_offering(key, 503, "Shutting down", now);
+                        }
                         Some(CallState::Answered | CallState::Confirmed) => {
                             info!(call = ?key, "shutting down: hanging up both legs");
                             self.hang_up(key, now);
@@ -288,87 +388,71 @@ impl Buffer {
         }
     }
 
-    fn on_transport(&mut self, ev: TransportEvent, now: Instant) {
-        match ev {
-            TransportEvent::Message { msg, from } if self.is_distributor(&from) => {
-                self.on_distributor_msg(msg, None, from, now);
-            }
-            TransportEvent::Message { msg, from } => self.layer.handle_message(msg, from, now),
-            TransportEvent::Closed { conn } => {
-                self.layer.connection_closed(conn);
-                for agent in self.registrar.connection_closed(conn) {
-                    self.agent_gone(&agent);
-                }
-            }
+    fn tunnel_up(&mut self, conn: ConnId) {
+        self.tunnel = Some(conn);
+        let agents: Vec<String> = self.registrar.agents().map(str::to_owned).collect();
+        for agent in agents {
+            self.send_frame(Frame::AgentUp { agent });
         }
     }
 
-    fn on_tunnel(&mut self, ev: TunnelClientEvent, now: Instant) {
-        match ev {
-            TunnelClientEvent::Up { conn, sender } => {
-                for agent in self.registrar.agents() {
-                    let _ = sender.try_send(Frame::AgentUp {
-                        agent: agent.to_owned(),
-                    });
-                }
-                self.tunnel = Some((conn, sender));
+    fn tunnel_down(&mut self, conn: ConnId) {
+        if self.tunnel == Some(conn) {
+            self.tunnel = None;
+            self.status(Status::TunnelDown {
+                edge: self.id.clone(),
+            });
+        }
+        self.layer.connection_closed(conn);
+    }
+
+    fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        match frame {
+            Frame::Sip { agent, message } => {
+                let from = Target {
+                    kind: TransportKind::Tunnel,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    conn: Some(conn),
+                };
+                self.on_tunnel_sip(agent, &message, from, now);
             }
-            TunnelClientEvent::Down { conn } => {
-                if self.tunnel.as_ref().is_some_and(|(c, _)| *c == conn) {
-                    self.tunnel = None;
-                    self.status.emit(Status::TunnelDown {
-                        edge: self.id.clone(),
-                    });
-                }
-                self.layer.connection_closed(conn);
-            }
-            TunnelClientEvent::Frame { conn, frame } => match frame {
-                Frame::Sip { agent, message } => {
-                    let from = Target {
-                        kind: TransportKind::Tunnel,
-                        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                        conn: Some(conn),
-                    };
-                    self.on_tunnel_sip(agent, &message, from, now);
-                }
-                Frame::Keys { json } => match serde_json::from_str::<VerifierSettings>(&json) {
-                    Ok(settings) => {
-                        let verifier = TokenVerifier::new(&settings);
-                        info!(?verifier, "agent token keys received");
-                        self.verifier = Some(verifier);
-                        // Up once agents can log in: the keys follow Welcome on each tunnel.
-                        if self.announced != Some(conn) {
-                            self.announced = Some(conn);
-                            self.status.emit(Status::TunnelUp {
-                                edge: self.id.clone(),
-                            });
-                        }
+            Frame::Keys { json } => match serde_json::from_str::<VerifierSettings>(&json) {
+                Ok(settings) => {
+                    let verifier = TokenVerifier::new(&settings);
+                    info!(?verifier, "agent token keys received");
+                    self.verifier = Some(verifier);
+                    // Up once agents can log in: the keys follow Welcome on each tunnel.
+                    if self.announced != Some(conn) {
+                        self.announced = Some(conn);
+                        self.status(Status::TunnelUp {
+                            edge: self.id.clone(),
+                        });
                     }
-                    Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
-                },
-                Frame::Revoke { jti } => {
-                    for (agent, conn) in self.registrar.revoke_with_connections(&jti) {
-                        info!(%agent, "token revoked; registration removed");
-                        self.agent_gone(&agent);
-                        // A browser learns it at once: its WebSocket closes, and the
-                        // registration it retries is refused with the reason.
-                        if let Some(conn) = conn {
-                            self.transports.close(conn);
-                        }
-                    }
-                    self.revoked.insert(jti);
                 }
-                Frame::AgentState { agent, json } => self.send_agent_state(&agent, json, now),
-                Frame::Route {
-                    call_id,
-                    agent,
-                    ttl_ms,
-                } => {
-                    let ttl = Duration::from_millis(ttl_ms.into()).min(Duration::from_secs(60));
-                    self.routes.insert(call_id, agent, ttl, now);
-                }
-                other => debug!(frame = ?other, "ignoring tunnel frame"),
+                Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
             },
+            Frame::Revoke { jti } => {
+                for (agent, conn) in self.registrar.revoke_with_connections(&jti) {
+                    info!(%agent, "token revoked; registration removed");
+                    self.agent_gone(&agent, now);
+                    // A browser learns it at once: its WebSocket closes, and the
+                    // registration it retries is refused with the reason.
+                    if let Some(conn) = conn {
+                        self.out.push_back(Output::Close { conn });
+                    }
+                }
+                self.revoked.insert(jti);
+            }
+            Frame::AgentState { agent, json } => self.send_agent_state(&agent, json, now),
+            Frame::Route {
+                call_id,
+                agent,
+                ttl_ms,
+            } => {
+                let ttl = Duration::from_millis(ttl_ms.into()).min(Duration::from_secs(60));
+                self.routes.insert(call_id, agent, ttl, now);
+            }
+            other => debug!(frame = ?other, "ignoring tunnel frame"),
         }
     }
 
@@ -449,7 +533,7 @@ impl Buffer {
 
     /// Runs the layer's events, then sends what it queued.
     fn drive(&mut self, now: Instant) {
-        while let Some(ev) = self.media.as_mut().and_then(MediaIo::poll_event) {
+        while let Some(ev) = self.media.as_mut().and_then(CallMedia::poll_event) {
             let id = match ev {
                 BridgeEvent::Inactive(id) | BridgeEvent::Failed(id) => id,
                 BridgeEvent::Disconnected(id) => {
@@ -468,6 +552,9 @@ impl Buffer {
         }
         while let Some(t) = self.layer.poll_transmit() {
             self.send(t);
+        }
+        while let Some(d) = self.media.as_mut().and_then(CallMedia::poll_datagram) {
+            self.out.push_back(Output::Datagram(d));
         }
         self.handoff = None;
     }
@@ -490,24 +577,22 @@ impl Buffer {
     /// Sends bytes as they are: into the tunnel, or on a SIP transport.
     fn send_raw(&mut self, to: &Target, bytes: Bytes) {
         if to.kind == TransportKind::Tunnel {
-            match &self.tunnel {
-                Some((conn, sender)) if Some(*conn) == to.conn => {
+            match self.tunnel {
+                Some(conn) if Some(conn) == to.conn => {
                     let frame = Frame::Sip {
                         agent: None,
                         message: bytes,
                     };
-                    if sender.try_send(frame).is_err() {
-                        warn!("tunnel queue full; message dropped");
-                    }
+                    self.out.push_back(Output::Frame { conn, frame });
                 }
                 _ => debug!("tunnel down; message to the distributor dropped"),
             }
             return;
         }
-        if let Err(e) = self.transports.send(to, bytes) {
-            debug!(to = %to.addr, error = %e, "send failed");
-            self.layer.transport_failed(to);
-        }
+        self.out.push_back(Output::Sip {
+            to: to.clone(),
+            bytes,
+        });
     }
 
     fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
@@ -614,12 +699,12 @@ impl Buffer {
                 );
                 if new {
                     info!(%agent, "agent registered");
-                    self.agent_presence(&agent, true);
+                    self.agent_presence(&agent, true, now);
                 }
             }
             RegisterRequest::Unbind { agent } => {
                 if self.registrar.unbind(&agent) {
-                    self.agent_gone(&agent);
+                    self.agent_gone(&agent, now);
                 }
             }
             RegisterRequest::Fetch { agent } => {
@@ -713,10 +798,7 @@ impl Buffer {
             return;
         }
         let json = String::from_utf8_lossy(&msg.body).into_owned();
-        let sent = self
-            .tunnel
-            .as_ref()
-            .is_some_and(|(_, t)| t.try_send(Frame::Presence { agent, json }).is_ok());
+        let sent = self.send_frame(Frame::Presence { agent, json });
         self.respond(tx, msg, if sent { 200 } else { 503 }, now);
     }
 
@@ -754,17 +836,17 @@ impl Buffer {
         }
     }
 
-    fn agent_gone(&mut self, agent: &str) {
+    fn agent_gone(&mut self, agent: &str, now: Instant) {
         info!(%agent, "agent unregistered");
-        self.agent_presence(agent, false);
+        self.agent_presence(agent, false, now);
     }
 
     /// Tells the distributor an agent logged in or out: a tunnel frame, or over a plain-SIP
     /// link a REGISTER of the agent at this edge, with the edge's credential.
-    fn agent_presence(&mut self, agent: &str, up: bool) {
+    fn agent_presence(&mut self, agent: &str, up: bool, now: Instant) {
         if self.link.is_some() {
             let expires = if up { LINK_EXPIRES } else { Duration::ZERO };
-            self.link_register(agent, expires, Instant::now());
+            self.link_register(agent, expires, now);
             return;
         }
         let frame = if up {
@@ -776,9 +858,7 @@ impl Buffer {
                 agent: agent.to_owned(),
             }
         };
-        if let Some((_, sender)) = &self.tunnel {
-            let _ = sender.try_send(frame);
-        }
+        self.send_frame(frame);
     }
 
     fn link_register(&mut self, agent: &str, expires: Duration, now: Instant) {
@@ -914,10 +994,11 @@ impl Buffer {
         {
             // A browser: its WebRTC meets the caller's RTP in the media bridge.
             match media.open(key.0, &invite.body, now) {
-                Ok((caller_answer, agent_offer)) => {
+                Ok(agent_offer) => {
                     out.set_header("Content-Type", "application/sdp");
                     out.body = Bytes::from(agent_offer);
-                    self.caller_answers.insert(key, caller_answer);
+                    // The caller's answer follows once its socket is open.
+                    self.out.push_back(Output::OpenCallerPort { call: key.0 });
                 }
                 Err(e) => {
                     info!(call = ?key, error = %e, "refusing the call's media");
@@ -1041,8 +1122,8 @@ impl Buffer {
         self.acks.insert((key, other), out);
     }
 
-    /// Ends a call still ringing at the agent: 503 to the caller, CANCEL to the agent.
-    fn refuse_offering(&mut self, key: CallKey, now: Instant) {
+    /// Ends a call still ringing at the agent: `status` to the caller, CANCEL to the agent.
+    fn refuse_offering(&mut self, key: CallKey, status: u16, reason: &str, now: Instant) {
         let client_tx = self
             .client_invites
             .iter()
@@ -1054,8 +1135,8 @@ impl Buffer {
         if let (Some(tx), Some(entry)) = (client_tx, self.table.get(key))
             && let Some(req) = self.layer.server_request(tx).cloned()
         {
-            let mut resp = req.response(503, Some(&entry.client.local_tag));
-            resp.set_reason("Shutting down");
+            let mut resp = req.response(status, Some(&entry.client.local_tag));
+            resp.set_reason(reason);
             let _ = self.layer.send_response(tx, resp, now);
         }
         self.table.detach_client(key);
@@ -1291,7 +1372,7 @@ impl Buffer {
     /// Sends the media statistics of this slice's bridged calls to the distributor, for its
     /// live view.
     fn report_stats(&mut self) {
-        let (Some((_, sender)), Some(media)) = (&self.tunnel, &self.media) else {
+        let (Some(conn), Some(media)) = (self.tunnel, &self.media) else {
             return;
         };
         let slice = self.stats_slice % u64::from(STATS_SLICES);
@@ -1307,10 +1388,7 @@ impl Buffer {
                 call_id: entry.client.call_id.clone(),
                 json,
             };
-            if sender.try_send(frame).is_err() {
-                debug!("tunnel busy: media statistics skipped");
-                break;
-            }
+            self.out.push_back(Output::Frame { conn, frame });
         }
     }
 
@@ -1417,6 +1495,7 @@ impl Buffer {
         if let Some(stats) = self.media.as_mut().and_then(|m| m.close(key.0)) {
             let stats = serde_json::to_string(&stats).unwrap_or_default();
             info!(call = ?key, %stats, "media statistics at hang-up");
+            self.out.push_back(Output::CloseCallerPort { call: key.0 });
         }
         self.acks.remove(&(key, Side::Client));
         self.acks.remove(&(key, Side::Agent));

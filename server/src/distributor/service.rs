@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto_tunnel::Frame;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
 use super::agents::AgentEdges;
@@ -22,18 +22,15 @@ use crate::acd::{
 };
 use crate::admin::store::Store;
 use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
-use crate::app::status::{Status, StatusSink};
+use crate::app::status::Status;
 use crate::config::{DistributorConfig, SipConfig};
 use crate::handoff::{self, Mode};
 use crate::ids;
 use crate::media::announcement::Announcement;
-use crate::media::early::EarlyMedia;
 use crate::media::sdp;
 use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
-use crate::transport::tunnel::TunnelServerEvent;
-use crate::transport::{TransportEvent, Transports};
 
 /// URI parameter naming the edge behind a Contact the distributor rewrote, so a caller's
 /// in-dialog request finds its way back into the right tunnel.
@@ -137,8 +134,8 @@ impl BoundAddrs {
 #[derive(Debug)]
 struct Edge {
     id: String,
-    /// The edge's tunnel; `None` for an edge reached over plain SIP.
-    sender: Option<mpsc::Sender<Frame>>,
+    /// Reached through its tunnel (frames); else over plain SIP at `link`.
+    tunneled: bool,
     /// Where a plain-SIP edge is reached (the transport and address it registered from).
     link: Option<Target>,
     /// How this edge wants calls handed to it (the first of its Hello's it names that we know).
@@ -189,6 +186,70 @@ struct Proxied {
     edge_id: String,
 }
 
+/// What the distributor is told.
+#[derive(Debug)]
+pub enum Input {
+    /// SIP from a caller or an edge on a plain-SIP link, parsed at the boundary.
+    Sip { msg: SipMessage, from: Target },
+    /// A caller's (or a plain-SIP edge's) stream connection closed.
+    Closed { conn: ConnId },
+    /// An edge's tunnel opened (its credential checked) and said Hello.
+    EdgeUp {
+        conn: ConnId,
+        edge_id: String,
+        handoffs: Vec<String>,
+    },
+    /// An edge's tunnel closed.
+    EdgeDown { conn: ConnId },
+    /// A frame from an edge's tunnel.
+    Frame { conn: ConnId, frame: Frame },
+    /// From the admin API or the shutdown.
+    Command(Command),
+    /// Sending to `to` failed at once: its transactions fail.
+    SendFailed { to: Target },
+}
+
+/// What the distributor wants done.
+#[derive(Debug)]
+pub enum Output {
+    /// SIP to a caller or a plain-SIP edge.
+    Sip { to: Target, bytes: Bytes },
+    /// A frame into an edge's tunnel.
+    Frame { conn: ConnId, frame: Frame },
+    /// Start the queue's announcement towards a waiting caller's media address.
+    EarlyMediaStart {
+        call: String,
+        to: SocketAddr,
+        audio: Arc<[u8]>,
+        law: crate::media::announcement::Law,
+    },
+    /// Stop a waiting caller's announcement.
+    EarlyMediaStop { call: String },
+    /// For the operator.
+    Status(Status),
+}
+
+/// Where agents' skills and call limits come from (the admin store; a map in tests).
+pub trait Profiles: Send + Sync + std::fmt::Debug {
+    /// The agent's profile, `None` for an agent the source does not know.
+    fn profile(&self, agent: &str) -> Result<Option<Profile>, String>;
+}
+
+impl Profiles for Store {
+    fn profile(&self, agent: &str) -> Result<Option<Profile>, String> {
+        self.agent(agent)
+            .map(|a| {
+                a.map(|a| Profile {
+                    skills: a.skills,
+                    max_calls: a.max_calls,
+                })
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The distributor core: a record-routing proxy and the ACD, with no sockets and no clock
+/// reads (see [`crate::driver::Core`] for the rule its caller follows).
 pub struct Distributor {
     identity: String,
     /// Checks the credentials of edges that register over plain SIP.
@@ -197,7 +258,6 @@ pub struct Distributor {
     revoked: std::collections::BTreeSet<String>,
     config: DistributorConfig,
     layer: TransactionLayer,
-    transports: Transports,
     addrs: BoundAddrs,
     edges: HashMap<ConnId, Edge>,
     edge_ids: HashMap<String, ConnId>,
@@ -205,7 +265,7 @@ pub struct Distributor {
     acd: Acd,
     classifier: Classifier,
     /// Agents' skills and call limits.
-    store: Option<Arc<Store>>,
+    profiles: Option<Arc<dyn Profiles>>,
     /// The live event stream, as JSON lines.
     events: broadcast::Sender<Arc<str>>,
     /// Callers' INVITEs by Call-ID, while their transaction lasts.
@@ -216,23 +276,14 @@ pub struct Distributor {
     /// Call-ID of each caller INVITE server transaction.
     invites: HashMap<TxId, String>,
     media: Option<QueueMedia>,
+    /// Calls hearing their queue's announcement.
+    playing: std::collections::HashSet<String>,
     /// The last media statistics (JSON) an edge reported for each call in progress.
     media_stats: HashMap<String, String>,
-    /// Edges and agents coming and going, for the operator.
-    status: StatusSink,
     /// Shutting down: new calls get 503.
     draining: bool,
-}
-
-impl Edge {
-    /// A frame into the edge's tunnel; plain-SIP edges have none and take no frames.
-    fn send_frame(&self, frame: Frame) {
-        if let Some(sender) = &self.sender
-            && sender.try_send(frame).is_err()
-        {
-            warn!(edge = %self.id, "tunnel queue full; frame dropped");
-        }
-    }
+    /// What to do, in order; drained by [`crate::driver::Core::poll_output`].
+    out: std::collections::VecDeque<Output>,
 }
 
 impl std::fmt::Debug for Distributor {
@@ -255,7 +306,8 @@ fn tunnel_target(conn: ConnId) -> Target {
 /// Queue announcements played to waiting callers (queues with `ringback = "183"`).
 #[derive(Debug)]
 pub struct QueueMedia {
-    pub player: EarlyMedia,
+    /// Where the announcements are played from: the address put in the 183's SDP.
+    pub from: SocketAddr,
     /// Queue → its announcement.
     pub announcements: HashMap<String, Announcement>,
 }
@@ -271,24 +323,64 @@ pub struct Identities {
     /// Checks the credentials of edges that register over plain SIP.
     pub edge_issuer: TokenIssuer,
     /// Agents' skills and call limits (none: every agent gets the defaults).
-    pub store: Option<Arc<Store>>,
+    pub profiles: Option<Arc<dyn Profiles>>,
+}
+
+impl crate::driver::Core for Distributor {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Sip { msg, from } => match self.edge_conn_of(&from) {
+                Some(conn) => self.on_edge_msg(msg, from, conn, now),
+                None => self.layer.handle_message(msg, from, now),
+            },
+            Input::Closed { conn } => self.layer.connection_closed(conn),
+            Input::EdgeUp {
+                conn,
+                edge_id,
+                handoffs,
+            } => self.edge_up(conn, edge_id, &handoffs, now),
+            Input::EdgeDown { conn } => self.edge_down(conn, now),
+            Input::Frame { conn, frame } => self.on_frame(conn, frame, now),
+            Input::Command(command) => self.on_command(command, now),
+            Input::SendFailed { to } => self.layer.transport_failed(&to),
+        }
+        self.drive(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.layer.handle_timeout(now);
+        self.acd.handle_timeout(now);
+        self.drive(now);
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        [self.layer.poll_timeout(), self.acd.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
 }
 
 impl Distributor {
     pub fn new(
         config: DistributorConfig,
         sip: &SipConfig,
-        transports: Transports,
         addrs: BoundAddrs,
         ids: Identities,
         media: Option<QueueMedia>,
-        status: StatusSink,
     ) -> Distributor {
         let Identities {
             verifier: identity,
             revoked,
             edge_issuer,
-            store,
+            profiles,
         } = ids;
         let queues = acd::config::queues_with_default(&config.queues, &config.default_queue);
         let classifier = Classifier::new(&config.call_types, &config.default_queue);
@@ -302,14 +394,13 @@ impl Distributor {
                 send_100_trying: true,
                 timer_c: Some(Duration::from_secs(180)),
             }),
-            transports,
             addrs,
             edges: HashMap::new(),
             edge_ids: HashMap::new(),
             agents: AgentEdges::new(),
             acd: Acd::new(queues),
             classifier,
-            store,
+            profiles,
             events: broadcast::channel(EVENT_BACKLOG).0,
             callers: HashMap::new(),
             offers: HashMap::new(),
@@ -317,63 +408,38 @@ impl Distributor {
             proxied: HashMap::new(),
             invites: HashMap::new(),
             media,
+            playing: Default::default(),
             media_stats: HashMap::new(),
-            status,
             draining: false,
+            out: Default::default(),
         }
     }
 
-    /// Serves until both event sources close.
-    pub async fn run(
-        mut self,
-        mut sip: mpsc::Receiver<TransportEvent>,
-        mut tunnel: mpsc::Receiver<TunnelServerEvent>,
-        mut commands: mpsc::Receiver<Command>,
-    ) {
-        loop {
-            let wake = [self.layer.poll_timeout(), self.acd.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                ev = sip.recv() => match ev {
-                    Some(TransportEvent::Message { msg, from }) => match self.edge_conn_of(&from) {
-                        Some(conn) => self.on_edge_msg(msg, from, conn, Instant::now()),
-                        None => self.layer.handle_message(msg, from, Instant::now()),
-                    },
-                    Some(TransportEvent::Closed { conn }) => {
-                        self.layer.connection_closed(conn);
-                    }
-                    None => break,
-                },
-                ev = tunnel.recv() => match ev {
-                    Some(ev) => self.on_tunnel(ev, Instant::now()),
-                    None => break,
-                },
-                Some(command) = commands.recv() => self.on_command(command, Instant::now()),
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    self.layer.handle_timeout(now);
-                    self.acd.handle_timeout(now);
-                }
-            }
-            self.drive(Instant::now());
+    /// A frame into an edge's tunnel; plain-SIP edges take no frames.
+    fn send_frame(&mut self, conn: ConnId, frame: Frame) {
+        if self.edges.get(&conn).is_some_and(|e| e.tunneled) {
+            self.out.push_back(Output::Frame { conn, frame });
         }
+    }
+
+    fn status(&mut self, status: Status) {
+        self.out.push_back(Output::Status(status));
     }
 
     fn on_command(&mut self, command: Command, now: Instant) {
         match command {
             Command::Revoke { jti } => {
                 info!(%jti, "revoking token on every edge");
-                for edge in self.edges.values() {
-                    edge.send_frame(Frame::Revoke { jti: jti.clone() });
+                let conns: Vec<ConnId> = self.edges.keys().copied().collect();
+                for conn in conns {
+                    self.send_frame(conn, Frame::Revoke { jti: jti.clone() });
                 }
                 self.revoked.insert(jti);
             }
             Command::Keys { json } => {
-                for edge in self.edges.values() {
-                    edge.send_frame(Frame::Keys { json: json.clone() });
+                let conns: Vec<ConnId> = self.edges.keys().copied().collect();
+                for conn in conns {
+                    self.send_frame(conn, Frame::Keys { json: json.clone() });
                 }
                 self.identity = json;
             }
@@ -467,19 +533,13 @@ impl Distributor {
     }
 
     /// The agent's page shows what the ACD thinks of it: sent through the agent's edge.
-    fn tell_page(&self, view: &acd::AgentView) {
-        let Some(edge) = self
-            .agents
-            .edge_of(&view.agent)
-            .and_then(|c| self.edges.get(&c))
-        else {
+    fn tell_page(&mut self, view: &acd::AgentView) {
+        let Some(conn) = self.agents.edge_of(&view.agent) else {
             return;
         };
         if let Ok(json) = serde_json::to_string(view) {
-            edge.send_frame(Frame::AgentState {
-                agent: view.agent.clone(),
-                json,
-            });
+            let agent = view.agent.clone();
+            self.send_frame(conn, Frame::AgentState { agent, json });
         }
     }
 
@@ -493,11 +553,8 @@ impl Distributor {
     /// The agent's skills and call limit from the admin store; defaults for an agent the
     /// store does not know (a token issued from the command line).
     fn profile_of(&self, agent: &str) -> Profile {
-        match self.store.as_ref().map(|s| s.agent(agent)) {
-            Some(Ok(Some(a))) => Profile {
-                skills: a.skills,
-                max_calls: a.max_calls,
-            },
+        match self.profiles.as_ref().map(|p| p.profile(agent)) {
+            Some(Ok(Some(profile))) => profile,
             Some(Err(e)) => {
                 warn!(%agent, error = %e, "agent store failed; default profile");
                 self.default_profile()
@@ -508,7 +565,7 @@ impl Distributor {
 
     fn agent_up(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
         if self.agents.up(agent, conn) {
-            self.status.emit(Status::AgentUp {
+            self.status(Status::AgentUp {
                 agent: agent.to_owned(),
                 edge: edge_id.to_owned(),
             });
@@ -519,7 +576,7 @@ impl Distributor {
 
     fn agent_down(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
         if self.agents.down(agent, conn) {
-            self.status.emit(Status::AgentDown {
+            self.status(Status::AgentDown {
                 agent: agent.to_owned(),
                 edge: edge_id.to_owned(),
             });
@@ -527,71 +584,57 @@ impl Distributor {
         }
     }
 
-    fn on_tunnel(&mut self, ev: TunnelServerEvent, now: Instant) {
-        match ev {
-            TunnelServerEvent::Up {
-                conn,
-                edge_id,
-                sender,
-                handoffs,
-            } => {
-                let mode = handoffs
-                    .iter()
-                    .find_map(|h| Mode::parse(h))
-                    .unwrap_or(Mode::Tunnel);
-                if let Some(old) = self.edge_ids.get(&edge_id).copied() {
-                    // The edge re-dialled before its old tunnel was seen dead.
-                    self.edge_down(old, now);
-                }
-                info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
-                self.status.emit(Status::EdgeUp {
-                    edge: edge_id.clone(),
-                    handoff: mode.as_str(),
-                });
-                let keys = Frame::Keys {
-                    json: self.identity.clone(),
-                };
-                if sender.try_send(keys).is_err() {
-                    warn!(edge = %edge_id, "could not send token keys to the edge");
-                }
-                for jti in &self.revoked {
-                    let _ = sender.try_send(Frame::Revoke { jti: jti.clone() });
-                }
-                self.edge_ids.insert(edge_id.clone(), conn);
-                self.edges.insert(
-                    conn,
-                    Edge {
-                        id: edge_id,
-                        sender: Some(sender),
-                        link: None,
-                        mode,
-                    },
-                );
-            }
-            TunnelServerEvent::Down { conn } => self.edge_down(conn, now),
-            TunnelServerEvent::Frame { conn, frame } => {
-                let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
-                    return;
-                };
-                match frame {
-                    Frame::AgentUp { agent } => self.agent_up(&agent, conn, &edge_id, now),
-                    Frame::AgentDown { agent } => self.agent_down(&agent, conn, &edge_id, now),
-                    Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
-                    Frame::Presence { agent, json } => {
-                        if self.agents.edge_of(&agent) == Some(conn) {
-                            self.presence_from_page(&agent, &json, now);
-                        }
-                    }
-                    Frame::CallStats { call_id, json } => {
-                        // Kept only for calls the ACD holds, and dropped when the ACD says a
-                        // call ended, so the map cannot grow.
-                        if self.acd.call_info(&call_id, now).is_some() {
-                            self.media_stats.insert(call_id, json);
-                        }
-                    }
-                    other => debug!(frame = ?other, "ignoring tunnel frame"),
+    fn edge_up(&mut self, conn: ConnId, edge_id: String, handoffs: &[String], now: Instant) {
+        let mode = handoffs
+            .iter()
+            .find_map(|h| Mode::parse(h))
+            .unwrap_or(Mode::Tunnel);
+        if let Some(old) = self.edge_ids.get(&edge_id).copied() {
+            // The edge re-dialled before its old tunnel was seen dead.
+            self.edge_down(old, now);
+        }
+        info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
+        self.status(Status::EdgeUp {
+            edge: edge_id.clone(),
+            handoff: mode.as_str(),
+        });
+        self.edge_ids.insert(edge_id.clone(), conn);
+        let edge = Edge {
+            id: edge_id,
+            tunneled: true,
+            link: None,
+            mode,
+        };
+        self.edges.insert(conn, edge);
+        let json = self.identity.clone();
+        self.send_frame(conn, Frame::Keys { json });
+        let revoked: Vec<String> = self.revoked.iter().cloned().collect();
+        for jti in revoked {
+            self.send_frame(conn, Frame::Revoke { jti });
+        }
+    }
+
+    fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
+            return;
+        };
+        match frame {
+            Frame::AgentUp { agent } => self.agent_up(&agent, conn, &edge_id, now),
+            Frame::AgentDown { agent } => self.agent_down(&agent, conn, &edge_id, now),
+            Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
+            Frame::Presence { agent, json } => {
+                if self.agents.edge_of(&agent) == Some(conn) {
+                    self.presence_from_page(&agent, &json, now);
                 }
             }
+            Frame::CallStats { call_id, json } => {
+                // Kept only for calls the ACD holds, and dropped when the ACD says a call
+                // ended, so the map cannot grow.
+                if self.acd.call_info(&call_id, now).is_some() {
+                    self.media_stats.insert(call_id, json);
+                }
+            }
+            other => debug!(frame = ?other, "ignoring tunnel frame"),
         }
     }
 
@@ -604,7 +647,7 @@ impl Distributor {
         }
         info!(edge = %edge.id, "edge down");
         for agent in self.agents.edge_down(conn) {
-            self.status.emit(Status::AgentDown {
+            self.status(Status::AgentDown {
                 agent: agent.clone(),
                 edge: edge.id.clone(),
             });
@@ -677,15 +720,21 @@ impl Distributor {
         let Some(edge) = self.edges.get(&conn) else {
             return;
         };
-        if edge.sender.is_some() {
-            edge.send_frame(Frame::Sip {
-                agent: None,
-                message: bytes,
-            });
-        } else if let Err(e) = self.transports.send(to, bytes) {
-            debug!(to = %to.addr, error = %e, "send to an edge failed");
-            self.layer.transport_failed(to);
-        }
+        let message = if edge.tunneled {
+            Output::Frame {
+                conn,
+                frame: Frame::Sip {
+                    agent: None,
+                    message: bytes,
+                },
+            }
+        } else {
+            Output::Sip {
+                to: to.clone(),
+                bytes,
+            }
+        };
+        self.out.push_back(message);
     }
 
     fn drive(&mut self, now: Instant) {
@@ -709,9 +758,11 @@ impl Distributor {
             } else if t.to.kind == TransportKind::Tunnel {
                 // That edge is gone.
                 self.layer.transport_failed(&t.to);
-            } else if let Err(e) = self.transports.send(&t.to, t.bytes) {
-                debug!(to = %t.to.addr, error = %e, "send failed");
-                self.layer.transport_failed(&t.to);
+            } else {
+                self.out.push_back(Output::Sip {
+                    to: t.to,
+                    bytes: t.bytes,
+                });
             }
         }
     }
@@ -763,13 +814,10 @@ impl Distributor {
             // `uri` was encoded in the request-URI before the layer saw the INVITE.
             (_, _) => Some(t.bytes),
         };
-        if edge.sender.is_none() {
+        if !edge.tunneled {
             // A plain-SIP edge: only `uri` and `message` exist there, both plain bytes.
-            if let Some(message) = message
-                && let Err(e) = self.transports.send(&t.to, message)
-            {
-                debug!(to = %t.to.addr, error = %e, "send to an edge failed");
-                self.layer.transport_failed(&t.to);
+            if let Some(bytes) = message {
+                self.out.push_back(Output::Sip { to: t.to, bytes });
             }
             return;
         }
@@ -780,7 +828,7 @@ impl Distributor {
             });
         }
         for frame in frames {
-            edge.send_frame(frame);
+            self.out.push_back(Output::Frame { conn, frame });
         }
     }
 
@@ -862,7 +910,7 @@ impl Distributor {
             Err(e) => return refuse(self, e.status(), &e.to_string()),
         };
         let conn = match self.edge_ids.get(&edge_id).copied() {
-            Some(conn) if self.edges.get(&conn).is_some_and(|e| e.sender.is_some()) => {
+            Some(conn) if self.edges.get(&conn).is_some_and(|e| e.tunneled) => {
                 return refuse(self, 409, "This edge is connected by tunnel");
             }
             Some(conn) => conn,
@@ -885,7 +933,7 @@ impl Distributor {
                 let link = register::target_for(&contact, &from);
                 if !self.edges.contains_key(&conn) {
                     info!(edge = %edge_id, handoff = mode.as_str(), "edge up over plain SIP");
-                    self.status.emit(Status::EdgeUp {
+                    self.status(Status::EdgeUp {
                         edge: edge_id.clone(),
                         handoff: mode.as_str(),
                     });
@@ -895,7 +943,7 @@ impl Distributor {
                     conn,
                     Edge {
                         id: edge_id.clone(),
-                        sender: None,
+                        tunneled: false,
                         link: Some(link),
                         mode,
                     },
@@ -1018,14 +1066,29 @@ impl Distributor {
             return;
         };
         let queue = self.acd.queue_of(call).unwrap_or_default();
-        let early = self.media.as_mut().and_then(|m| {
+        let early = self.media.as_ref().and_then(|m| {
             let audio = m.announcements.get(queue)?;
             let offer = sdp::audio_offer(&c.invite.body)?;
             let law = offer.law()?;
-            let from = m.player.local_addr();
-            m.player.start(call, offer.to, audio.encoded(law), law);
-            Some(sdp::answer(from, law, rand::random::<u32>().into()))
+            let start = Output::EarlyMediaStart {
+                call: call.to_owned(),
+                to: offer.to,
+                audio: audio.encoded(law),
+                law,
+            };
+            Some((
+                start,
+                sdp::answer(m.from, law, rand::random::<u32>().into()),
+            ))
         });
+        let early = early.map(|(start, answer)| {
+            self.playing.insert(call.to_owned());
+            self.out.push_back(start);
+            answer
+        });
+        let Some(c) = self.callers.get(call) else {
+            return;
+        };
         let mut resp = match early {
             Some(answer) => {
                 let mut resp = c.invite.response(183, Some(&c.tag));
@@ -1042,8 +1105,10 @@ impl Distributor {
     }
 
     fn stop_early_media(&mut self, call: &str) {
-        if let Some(m) = self.media.as_mut() {
-            m.player.stop(call);
+        if self.playing.remove(call) {
+            self.out.push_back(Output::EarlyMediaStop {
+                call: call.to_owned(),
+            });
         }
     }
 
@@ -1396,12 +1461,12 @@ impl Distributor {
         let ip = host.trim_matches(['[', ']']).parse().ok()?;
         let port = via.rport.flatten().or(via.port).unwrap_or(5060);
         let addr = SocketAddr::new(ip, port);
-        let conn = if kind == TransportKind::Udp {
-            None
-        } else {
-            self.transports.find_conn(kind, addr)
-        };
-        Some(Target { kind, addr, conn })
+        // A stream's connection is found by its address when the message is sent.
+        Some(Target {
+            kind,
+            addr,
+            conn: None,
+        })
     }
 
     /// A transaction got no answer (`Timeout`) or lost its connection (`Transport`).

@@ -225,6 +225,34 @@ impl Bridge {
         caller_local: SocketAddr,
         now: Instant,
     ) -> Result<(String, String), BridgeError> {
+        let agent_offer = self.open(id, caller_offer, now)?;
+        Ok((self.caller_answer(id, caller_local)?, agent_offer))
+    }
+
+    /// The caller's SDP answer once its media socket is known (`caller_local`, as announced).
+    pub fn caller_answer(
+        &self,
+        id: SessionId,
+        caller_local: SocketAddr,
+    ) -> Result<String, BridgeError> {
+        let s = self.sessions.get(&id).ok_or(BridgeError::Unknown(id))?;
+        Ok(sdp::rtp_answer(
+            caller_local,
+            s.caller_pt,
+            s.caller_te,
+            s.caller_direction.answer(),
+            id,
+        ))
+    }
+
+    /// A new call, before its caller-side socket exists: takes the caller's offer and makes
+    /// the WebRTC offer for the agent; [`Bridge::caller_answer`] answers the caller later.
+    pub fn open(
+        &mut self,
+        id: SessionId,
+        caller_offer: &[u8],
+        now: Instant,
+    ) -> Result<String, BridgeError> {
         let offer = sdp::audio_offer(caller_offer).ok_or(BridgeError::NoAudio)?;
         let pt = offer
             .payload_types
@@ -264,13 +292,6 @@ impl Bridge {
         let (agent_offer, pending) = change
             .apply()
             .ok_or_else(|| BridgeError::BadAnswer("no offer".into()))?;
-        let caller_answer = sdp::rtp_answer(
-            caller_local,
-            pt,
-            offer.telephone_event,
-            offer.direction.answer(),
-            id,
-        );
         let session = Session {
             rtc,
             mid,
@@ -298,7 +319,7 @@ impl Bridge {
         self.next_sweep.get_or_insert(now + INACTIVITY_SWEEP);
         self.sessions.insert(id, session);
         self.drain(id, now);
-        Ok((caller_answer, agent_offer.to_sdp_string()))
+        Ok(agent_offer.to_sdp_string())
     }
 
     /// The agent's SDP answer (in its 200 OK).

@@ -189,6 +189,18 @@ impl Transports {
                 stream::connect_tcp(self.clone(), to.addr, bytes);
                 Ok(())
             }
+            // TLS is never dialled here: a response or request goes back on the caller's
+            // connection, found by its address when the sender did not name it.
+            TransportKind::Tls => match self.find_conn(TransportKind::Tls, to.addr) {
+                Some(id) => self.send(
+                    &Target {
+                        conn: Some(id),
+                        ..to.clone()
+                    },
+                    bytes,
+                ),
+                None => Err(SendError::NoTransport(TransportKind::Tls)),
+            },
             kind => Err(SendError::NoTransport(kind)),
         }
     }

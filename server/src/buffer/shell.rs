@@ -1,0 +1,120 @@
+//! The buffer server's IO: the agents' SIP transports, the tunnel it dials, the media
+//! sockets and the shutdown's commands, around the sans-IO [`Buffer`] core.
+
+use std::time::Instant;
+
+use proto_tunnel::Frame;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::media::MediaIn;
+use super::media_io::MediaSockets;
+use super::service::{Buffer, Command, Input, Output};
+use crate::app::status::StatusSink;
+use crate::driver::Shell;
+use crate::sip::ConnId;
+use crate::transport::tunnel::TunnelClientEvent;
+use crate::transport::{TransportEvent, Transports};
+
+/// Everything the buffer server's core does not own.
+#[derive(Debug)]
+pub struct BufferShell {
+    transports: Transports,
+    sip: mpsc::Receiver<TransportEvent>,
+    tunnel: mpsc::Receiver<TunnelClientEvent>,
+    media_in: mpsc::Receiver<MediaIn>,
+    commands: mpsc::Receiver<Command>,
+    /// The tunnel's writer while it is up.
+    tunnel_tx: Option<(ConnId, mpsc::Sender<Frame>)>,
+    media: MediaSockets,
+    status: StatusSink,
+}
+
+/// The receiving ends a buffer server's shell reads.
+#[derive(Debug)]
+pub struct Sources {
+    pub sip: mpsc::Receiver<TransportEvent>,
+    pub tunnel: mpsc::Receiver<TunnelClientEvent>,
+    pub media: mpsc::Receiver<MediaIn>,
+    pub commands: mpsc::Receiver<Command>,
+}
+
+impl BufferShell {
+    pub fn new(
+        transports: Transports,
+        sources: Sources,
+        media: MediaSockets,
+        status: StatusSink,
+    ) -> BufferShell {
+        BufferShell {
+            transports,
+            sip: sources.sip,
+            tunnel: sources.tunnel,
+            media_in: sources.media,
+            commands: sources.commands,
+            tunnel_tx: None,
+            media,
+            status,
+        }
+    }
+
+    /// Serves until the transports stop.
+    pub async fn run(self, core: Buffer) {
+        crate::driver::run(core, self).await;
+    }
+}
+
+impl Shell<Buffer> for BufferShell {
+    async fn next_input(&mut self) -> Option<Input> {
+        tokio::select! {
+            ev = self.sip.recv() => match ev? {
+                TransportEvent::Message { msg, from } => Some(Input::Sip { msg, from }),
+                TransportEvent::Closed { conn } => Some(Input::Closed { conn }),
+            },
+            // Without a tunnel (a plain-SIP edge) this source is simply closed.
+            Some(ev) = self.tunnel.recv() => Some(match ev {
+                TunnelClientEvent::Up { conn, sender } => {
+                    self.tunnel_tx = Some((conn, sender));
+                    Input::TunnelUp { conn }
+                }
+                TunnelClientEvent::Down { conn } => {
+                    if self.tunnel_tx.as_ref().is_some_and(|(c, _)| *c == conn) {
+                        self.tunnel_tx = None;
+                    }
+                    Input::TunnelDown { conn }
+                }
+                TunnelClientEvent::Frame { conn, frame } => Input::Frame { conn, frame },
+            }),
+            Some(input) = self.media_in.recv() => Some(Input::Media(input)),
+            Some(command) = self.commands.recv() => Some(Input::Command(command)),
+        }
+    }
+
+    fn perform(&mut self, output: Output, _now: Instant) -> Option<Input> {
+        match output {
+            Output::Sip { to, bytes } => {
+                if let Err(e) = self.transports.send(&to, bytes) {
+                    debug!(to = %to.addr, error = %e, "send failed");
+                    return Some(Input::SendFailed { to });
+                }
+            }
+            Output::Frame { conn, frame } => match &self.tunnel_tx {
+                Some((c, sender)) if *c == conn => {
+                    if sender.try_send(frame).is_err() {
+                        warn!("tunnel queue full; frame dropped");
+                    }
+                }
+                _ => debug!("tunnel down; frame to the distributor dropped"),
+            },
+            Output::Close { conn } => self.transports.close(conn),
+            Output::OpenCallerPort { call } => {
+                let result = self.media.open(call).map_err(|e| e.to_string());
+                return Some(Input::CallerPort { call, result });
+            }
+            Output::CloseCallerPort { call } => self.media.close(call),
+            Output::Datagram(d) => self.media.send(d.via, d.to, &d.bytes),
+            Output::Status(status) => self.status.emit(status),
+        }
+        None
+    }
+}

@@ -1,0 +1,582 @@
+//! Both role cores together on a simulated network and clock, with no sockets and no
+//! runtime (str0m's two-peers-and-a-clock pattern): a distributor core and a buffer server
+//! core joined by a simulated tunnel, a scripted caller on one side and scripted desk-phone
+//! agents on the other. Each scenario runs in milliseconds; timers advance the clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use agent_edge::acd::config::QueueConfig;
+use agent_edge::admin::keys::KeyRing;
+use agent_edge::admin::tokens::TokenIssuer;
+use agent_edge::app::status::Status;
+use agent_edge::buffer::service::{self as buffer, Buffer};
+use agent_edge::config::{BufferConfig, DistributorConfig, SipConfig};
+use agent_edge::distributor::service::{self as distributor, Distributor};
+use agent_edge::driver::Core;
+use agent_edge::handoff::Mode;
+use agent_edge::sip::{ConnId, SipMessage, Target};
+
+const CALLER: &str = "192.0.2.10:5060";
+const DIST_UDP: &str = "198.51.100.1:5060";
+const EDGE_UDP: &str = "198.51.100.2:5070";
+/// The tunnel's connection id on each side.
+const DIST_TUNNEL: ConnId = ConnId(1);
+const EDGE_TUNNEL: ConnId = ConnId(2);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+                   m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+/// A message as a peer sends it: headers with a correct Content-Length.
+fn message(head: &str, body: &str) -> SipMessage {
+    let text = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
+    SipMessage::parse(text.as_bytes()).unwrap()
+}
+
+/// The network, the clock and what each peer received.
+struct Sim {
+    now: Instant,
+    dist: Distributor,
+    edge: Buffer,
+    tunnel_up: bool,
+    /// SIP the caller received, in order.
+    caller: Vec<SipMessage>,
+    /// SIP each agent phone received, by its address.
+    agents: HashMap<SocketAddr, Vec<SipMessage>>,
+    status: Vec<Status>,
+    issuer: TokenIssuer,
+    _keys: tempfile::TempDir,
+}
+
+impl Sim {
+    fn new(mode: Mode, queue: QueueConfig) -> Sim {
+        let keys = tempfile::tempdir().unwrap();
+        let ring = KeyRing::load(keys.path(), 3600, unix_now()).unwrap();
+        let ring = Arc::new(RwLock::new(ring));
+        let issuer = TokenIssuer::new(ring.clone(), "agent-edge", "agent-edge-agents");
+        let edges = TokenIssuer::new(ring, "agent-edge", "agent-edge-edges");
+        let now = Instant::now();
+        let dist_config = DistributorConfig {
+            default_queue: queue.name.clone(),
+            queues: vec![queue],
+            ..DistributorConfig::default()
+        };
+        let dist = Distributor::new(
+            dist_config,
+            &SipConfig::default(),
+            distributor::BoundAddrs {
+                udp: addr(DIST_UDP),
+                tcp: addr(DIST_UDP),
+                tls: addr("198.51.100.1:5061"),
+            },
+            distributor::Identities {
+                verifier: serde_json::to_string(&issuer.verifier_settings()).unwrap(),
+                revoked: Vec::new(),
+                edge_issuer: edges,
+                profiles: None,
+            },
+            None,
+        );
+        let edge = Buffer::new(
+            BufferConfig {
+                handoff: mode,
+                ..BufferConfig::default()
+            },
+            &SipConfig::default(),
+            buffer::BoundAddrs {
+                udp: addr(EDGE_UDP),
+                tcp: addr(EDGE_UDP),
+                https: addr("198.51.100.2:8443"),
+            },
+            None,
+            None,
+            now,
+        );
+        let mut sim = Sim {
+            now,
+            dist,
+            edge,
+            tunnel_up: false,
+            caller: Vec::new(),
+            agents: HashMap::new(),
+            status: Vec::new(),
+            issuer,
+            _keys: keys,
+        };
+        sim.connect_tunnel(mode);
+        sim
+    }
+
+    /// The edge dials: both ends see the tunnel open, and the keys arrive.
+    fn connect_tunnel(&mut self, mode: Mode) {
+        self.tunnel_up = true;
+        let now = self.now;
+        self.edge
+            .handle(buffer::Input::TunnelUp { conn: EDGE_TUNNEL }, now);
+        self.dist.handle(
+            distributor::Input::EdgeUp {
+                conn: DIST_TUNNEL,
+                edge_id: "edge-1".into(),
+                handoffs: vec![mode.as_str().into()],
+            },
+            now,
+        );
+        self.pump();
+        assert!(self.saw(&Status::TunnelUp {
+            edge: "edge-1".into()
+        }));
+    }
+
+    /// The tunnel dies under both ends.
+    fn drop_tunnel(&mut self) {
+        self.tunnel_up = false;
+        let now = self.now;
+        self.dist
+            .handle(distributor::Input::EdgeDown { conn: DIST_TUNNEL }, now);
+        self.edge
+            .handle(buffer::Input::TunnelDown { conn: EDGE_TUNNEL }, now);
+        self.pump();
+    }
+
+    fn saw(&self, status: &Status) -> bool {
+        self.status.contains(status)
+    }
+
+    /// Delivers everything both cores want sent until the network is quiet.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(out) = self.dist.poll_output() {
+                moved = true;
+                match out {
+                    distributor::Output::Sip { to, bytes } => {
+                        assert_eq!(
+                            to.addr,
+                            addr(CALLER),
+                            "the distributor only talks to the caller"
+                        );
+                        self.caller.push(SipMessage::parse(&bytes).unwrap());
+                    }
+                    distributor::Output::Frame { conn, frame } => {
+                        assert_eq!(conn, DIST_TUNNEL);
+                        if self.tunnel_up {
+                            let input = buffer::Input::Frame {
+                                conn: EDGE_TUNNEL,
+                                frame,
+                            };
+                            self.edge.handle(input, self.now);
+                        }
+                    }
+                    distributor::Output::Status(s) => self.status.push(s),
+                    distributor::Output::EarlyMediaStart { .. }
+                    | distributor::Output::EarlyMediaStop { .. } => {}
+                }
+            }
+            while let Some(out) = self.edge.poll_output() {
+                moved = true;
+                match out {
+                    buffer::Output::Sip { to, bytes } => {
+                        let msg = SipMessage::parse(&bytes).unwrap();
+                        self.agents.entry(to.addr).or_default().push(msg);
+                    }
+                    buffer::Output::Frame { frame, .. } => {
+                        if self.tunnel_up {
+                            let input = distributor::Input::Frame {
+                                conn: DIST_TUNNEL,
+                                frame,
+                            };
+                            self.dist.handle(input, self.now);
+                        }
+                    }
+                    buffer::Output::Status(s) => self.status.push(s),
+                    buffer::Output::OpenCallerPort { call } => {
+                        let result = Ok(addr("198.51.100.2:30000"));
+                        let input = buffer::Input::CallerPort { call, result };
+                        self.edge.handle(input, self.now);
+                    }
+                    buffer::Output::Close { .. }
+                    | buffer::Output::CloseCallerPort { .. }
+                    | buffer::Output::Datagram(_) => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Moves the clock on by `by`, firing every timer due on the way.
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        loop {
+            let next = [self.dist.poll_timeout(), self.edge.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(at) if at <= until => {
+                    self.now = self.now.max(at);
+                    let now = self.now;
+                    if self.dist.poll_timeout().is_some_and(|t| t <= now) {
+                        self.dist.handle_timeout(now);
+                    }
+                    if self.edge.poll_timeout().is_some_and(|t| t <= now) {
+                        self.edge.handle_timeout(now);
+                    }
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    /// SIP from the caller to the distributor.
+    fn caller_sends(&mut self, msg: SipMessage) {
+        let from = Target::udp(addr(CALLER));
+        self.dist
+            .handle(distributor::Input::Sip { msg, from }, self.now);
+        self.pump();
+    }
+
+    /// SIP from an agent's phone to the edge.
+    fn phone_sends(&mut self, phone: SocketAddr, msg: SipMessage) {
+        let from = Target::udp(phone);
+        self.edge.handle(buffer::Input::Sip { msg, from }, self.now);
+        self.pump();
+    }
+
+    /// An agent registers its phone with its token, and the distributor learns of it.
+    fn sign_in(&mut self, agent: &str, phone: SocketAddr) {
+        let token = self.issuer.issue(agent, None, 3600).unwrap();
+        let register = message(
+            &format!(
+                "REGISTER sip:{EDGE_UDP} SIP/2.0\r\nVia: SIP/2.0/UDP {phone};branch=z9hG4bK-reg-{agent}\r\n\
+                 From: <sip:{agent}@{EDGE_UDP}>;tag=r1\r\nTo: <sip:{agent}@{EDGE_UDP}>\r\n\
+                 Call-ID: reg-{agent}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{agent}@{phone}>\r\n\
+                 Expires: 3600\r\nAuthorization: Bearer {token}\r\n"
+            ),
+            "",
+        );
+        self.phone_sends(phone, register);
+        assert_eq!(self.last_to_agent(phone).status(), Some(200));
+        assert!(self.saw(&Status::AgentUp {
+            agent: agent.into(),
+            edge: "edge-1".into()
+        }));
+    }
+
+    fn last_to_agent(&self, phone: SocketAddr) -> &SipMessage {
+        self.agents[&phone].last().unwrap()
+    }
+
+    /// The agent's phone's messages whose first line starts with `start`.
+    fn to_agent(&self, phone: SocketAddr, start: &str) -> Vec<SipMessage> {
+        self.agents
+            .get(&phone)
+            .map(|m| {
+                m.iter()
+                    .filter(|m| String::from_utf8_lossy(&m.to_bytes()).starts_with(start))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The responses to its INVITEs the caller got, by status, in order (retransmissions
+    /// included).
+    fn caller_statuses(&self) -> Vec<u16> {
+        self.caller
+            .iter()
+            .filter(|m| m.cseq().is_ok_and(|c| c.method.as_str() == "INVITE"))
+            .filter_map(SipMessage::status)
+            .collect()
+    }
+
+    /// The agent's phone answers a request: `code`, with our tag, a Contact and SDP for 2xx.
+    fn agent_answers(&mut self, phone: SocketAddr, request: &SipMessage, code: u16) {
+        let mut resp = request.response(code, Some("agent-tag"));
+        if (200..300).contains(&code) && request.method().is_some_and(|m| m.as_str() == "INVITE") {
+            resp.push_header("Contact", format!("<sip:alice@{phone}>"));
+            resp.push_header("Content-Type", "application/sdp");
+            resp.body = SDP.as_bytes().to_vec().into();
+        }
+        self.phone_sends(phone, resp);
+    }
+
+    /// An in-dialog request from the agent's phone on the leg of `invite` (the INVITE it got).
+    fn agent_request(&mut self, phone: SocketAddr, invite: &SipMessage, method: &str, cseq: u32) {
+        let from_caller = invite.header("From").unwrap().to_owned();
+        let to_us = invite.header("To").unwrap().to_owned();
+        let contact = invite.header("Contact").unwrap();
+        let target = contact.trim_matches(['<', '>']);
+        let msg = message(
+            &format!(
+                "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {phone};branch=z9hG4bK-a-{method}-{cseq}\r\n\
+                 Max-Forwards: 70\r\nFrom: {to_us};tag=agent-tag\r\nTo: {from_caller}\r\n\
+                 Call-ID: {}\r\nCSeq: {cseq} {method}\r\n",
+                invite.call_id().unwrap()
+            ),
+            "",
+        );
+        self.phone_sends(phone, msg);
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The caller's side of one call, as a SIP phone would keep it.
+struct CallerCall {
+    call_id: String,
+    /// The dialog's remote target and route set, from the 2xx.
+    remote: Option<(String, Vec<String>, String)>,
+}
+
+impl CallerCall {
+    fn invite(sim: &mut Sim, call_id: &str) -> CallerCall {
+        let msg = message(
+            &format!(
+                "INVITE sip:support@{DIST_UDP} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{call_id}-inv\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:caller@192.0.2.10>;tag=caller-tag\r\nTo: <sip:support@{DIST_UDP}>\r\n\
+                 Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+                 Content-Type: application/sdp\r\n"
+            ),
+            SDP,
+        );
+        sim.caller_sends(msg);
+        CallerCall {
+            call_id: call_id.into(),
+            remote: None,
+        }
+    }
+
+    /// Takes the dialog from the caller's last 2xx and ACKs it.
+    fn ack(&mut self, sim: &mut Sim) {
+        let ok = sim
+            .caller
+            .iter()
+            .rev()
+            .find(|m| m.status() == Some(200))
+            .expect("the caller got no 200")
+            .clone();
+        let target = ok
+            .header("Contact")
+            .unwrap()
+            .trim_matches(['<', '>'])
+            .to_owned();
+        let mut routes: Vec<String> = ok
+            .headers_named("Record-Route")
+            .map(str::to_owned)
+            .collect();
+        routes.reverse();
+        let to = ok.header("To").unwrap().to_owned();
+        self.remote = Some((target, routes, to));
+        self.in_dialog(sim, "ACK", 1);
+    }
+
+    fn in_dialog(&mut self, sim: &mut Sim, method: &str, cseq: u32) {
+        let (target, routes, to) = self.remote.clone().expect("no dialog yet");
+        let routes: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
+        let msg = message(
+            &format!(
+                "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{}-{method}-{cseq}\r\n\
+                 Max-Forwards: 70\r\n{routes}From: <sip:caller@192.0.2.10>;tag=caller-tag\r\nTo: {to}\r\n\
+                 Call-ID: {}\r\nCSeq: {cseq} {method}\r\n",
+                self.call_id, self.call_id
+            ),
+            "",
+        );
+        sim.caller_sends(msg);
+    }
+
+    fn cancel(&mut self, sim: &mut Sim) {
+        let msg = message(
+            &format!(
+                "CANCEL sip:support@{DIST_UDP} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{}-inv\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:caller@192.0.2.10>;tag=caller-tag\r\nTo: <sip:support@{DIST_UDP}>\r\n\
+                 Call-ID: {}\r\nCSeq: 1 CANCEL\r\n",
+                self.call_id, self.call_id
+            ),
+            "",
+        );
+        sim.caller_sends(msg);
+    }
+}
+
+fn queue() -> QueueConfig {
+    QueueConfig {
+        name: "support".into(),
+        ring_timeout_s: 10,
+        ..QueueConfig::default()
+    }
+}
+
+const ALICE: &str = "192.0.2.20:5062";
+const BOB: &str = "192.0.2.21:5062";
+
+/// Sets up a call up to the agent's answer and the caller's ACK; returns the agent's INVITE.
+fn answered_call(sim: &mut Sim, call_id: &str) -> (CallerCall, SipMessage) {
+    let alice = addr(ALICE);
+    let mut call = CallerCall::invite(sim, call_id);
+    assert_eq!(sim.caller_statuses().first(), Some(&100));
+    let invite = sim
+        .to_agent(alice, "INVITE")
+        .pop()
+        .expect("alice's phone never rang");
+    // Nothing of the caller's side reaches the agent's leg.
+    assert_ne!(invite.call_id(), Some(call_id));
+    assert!(!String::from_utf8_lossy(&invite.to_bytes()).contains("192.0.2.10:5060;branch"));
+    sim.agent_answers(alice, &invite, 180);
+    sim.agent_answers(alice, &invite, 200);
+    assert!(sim.caller_statuses().contains(&200));
+    call.ack(sim);
+    assert_eq!(
+        sim.to_agent(alice, "ACK").len(),
+        1,
+        "the caller's ACK reaches the agent"
+    );
+    (call, invite)
+}
+
+#[test]
+fn a_call_answered_and_hung_up_by_the_caller() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.sign_in("alice", addr(ALICE));
+    let (mut call, _) = answered_call(&mut sim, "call-1");
+    call.in_dialog(&mut sim, "BYE", 2);
+    let bye = sim
+        .to_agent(addr(ALICE), "BYE")
+        .pop()
+        .expect("no BYE at the agent");
+    sim.agent_answers(addr(ALICE), &bye, 200);
+    let last = sim.caller.last().unwrap();
+    assert_eq!((last.status(), last.cseq().unwrap().seq), (Some(200), 2));
+}
+
+#[test]
+fn a_call_answered_and_hung_up_by_the_agent() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.sign_in("alice", addr(ALICE));
+    let (_call, invite) = answered_call(&mut sim, "call-1");
+    sim.agent_request(addr(ALICE), &invite, "BYE", 2);
+    let bye = sim
+        .caller
+        .iter()
+        .find(|m| m.method().is_some_and(|m| m.as_str() == "BYE"))
+        .expect("the caller got no BYE")
+        .clone();
+    assert_eq!(bye.call_id(), Some("call-1"));
+    assert_eq!(bye.to_tag().as_deref(), Some("caller-tag"));
+    let ok = bye.response(200, None);
+    sim.caller_sends(ok);
+    assert_eq!(sim.last_to_agent(addr(ALICE)).status(), Some(200));
+}
+
+#[test]
+fn a_cancel_racing_the_answer_ends_both_legs() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    let alice = addr(ALICE);
+    sim.sign_in("alice", alice);
+    let mut call = CallerCall::invite(&mut sim, "call-1");
+    let invite = sim.to_agent(alice, "INVITE").pop().unwrap();
+    sim.agent_answers(alice, &invite, 180);
+    // The caller gives up as the agent answers: the two cross.
+    call.cancel(&mut sim);
+    sim.agent_answers(alice, &invite, 200);
+    let statuses = sim.caller_statuses();
+    assert!(statuses.contains(&487), "{statuses:?}");
+    assert!(!statuses.contains(&200), "{statuses:?}");
+    // The agent's answer is confirmed and its leg hung up.
+    assert_eq!(sim.to_agent(alice, "ACK").len(), 1);
+    assert_eq!(sim.to_agent(alice, "BYE").len(), 1);
+}
+
+#[test]
+fn each_hand_off_mode_delivers_the_call_to_the_named_agent() {
+    for mode in Mode::ALL {
+        let mut sim = Sim::new(mode, queue());
+        assert!(sim.saw(&Status::EdgeUp {
+            edge: "edge-1".into(),
+            handoff: mode.as_str()
+        }));
+        sim.sign_in("bob", addr(BOB));
+        sim.advance(Duration::from_secs(1));
+        sim.sign_in("alice", addr(ALICE));
+        // Longest idle first: bob signed in first, so bob's phone rings and alice's does not.
+        let _call = CallerCall::invite(&mut sim, "call-1");
+        let invite = sim.to_agent(addr(BOB), "INVITE").pop();
+        assert!(invite.is_some(), "{mode:?}: bob's phone never rang");
+        assert!(sim.to_agent(addr(ALICE), "INVITE").is_empty(), "{mode:?}");
+        let invite = invite.unwrap();
+        assert!(
+            invite.request_uri().unwrap().starts_with("sip:bob@"),
+            "{mode:?}"
+        );
+        let mut answer = invite.response(200, Some("agent-tag"));
+        answer.push_header("Contact", format!("<sip:bob@{BOB}>"));
+        sim.phone_sends(addr(BOB), answer);
+        assert!(sim.caller_statuses().contains(&200), "{mode:?}");
+    }
+}
+
+#[test]
+fn an_edge_dropping_mid_call_signs_its_agents_out() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.sign_in("alice", addr(ALICE));
+    let (_call, _) = answered_call(&mut sim, "call-1");
+    sim.drop_tunnel();
+    assert!(sim.saw(&Status::AgentDown {
+        agent: "alice".into(),
+        edge: "edge-1".into()
+    }));
+    assert!(sim.saw(&Status::TunnelDown {
+        edge: "edge-1".into()
+    }));
+    // A new call now finds nobody signed in and is refused at once.
+    let _second = CallerCall::invite(&mut sim, "call-2");
+    let refused = sim
+        .caller
+        .iter()
+        .filter(|m| m.call_id() == Some("call-2"))
+        .filter_map(SipMessage::status)
+        .find(|c| *c >= 300);
+    assert!(refused.is_some(), "{:?}", sim.caller_statuses());
+}
+
+#[test]
+fn ring_no_answer_goes_to_the_next_agent() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.sign_in("alice", addr(ALICE));
+    sim.advance(Duration::from_secs(1));
+    sim.sign_in("bob", addr(BOB));
+    let _call = CallerCall::invite(&mut sim, "call-1");
+    let invite = sim.to_agent(addr(ALICE), "INVITE").pop().unwrap();
+    sim.agent_answers(addr(ALICE), &invite, 180);
+    assert!(sim.to_agent(addr(BOB), "INVITE").is_empty());
+    // Alice lets it ring past the queue's ring timeout: her offer is cancelled, bob rings.
+    sim.advance(Duration::from_secs(11));
+    let cancel = sim
+        .to_agent(addr(ALICE), "CANCEL")
+        .pop()
+        .expect("no CANCEL to alice");
+    sim.agent_answers(addr(ALICE), &cancel, 200);
+    sim.agent_answers(addr(ALICE), &invite, 487);
+    let bob = sim
+        .to_agent(addr(BOB), "INVITE")
+        .pop()
+        .expect("bob's phone never rang");
+    sim.agent_answers(addr(BOB), &bob, 200);
+    assert!(sim.caller_statuses().contains(&200));
+}
