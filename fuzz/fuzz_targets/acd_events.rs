@@ -26,7 +26,12 @@ fn queues() -> Vec<QueueConfig> {
         ..QueueConfig::default()
     };
     vec![
-        queue("billing", Some("billing"), Strategy::LongestIdle, Some("general")),
+        queue(
+            "billing",
+            Some("billing"),
+            Strategy::LongestIdle,
+            Some("general"),
+        ),
         queue("support", Some("support"), Strategy::RoundRobin, None),
         queue("general", None, Strategy::BestSkill, None),
     ]

@@ -17,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = rtp::parse(data);
     let _ = sdp::audio_offer(data);
     let _ = sdp::audio_direction(data);
-    let webrtc: SocketAddr = "10.0.0.1:16100".parse().unwrap_or(SocketAddr::from(([0; 4], 0)));
+    let webrtc: SocketAddr = "10.0.0.1:16100"
+        .parse()
+        .unwrap_or(SocketAddr::from(([0; 4], 0)));
     let local: SocketAddr = "10.0.0.1:20000".parse().unwrap_or(webrtc);
     let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap_or(webrtc);
     let mut now = Instant::now();

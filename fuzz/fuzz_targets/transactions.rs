@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
-    let mut layer = TransactionLayer::new(Config {
+    let mut layer: TransactionLayer = TransactionLayer::new(Config {
         send_100_trying: true,
         ..Config::default()
     });

@@ -134,7 +134,9 @@ struct Forwarded {
 pub struct Buffer {
     id: String,
     config: BufferConfig,
-    layer: TransactionLayer,
+    /// Its note is the agent a hand-off names, carried from the tunnel frame (or the URI,
+    /// the wrapper, the route entry) to the INVITE's Request event.
+    layer: TransactionLayer<String>,
     registrar: Registrar,
     table: RoutingTable,
     addrs: BoundAddrs,
@@ -156,9 +158,6 @@ pub struct Buffer {
     /// When the agents' link registrations are next refreshed.
     link_refresh: Option<Instant>,
     link_cseq: u32,
-    /// (Call-ID, agent) named by the tunnel frame being handled: the layer reports its INVITE
-    /// within the same step, and the slot is cleared after it.
-    handoff: Option<(String, String)>,
     /// Client-leg INVITE server transaction → call.
     client_invites: HashMap<TxId, CallKey>,
     /// Agent-leg INVITE client transaction → (call, client-leg INVITE server transaction).
@@ -285,7 +284,6 @@ impl Buffer {
             announced: None,
             mode,
             routes: RouteTable::new(),
-            handoff: None,
             client_invites: HashMap::new(),
             agent_invites: HashMap::new(),
             forwarded: HashMap::new(),
@@ -465,6 +463,7 @@ impl Buffer {
                     self.send(Transmit {
                         to: from,
                         bytes: Bytes::from(answer.to_bytes()),
+                        note: None,
                     });
                 }
                 return;
@@ -525,10 +524,8 @@ impl Buffer {
             Mode::Table if initial_invite => msg.call_id().and_then(|c| self.routes.take(c, now)),
             Mode::Uri | Mode::Table => None,
         };
-        if let (Some(agent), Some(call_id)) = (agent, msg.call_id()) {
-            self.handoff = Some((call_id.to_owned(), agent));
-        }
-        self.layer.handle_message(msg, from, now);
+        // The agent rides with the INVITE through the layer, to its Request event.
+        self.layer.handle_message_with(msg, from, agent, now);
     }
 
     /// Runs the layer's events, then sends what it queued.
@@ -556,11 +553,10 @@ impl Buffer {
         while let Some(d) = self.media.as_mut().and_then(CallMedia::poll_datagram) {
             self.out.push_back(Output::Datagram(d));
         }
-        self.handoff = None;
     }
 
     /// Sends what the layer queued; to the distributor in `message` mode, wrapped.
-    fn send(&mut self, t: Transmit) {
+    fn send(&mut self, t: Transmit<String>) {
         // The edge's own REGISTERs of its agents are not part of any call: never wrapped.
         let call_message = !t.bytes.starts_with(b"REGISTER ");
         let bytes = if self.mode == Mode::Message && call_message && self.is_distributor(&t.to) {
@@ -595,17 +591,19 @@ impl Buffer {
         });
     }
 
-    fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
+    fn on_tx_event(&mut self, ev: TxEvent<String>, now: Instant) {
         match ev {
             TxEvent::Request {
                 tx: Some(tx),
                 msg,
                 from,
-            } => self.on_request(tx, msg, from, now),
+                note,
+            } => self.on_request(tx, msg, from, note, now),
             TxEvent::Request {
                 tx: None,
                 msg,
                 from,
+                ..
             } => self.on_ack(&msg, &from),
             TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
             TxEvent::Response { tx, msg } => {
@@ -632,7 +630,15 @@ impl Buffer {
         let _ = self.layer.send_response(tx, resp, now);
     }
 
-    fn on_request(&mut self, tx: TxId, msg: SipMessage, from: Target, now: Instant) {
+    /// `handoff`: the agent the distributor's hand-off named, for a new call.
+    fn on_request(
+        &mut self,
+        tx: TxId,
+        msg: SipMessage,
+        from: Target,
+        handoff: Option<String>,
+        now: Instant,
+    ) {
         let Some(method) = msg.method().cloned() else {
             return;
         };
@@ -648,7 +654,7 @@ impl Buffer {
                 let _ = self.layer.send_response(tx, resp, now);
             }
             (Method::Invite, None) if !in_dialog && self.is_distributor(&from) => {
-                self.on_new_call(tx, msg, from, now);
+                self.on_new_call(tx, msg, from, handoff, now);
             }
             (_, Some((key, side))) if in_dialog => {
                 self.forward_in_dialog(tx, msg, key, side, now);
@@ -935,11 +941,14 @@ impl Buffer {
         }
     }
 
-    fn on_new_call(&mut self, tx: TxId, invite: SipMessage, from: Target, now: Instant) {
-        let handoff = match self.handoff.take() {
-            Some((call_id, agent)) if invite.call_id() == Some(call_id.as_str()) => Some(agent),
-            _ => None,
-        };
+    fn on_new_call(
+        &mut self,
+        tx: TxId,
+        invite: SipMessage,
+        from: Target,
+        handoff: Option<String>,
+        now: Instant,
+    ) {
         let Some(agent) = handoff else {
             debug!("INVITE from the distributor names no agent");
             self.respond(tx, &invite, 404, now);

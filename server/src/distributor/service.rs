@@ -145,8 +145,9 @@ struct Edge {
 /// Time a `table` route entry waits for its INVITE.
 const ROUTE_TTL_MS: u32 = 5000;
 
-/// The agent (and Call-ID) of the INVITE being handed to an edge, for the encoder.
-#[derive(Debug)]
+/// The agent (and Call-ID) an offer's INVITE names: the note the transaction layer puts on
+/// each send of that INVITE, for the hand-off encoder.
+#[derive(Debug, Clone)]
 struct Handoff {
     agent: String,
     call_id: String,
@@ -172,8 +173,6 @@ struct Offer {
     edge_id: String,
     /// The caller cancelled: the edge's final answer goes back to the caller.
     abandoned: bool,
-    /// The top Via branch of the INVITE, to know its retransmissions.
-    branch: String,
 }
 
 /// An in-dialog request proxied one way or the other.
@@ -257,7 +256,7 @@ pub struct Distributor {
     /// Revoked token ids, sent to each edge as it connects.
     revoked: std::collections::BTreeSet<String>,
     config: DistributorConfig,
-    layer: TransactionLayer,
+    layer: TransactionLayer<Handoff>,
     addrs: BoundAddrs,
     edges: HashMap<ConnId, Edge>,
     edge_ids: HashMap<String, ConnId>,
@@ -745,16 +744,14 @@ impl Distributor {
             };
             self.on_tx_event(ev, now);
         }
-        self.flush(None);
+        self.flush();
     }
 
-    /// Sends what the layer queued. `handoff` names the agent for the first message into a
-    /// tunnel: the INVITE just handed to the layer.
-    fn flush(&mut self, mut handoff: Option<Handoff>) {
+    /// Sends what the layer queued.
+    fn flush(&mut self) {
         while let Some(t) = self.layer.poll_transmit() {
             if let Some(conn) = self.edge_conn_of(&t.to) {
-                let h = handoff.take();
-                self.send_edge(conn, t, h);
+                self.send_edge(conn, t);
             } else if t.to.kind == TransportKind::Tunnel {
                 // That edge is gone.
                 self.layer.transport_failed(&t.to);
@@ -767,24 +764,13 @@ impl Distributor {
         }
     }
 
-    /// Sends one message to an edge, encoding a hand-off the way the edge asked.
-    fn send_edge(&mut self, conn: ConnId, t: Transmit, handoff: Option<Handoff>) {
+    /// Sends one message to an edge, encoding a hand-off the way the edge asked: an offer's
+    /// INVITE carries its [`Handoff`] as the layer's note, on every retransmission too.
+    fn send_edge(&mut self, conn: ConnId, t: Transmit<Handoff>) {
         let Some(edge) = self.edges.get(&conn) else {
             return;
         };
-        // Over plain SIP an INVITE may be retransmitted: each copy's wrapper names the agent.
-        let handoff = handoff.or_else(|| {
-            if edge.mode != Mode::Message || !t.bytes.starts_with(b"INVITE ") {
-                return None;
-            }
-            let msg = SipMessage::parse(&t.bytes).ok()?;
-            let branch = msg.top_via().ok()?.branch?;
-            let offer = self.offers.values().find(|o| o.branch == branch)?;
-            Some(Handoff {
-                agent: offer.agent.clone(),
-                call_id: offer.call_id.clone(),
-            })
-        });
+        let handoff = t.note;
         let mut frames = Vec::with_capacity(2);
         let message = match (edge.mode, handoff) {
             (Mode::Tunnel, Some(h)) => {
@@ -832,9 +818,9 @@ impl Distributor {
         }
     }
 
-    fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
+    fn on_tx_event(&mut self, ev: TxEvent<Handoff>, now: Instant) {
         match ev {
-            TxEvent::Request { tx, msg, from } => {
+            TxEvent::Request { tx, msg, from, .. } => {
                 if self.edge_conn_of(&from).is_some() {
                     self.request_from_edge(tx, msg, from, now);
                 } else {
@@ -1143,11 +1129,6 @@ impl Distributor {
         );
         let target = self.edge_target(conn);
         self.prepare_forward(&mut fwd, target.kind);
-        let branch = fwd
-            .top_via()
-            .ok()
-            .and_then(|v| v.branch)
-            .unwrap_or_default();
         if self.edges.get(&conn).is_some_and(|e| e.mode == Mode::Uri) {
             // In the request-URI, so the CANCEL the layer may build repeats it.
             let host = match target.kind {
@@ -1156,12 +1137,11 @@ impl Distributor {
             };
             handoff::encode_uri(&mut fwd, &host, agent);
         }
-        self.flush(None);
-        let client_tx = self.layer.send_request(fwd, target, now);
-        self.flush(Some(Handoff {
+        let handoff = Handoff {
             agent: agent.to_owned(),
             call_id: call_id.to_owned(),
-        }));
+        };
+        let client_tx = self.layer.send_request_with(fwd, target, handoff, now);
         self.offer_of_server.insert(server_tx, client_tx);
         self.offers.insert(
             client_tx,
@@ -1172,7 +1152,6 @@ impl Distributor {
                 caller: from,
                 edge_id,
                 abandoned: false,
-                branch,
             },
         );
     }

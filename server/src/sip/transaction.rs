@@ -55,20 +55,26 @@ pub struct TxId(u64);
 
 /// One message to put on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
+pub struct Transmit<N = ()> {
     pub to: Target,
     pub bytes: Bytes,
+    /// The owner's note of the client transaction whose request this is (the first send and
+    /// every retransmission; see [`TransactionLayer::send_request_with`]); `None` on anything
+    /// else.
+    pub note: Option<N>,
 }
 
 /// What the owner of the layer must know.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TxEvent {
+pub enum TxEvent<N = ()> {
     /// A new request (never a retransmission). `tx` is `None` for an ACK that matched no
-    /// INVITE server transaction by branch: the ACK of a 2xx, end to end.
+    /// INVITE server transaction by branch: the ACK of a 2xx, end to end. `note` is what the
+    /// owner handed in with it ([`TransactionLayer::handle_message_with`]).
     Request {
         tx: Option<TxId>,
         msg: SipMessage,
         from: Target,
+        note: Option<N>,
     },
     /// A CANCEL matched the INVITE server transaction `invite`, still without a final
     /// answer; the layer already answered the CANCEL with 200. The owner decides on 487.
@@ -159,7 +165,7 @@ struct ClientKey {
 }
 
 #[derive(Debug)]
-struct Tx {
+struct Tx<N> {
     kind: Kind,
     state: State,
     request: SipMessage,
@@ -178,10 +184,12 @@ struct Tx {
     client_key: Option<ClientKey>,
     /// For an INVITE server transaction in Accepted: (Call-ID, CSeq number) its ACK carries.
     ack_key: Option<(String, u32)>,
+    /// A client transaction's note, on each send of its request while `wire` holds it.
+    note: Option<N>,
 }
 
-impl Tx {
-    fn new(kind: Kind, state: State, request: SipMessage, peer: Target, t1: Duration) -> Tx {
+impl<N> Tx<N> {
+    fn new(kind: Kind, state: State, request: SipMessage, peer: Target, t1: Duration) -> Tx<N> {
         Tx {
             kind,
             state,
@@ -198,21 +206,28 @@ impl Tx {
             server_key: None,
             client_key: None,
             ack_key: None,
+            note: None,
         }
     }
 }
 
+/// The layer, generic over the owner's note `N`: a value the owner attaches to a request it
+/// sends ([`TransactionLayer::send_request_with`]) and gets back on every [`Transmit`] of that
+/// request, retransmissions included, or attaches to a request it hands in
+/// ([`TransactionLayer::handle_message_with`]) and gets back on its [`TxEvent::Request`].
+/// So what the owner decided about a message (the agent a hand-off names) travels with it,
+/// and never through state kept on the side.
 #[derive(Debug)]
-pub struct TransactionLayer {
+pub struct TransactionLayer<N = ()> {
     config: Config,
     next_id: u64,
-    txs: HashMap<TxId, Tx>,
+    txs: HashMap<TxId, Tx<N>>,
     servers: HashMap<ServerKey, TxId>,
     clients: HashMap<ClientKey, TxId>,
     accepted: HashMap<(String, u32), TxId>,
     timers: BTreeSet<(Instant, TxId, Timer)>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<TxEvent>,
+    transmits: VecDeque<Transmit<N>>,
+    events: VecDeque<TxEvent<N>>,
 }
 
 fn method_token(m: &Method) -> String {
@@ -239,7 +254,7 @@ fn client_key(msg: &SipMessage) -> Option<ClientKey> {
     Some(ClientKey { branch, method })
 }
 
-impl TransactionLayer {
+impl<N: Clone> TransactionLayer<N> {
     pub fn new(config: Config) -> Self {
         TransactionLayer {
             config,
@@ -260,33 +275,46 @@ impl TransactionLayer {
 
     /// A message from the network, already parsed and validated at the transport boundary.
     pub fn handle_message(&mut self, msg: SipMessage, from: Target, now: Instant) {
+        self.handle_message_with(msg, from, None, now);
+    }
+
+    /// The same, with the owner's note for the request: it comes back on the request's
+    /// [`TxEvent::Request`], and is dropped when the message is a retransmission, a CANCEL or
+    /// a response.
+    pub fn handle_message_with(
+        &mut self,
+        msg: SipMessage,
+        from: Target,
+        note: Option<N>,
+        now: Instant,
+    ) {
         if msg.is_request() {
-            self.handle_request(msg, from, now);
+            self.handle_request(msg, from, note, now);
         } else {
             self.handle_response(msg, from, now);
         }
     }
 
-    fn handle_request(&mut self, msg: SipMessage, from: Target, now: Instant) {
+    fn handle_request(&mut self, msg: SipMessage, from: Target, note: Option<N>, now: Instant) {
         let Some(method) = msg.method().cloned() else {
             return;
         };
         match method {
-            Method::Ack => self.handle_ack(msg, from, now),
+            Method::Ack => self.handle_ack(msg, from, note, now),
             Method::Cancel => self.handle_cancel(msg, from, now),
             _ => {
                 let token = method_token(&method);
                 let Some(key) = server_key(&msg, &token) else {
                     // No RFC 3261 branch: still serve it, as its own transaction, but it cannot
                     // be matched against retransmissions.
-                    self.new_server_tx(msg, from, None, now);
+                    self.new_server_tx(msg, from, None, note, now);
                     return;
                 };
                 if let Some(&id) = self.servers.get(&key) {
                     self.retransmitted_request(id);
                     return;
                 }
-                self.new_server_tx(msg, from, Some(key), now);
+                self.new_server_tx(msg, from, Some(key), note, now);
             }
         }
     }
@@ -300,6 +328,7 @@ impl TransactionLayer {
             let t = Transmit {
                 to: tx.peer.clone(),
                 bytes: tx.wire.clone(),
+                note: None,
             };
             self.transmits.push_back(t);
         }
@@ -310,6 +339,7 @@ impl TransactionLayer {
         msg: SipMessage,
         from: Target,
         key: Option<ServerKey>,
+        note: Option<N>,
         now: Instant,
     ) -> TxId {
         let invite = msg.method() == Some(&Method::Invite);
@@ -333,11 +363,12 @@ impl TransactionLayer {
             tx: Some(id),
             msg,
             from,
+            note,
         });
         id
     }
 
-    fn handle_ack(&mut self, msg: SipMessage, from: Target, now: Instant) {
+    fn handle_ack(&mut self, msg: SipMessage, from: Target, note: Option<N>, now: Instant) {
         // ACK for a non-2xx final shares the INVITE's branch (RFC 3261 §17.2.3).
         if let Some(key) = server_key(&msg, "INVITE")
             && let Some(&id) = self.servers.get(&key)
@@ -369,6 +400,7 @@ impl TransactionLayer {
             tx: None,
             msg,
             from,
+            note,
         });
     }
 
@@ -451,9 +483,12 @@ impl TransactionLayer {
                     tx.timers.clear();
                     let ack = build_ack(&tx.request, &msg);
                     tx.wire = Bytes::from(ack.to_bytes());
+                    // From now on the wire holds the ACK, not the request the note is for.
+                    tx.note = None;
                     let t2 = Transmit {
                         to: tx.peer.clone(),
                         bytes: tx.wire.clone(),
+                        note: None,
                     };
                     self.transmits.push_back(t2);
                     let linger = if reliable {
@@ -472,6 +507,7 @@ impl TransactionLayer {
                 let t2 = Transmit {
                     to: tx.peer.clone(),
                     bytes: tx.wire.clone(),
+                    note: None,
                 };
                 self.transmits.push_back(t2);
             }
@@ -493,6 +529,22 @@ impl TransactionLayer {
     /// Starts a client transaction. `msg` carries its top Via with a fresh branch
     /// ([`new_branch`]); an ACK does not go through here ([`Self::send_stateless`]).
     pub fn send_request(&mut self, msg: SipMessage, to: Target, now: Instant) -> TxId {
+        self.start_client(msg, to, None, now)
+    }
+
+    /// The same, with the owner's note: every [`Transmit`] of this request, the first and
+    /// each retransmission, carries it.
+    pub fn send_request_with(
+        &mut self,
+        msg: SipMessage,
+        to: Target,
+        note: N,
+        now: Instant,
+    ) -> TxId {
+        self.start_client(msg, to, Some(note), now)
+    }
+
+    fn start_client(&mut self, msg: SipMessage, to: Target, note: Option<N>, now: Instant) -> TxId {
         let t = self.t();
         let invite = msg.method() == Some(&Method::Invite);
         let id = self.alloc();
@@ -507,11 +559,16 @@ impl TransactionLayer {
         let mut tx = Tx::new(kind, state, msg, to.clone(), t.t1);
         tx.wire = wire.clone();
         tx.client_key = key.clone();
+        tx.note = note.clone();
         if let Some(key) = key {
             self.clients.insert(key, id);
         }
         self.txs.insert(id, tx);
-        self.transmits.push_back(Transmit { to, bytes: wire });
+        self.transmits.push_back(Transmit {
+            to,
+            bytes: wire,
+            note,
+        });
         if !reliable {
             self.set_timer(id, Timer::Retransmit, now + t.t1);
         }
@@ -575,7 +632,11 @@ impl TransactionLayer {
             .get(&id)
             .map(|t| t.peer.clone())
             .ok_or(TxError::UnknownTransaction)?;
-        self.transmits.push_back(Transmit { to, bytes: wire });
+        self.transmits.push_back(Transmit {
+            to,
+            bytes: wire,
+            note: None,
+        });
         Ok(())
     }
 
@@ -614,6 +675,7 @@ impl TransactionLayer {
         self.transmits.push_back(Transmit {
             to,
             bytes: Bytes::from(msg.to_bytes()),
+            note: None,
         });
     }
 
@@ -655,11 +717,11 @@ impl TransactionLayer {
         }
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit<N>> {
         self.transmits.pop_front()
     }
 
-    pub fn poll_event(&mut self) -> Option<TxEvent> {
+    pub fn poll_event(&mut self) -> Option<TxEvent<N>> {
         self.events.pop_front()
     }
 
@@ -757,6 +819,7 @@ impl TransactionLayer {
         self.transmits.push_back(Transmit {
             to: tx.peer.clone(),
             bytes: tx.wire.clone(),
+            note: tx.note.clone(),
         });
         self.set_timer(id, timer, next);
     }

@@ -37,7 +37,7 @@ fn layer() -> TransactionLayer {
     TransactionLayer::new(Config::default())
 }
 
-fn drain_transmits(l: &mut TransactionLayer) -> Vec<Transmit> {
+fn drain_transmits<N: Clone>(l: &mut TransactionLayer<N>) -> Vec<Transmit<N>> {
     std::iter::from_fn(|| l.poll_transmit()).collect()
 }
 
@@ -422,6 +422,65 @@ fn a_whole_call_survives_thirty_percent_loss() {
             "seed {seed}: transactions left behind"
         );
     }
+}
+
+#[test]
+fn a_note_rides_on_every_send_of_its_request_and_on_nothing_else() {
+    let t0 = Instant::now();
+    let mut l: TransactionLayer<&str> = TransactionLayer::new(Config::default());
+    let invite = request("INVITE", "z9hG4bKn1", 1);
+    l.send_request_with(invite.clone(), udp_peer(), "alice", t0);
+    l.send_request(request("OPTIONS", "z9hG4bKn2", 1), udp_peer(), t0);
+    let first: Vec<Option<&str>> = drain_transmits(&mut l).iter().map(|t| t.note).collect();
+    assert_eq!(first, vec![Some("alice"), None]);
+    // Each UDP retransmission of the INVITE (timer A) carries it too; the OPTIONS' do not.
+    let mut notes = Vec::new();
+    while let Some(at) = l.poll_timeout() {
+        if at > t0 + Duration::from_secs(2) {
+            break;
+        }
+        l.handle_timeout(at);
+        notes.extend(
+            drain_transmits(&mut l)
+                .into_iter()
+                .map(|t| (t.note, t.bytes)),
+        );
+    }
+    let invites = notes
+        .iter()
+        .filter(|(_, b)| b.starts_with(b"INVITE "))
+        .count();
+    assert!(invites >= 2, "{invites} INVITE retransmissions");
+    for (note, bytes) in &notes {
+        assert_eq!(*note == Some("alice"), bytes.starts_with(b"INVITE "));
+    }
+    // A failure is ACKed by the layer: that ACK is not the request the note was for.
+    let busy = invite.response(486, Some("agent-tag"));
+    l.handle_message(busy.clone(), udp_peer(), t0 + Duration::from_secs(2));
+    l.handle_message(busy, udp_peer(), t0 + Duration::from_secs(3));
+    let acks = drain_transmits(&mut l);
+    assert_eq!(acks.len(), 2);
+    assert!(
+        acks.iter()
+            .all(|t| t.note.is_none() && t.bytes.starts_with(b"ACK "))
+    );
+}
+
+#[test]
+fn a_note_handed_in_with_a_request_comes_back_on_its_event_only() {
+    let t0 = Instant::now();
+    let mut l: TransactionLayer<String> = TransactionLayer::new(Config::default());
+    let invite = request("INVITE", "z9hG4bKn3", 1);
+    l.handle_message_with(invite.clone(), udp_peer(), Some("bob".into()), t0);
+    // A retransmission of the same INVITE is absorbed: no event, so its note goes nowhere.
+    l.handle_message_with(invite, udp_peer(), Some("mallory".into()), t0 + 500 * MS);
+    let notes: Vec<Option<String>> = std::iter::from_fn(|| l.poll_event())
+        .filter_map(|e| match e {
+            TxEvent::Request { note, .. } => Some(note),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes, vec![Some("bob".to_owned())]);
 }
 
 fn arbitrary_message() -> impl Strategy<Value = SipMessage> {
