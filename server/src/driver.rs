@@ -6,6 +6,11 @@
 use std::future::Future;
 use std::time::Instant;
 
+use bytes::Bytes;
+
+use crate::sip::Target;
+use crate::transport::Transports;
+
 /// A role's decisions, with no sockets and no clock reads.
 ///
 /// The one rule for a caller: after every [`Core::handle`] or [`Core::handle_timeout`], drain
@@ -52,6 +57,18 @@ pub async fn run<C: Core, S: Shell<C>>(mut core: C, mut shell: S) {
             Some(Some(input)) => core.handle(input, now),
             Some(None) => break,
             None => core.handle_timeout(now),
+        }
+    }
+}
+
+/// Sends one SIP message for a shell; `Some(to)` when the send failed at once, for the core
+/// to fail that peer's transactions.
+pub fn send_sip(transports: &Transports, to: Target, bytes: Bytes) -> Option<Target> {
+    match transports.send(&to, bytes) {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::debug!(to = %to.addr, error = %e, "send failed");
+            Some(to)
         }
     }
 }

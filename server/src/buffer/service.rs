@@ -23,6 +23,7 @@ use crate::media::bridge::{BridgeEvent, Datagram, SessionId};
 use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, Target, TransportKind};
+use crate::transport::TransportEvent;
 
 /// The addresses the buffer server's listeners are bound to.
 #[derive(Debug, Clone)]
@@ -97,6 +98,15 @@ pub enum Input {
     Command(Command),
     /// Sending to `to` failed at once: its transactions fail.
     SendFailed { to: Target },
+}
+
+impl From<TransportEvent> for Input {
+    fn from(ev: TransportEvent) -> Input {
+        match ev {
+            TransportEvent::Message { msg, from } => Input::Sip { msg, from },
+            TransportEvent::Closed { conn } => Input::Closed { conn },
+        }
+    }
 }
 
 /// What the buffer server wants done.
@@ -1163,28 +1173,10 @@ impl Buffer {
         let Some(&key) = self.client_invites.get(&invite_tx) else {
             return;
         };
-        let Some(entry) = self.table.get_mut(key) else {
-            return;
-        };
-        if entry.state != CallState::Offering {
-            return;
-        }
-        entry.state = CallState::Cancelling;
-        let local_tag = entry.client.local_tag.clone();
-        if let Some(req) = self.layer.server_request(invite_tx).cloned() {
-            let resp = req.response(487, Some(&local_tag));
-            let _ = self.layer.send_response(invite_tx, resp, now);
-        }
-        // The client side is over; the distributor may offer the same call (same Call-ID)
-        // again, here, while the agent leg winds down.
-        self.table.detach_client(key);
-        let agent_tx = self
-            .agent_invites
-            .iter()
-            .find(|(_, (k, _))| *k == key)
-            .map(|(tx, _)| *tx);
-        if let Some(agent_tx) = agent_tx {
-            self.layer.cancel(agent_tx, now);
+        if self.table.get(key).map(|e| e.state) == Some(CallState::Offering) {
+            // The client side is over; the distributor may offer the same call (same
+            // Call-ID) again, here, while the agent leg winds down.
+            self.refuse_offering(key, 487, "Request Terminated", now);
         }
     }
 

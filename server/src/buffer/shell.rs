@@ -67,10 +67,7 @@ impl BufferShell {
 impl Shell<Buffer> for BufferShell {
     async fn next_input(&mut self) -> Option<Input> {
         tokio::select! {
-            ev = self.sip.recv() => match ev? {
-                TransportEvent::Message { msg, from } => Some(Input::Sip { msg, from }),
-                TransportEvent::Closed { conn } => Some(Input::Closed { conn }),
-            },
+            ev = self.sip.recv() => ev.map(Input::from),
             // Without a tunnel (a plain-SIP edge) this source is simply closed.
             Some(ev) = self.tunnel.recv() => Some(match ev {
                 TunnelClientEvent::Up { conn, sender } => {
@@ -93,10 +90,8 @@ impl Shell<Buffer> for BufferShell {
     fn perform(&mut self, output: Output, _now: Instant) -> Option<Input> {
         match output {
             Output::Sip { to, bytes } => {
-                if let Err(e) = self.transports.send(&to, bytes) {
-                    debug!(to = %to.addr, error = %e, "send failed");
-                    return Some(Input::SendFailed { to });
-                }
+                let failed = crate::driver::send_sip(&self.transports, to, bytes);
+                return failed.map(|to| Input::SendFailed { to });
             }
             Output::Frame { conn, frame } => match &self.tunnel_tx {
                 Some((c, sender)) if *c == conn => {

@@ -31,6 +31,7 @@ use crate::media::sdp;
 use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TransactionLayer, Transmit, TxEvent, TxId};
 use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
+use crate::transport::TransportEvent;
 
 /// URI parameter naming the edge behind a Contact the distributor rewrote, so a caller's
 /// in-dialog request finds its way back into the right tunnel.
@@ -206,6 +207,15 @@ pub enum Input {
     Command(Command),
     /// Sending to `to` failed at once: its transactions fail.
     SendFailed { to: Target },
+}
+
+impl From<TransportEvent> for Input {
+    fn from(ev: TransportEvent) -> Input {
+        match ev {
+            TransportEvent::Message { msg, from } => Input::Sip { msg, from },
+            TransportEvent::Closed { conn } => Input::Closed { conn },
+        }
+    }
 }
 
 /// What the distributor wants done.

@@ -59,42 +59,37 @@ impl DistributorShell {
 impl Shell<Distributor> for DistributorShell {
     async fn next_input(&mut self) -> Option<Input> {
         tokio::select! {
-                ev = self.sip.recv() => match ev? {
-                    TransportEvent::Message { msg, from } => Some(Input::Sip { msg, from }),
-                    TransportEvent::Closed { conn } => Some(Input::Closed { conn }),
-                },
-                ev = self.tunnel.recv() => match ev? {
-                    TunnelServerEvent::Up {
+            ev = self.sip.recv() => ev.map(Input::from),
+            ev = self.tunnel.recv() => match ev? {
+                TunnelServerEvent::Up {
+                    conn,
+                    edge_id,
+                    sender,
+                    handoffs,
+                } => {
+                    self.tunnels.insert(conn, sender);
+                    Some(Input::EdgeUp {
                         conn,
                         edge_id,
-                        sender,
                         handoffs,
-                    } => {
-                        self.tunnels.insert(conn, sender);
-                        Some(Input::EdgeUp {
-                            conn,
-                            edge_id,
-                            handoffs,
-                        })
-                    }
-                    TunnelServerEvent::Down { conn } => {
-                        self.tunnels.remove(&conn);
-                        Some(Input::EdgeDown { conn })
-                    }
-                    TunnelServerEvent::Frame { conn, frame } => Some(Input::Frame { conn, frame }),
-                },
-                Some(command) = self.commands.recv() => Some(Input::Command(command)),
-                else => None,
+                    })
+                }
+                TunnelServerEvent::Down { conn } => {
+                    self.tunnels.remove(&conn);
+                    Some(Input::EdgeDown { conn })
+                }
+                TunnelServerEvent::Frame { conn, frame } => Some(Input::Frame { conn, frame }),
+            },
+            Some(command) = self.commands.recv() => Some(Input::Command(command)),
+            else => None,
         }
     }
 
     fn perform(&mut self, output: Output, _now: Instant) -> Option<Input> {
         match output {
             Output::Sip { to, bytes } => {
-                if let Err(e) = self.transports.send(&to, bytes) {
-                    debug!(to = %to.addr, error = %e, "send failed");
-                    return Some(Input::SendFailed { to });
-                }
+                let failed = crate::driver::send_sip(&self.transports, to, bytes);
+                return failed.map(|to| Input::SendFailed { to });
             }
             Output::Frame { conn, frame } => match self.tunnels.get(&conn) {
                 Some(sender) => {
