@@ -53,6 +53,14 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxId(u64);
 
+impl TxId {
+    /// An id no layer issued, for unit tests of an owner's bookkeeping.
+    #[cfg(test)]
+    pub(crate) fn from_raw(n: u64) -> TxId {
+        TxId(n)
+    }
+}
+
 /// One message to put on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit<N = ()> {

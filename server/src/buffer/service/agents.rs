@@ -1,0 +1,200 @@
+//! The agents' side outside calls: registration with a bearer token (RFC 8898), the page's
+//! presence MESSAGE going to the distributor, and the distributor's view of the agent
+//! coming back to the page.
+
+use std::time::{Duration, Instant};
+
+use proto_tunnel::Frame;
+use tracing::{info, warn};
+
+use crate::admin::tokens::{self, TokenError};
+use crate::ids;
+use crate::sip::register::{self, RegisterRequest};
+use crate::sip::transaction::{self, TxId};
+use crate::sip::{NameAddr, SipMessage, Target, TransportKind};
+
+use super::Buffer;
+
+/// The content type of a page's presence MESSAGE, and of the agent state sent to it.
+const PRESENCE_TYPE: &str = "application/vnd.agent-edge.presence+json";
+const STATE_TYPE: &str = "application/vnd.agent-edge.state+json";
+
+impl Buffer {
+    pub(super) fn on_register(&mut self, tx: TxId, msg: &SipMessage, from: &Target, now: Instant) {
+        let request = match register::parse_register(msg, self.config.max_expires) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut resp = msg.response(e.status(), Some(&ids::tag()));
+                resp.set_reason(&e.to_string());
+                let _ = self.layer.send_response(tx, resp, now);
+                return;
+            }
+        };
+        let jti = match self.authenticate(msg, request.agent()) {
+            Ok(jti) => jti,
+            Err(refusal) => {
+                let _ = self.layer.send_response(tx, *refusal, now);
+                return;
+            }
+        };
+        let mut resp = msg.response(200, Some(&ids::tag()));
+        match request {
+            RegisterRequest::Bind {
+                agent,
+                contact,
+                expires,
+            } => {
+                let target = register::target_for(&contact, from);
+                resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
+                let new = self.registrar.bind(
+                    &agent,
+                    &jti,
+                    contact,
+                    target,
+                    Duration::from_secs(expires.into()),
+                    now,
+                );
+                if new {
+                    info!(%agent, "agent registered");
+                    self.agent_presence(&agent, true, now);
+                }
+            }
+            RegisterRequest::Unbind { agent } => {
+                if self.registrar.unbind(&agent) {
+                    self.agent_gone(&agent, now);
+                }
+            }
+            RegisterRequest::Fetch { agent } => {
+                if let Some(b) = self.registrar.get(&agent) {
+                    let left = b.expires_at.saturating_duration_since(now).as_secs();
+                    resp.push_header("Contact", format!("<{}>;expires={left}", b.contact));
+                }
+            }
+        }
+        let _ = self.layer.send_response(tx, resp, now);
+    }
+
+    /// RFC 8898: a REGISTER carries `Authorization: Bearer <token>` whose subject is the agent
+    /// it registers. Returns the token's id, or the refusal to send.
+    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<String, Box<SipMessage>> {
+        let refuse = |code: u16, why: &str, challenge: Option<String>| {
+            let mut resp = msg.response(code, Some(&ids::tag()));
+            resp.set_reason(why);
+            if let Some(c) = challenge {
+                resp.push_header("WWW-Authenticate", c);
+            }
+            info!(%agent, code, reason = %why, "registration refused");
+            Box::new(resp)
+        };
+        let Some(verifier) = &self.verifier else {
+            let mut resp = refuse(503, "Agent tokens not known yet", None);
+            resp.push_header("Retry-After", "5");
+            return Err(resp);
+        };
+        let realm = "Bearer realm=\"agent-edge\"";
+        let token = match tokens::bearer(msg.header("Authorization")) {
+            Ok(t) => t,
+            Err(_) => return Err(refuse(401, "Unauthorized", Some(realm.to_owned()))),
+        };
+        match verifier.verify(token) {
+            Ok(claims) if self.revoked.contains(&claims.jti) => {
+                let challenge = format!(
+                    "{realm}, error=\"invalid_token\", error_description=\"token revoked\""
+                );
+                Err(refuse(401, "Token revoked", Some(challenge)))
+            }
+            Ok(claims) if claims.sub == agent => Ok(claims.jti),
+            Ok(_) => Err(refuse(403, "Token is for another agent", None)),
+            Err(e) => {
+                let challenge =
+                    format!("{realm}, error=\"invalid_token\", error_description=\"{e}\"");
+                let why = match e {
+                    TokenError::Expired => "Token expired",
+                    TokenError::NotYetValid => "Token not yet valid",
+                    _ => "Invalid token",
+                };
+                Err(refuse(401, why, Some(challenge)))
+            }
+        }
+    }
+
+    /// An agent's page sets its presence: a MESSAGE with the agent's bearer token, whose body
+    /// is `{"state": "available"}` or `{"state": "away", "reason": "…"}`. Passed to the
+    /// distributor, whose ACD owns agents' states.
+    pub(super) fn on_agent_presence(&mut self, tx: TxId, msg: &SipMessage, now: Instant) {
+        let is_presence = msg
+            .header("Content-Type")
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case(PRESENCE_TYPE));
+        if !is_presence {
+            self.respond(tx, msg, 415, now);
+            return;
+        }
+        let agent = msg
+            .header("From")
+            .and_then(|f| NameAddr::parse(f).ok())
+            .and_then(|a| a.sip_uri().ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        if self.registrar.get(&agent).is_none() {
+            self.respond(tx, msg, 403, now);
+            return;
+        }
+        if let Err(refusal) = self.authenticate(msg, &agent) {
+            let _ = self.layer.send_response(tx, *refusal, now);
+            return;
+        }
+        let valid = msg.body.len() <= 1024
+            && serde_json::from_slice::<serde_json::Value>(&msg.body)
+                .ok()
+                .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_owned))
+                .is_some_and(|s| s == "available" || s == "away");
+        if !valid {
+            let mut resp = msg.response(400, Some(&ids::tag()));
+            resp.set_reason("Presence must be {\"state\": \"available\" or \"away\"}");
+            let _ = self.layer.send_response(tx, resp, now);
+            return;
+        }
+        let json = String::from_utf8_lossy(&msg.body).into_owned();
+        let sent = self.send_frame(Frame::Presence { agent, json });
+        self.respond(tx, msg, if sent { 200 } else { 503 }, now);
+    }
+
+    /// The distributor's view of an agent changed: a MESSAGE to the agent's page. Only
+    /// browsers (WSS) get it: a desk phone has no use for it and may refuse it.
+    pub(super) fn send_agent_state(&mut self, agent: &str, json: String, now: Instant) {
+        let Some(binding) = self
+            .registrar
+            .get(agent)
+            .filter(|b| b.target.kind == TransportKind::Wss)
+            .cloned()
+        else {
+            return;
+        };
+        let local = self.local_addr(binding.target.kind);
+        let text = format!(
+            "MESSAGE {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {sent_by};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:acd@{host}>;tag={tag}\r\nTo: <sip:{agent}@{host}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: {STATE_TYPE}\r\n\
+             Content-Length: {len}\r\n\r\n{json}",
+            contact = binding.contact,
+            transport = local.transport,
+            sent_by = local.sent_by,
+            branch = transaction::new_branch(),
+            host = local.host,
+            tag = ids::tag(),
+            call_id = ids::call_id(),
+            len = json.len(),
+        );
+        match SipMessage::parse(text.as_bytes()) {
+            Ok(msg) => {
+                self.layer.send_request(msg, binding.target, now);
+            }
+            Err(e) => warn!(%agent, error = %e, "agent state not sent"),
+        }
+    }
+
+    pub(super) fn agent_gone(&mut self, agent: &str, now: Instant) {
+        info!(%agent, "agent unregistered");
+        self.agent_presence(agent, false, now);
+    }
+}

@@ -1,0 +1,266 @@
+//! A new call from the distributor until the agent answers or it ends unanswered: the two
+//! legs built, the bridge's media opened for a browser agent, the agent's answers relayed,
+//! and the CANCEL and shutdown paths that end a call still ringing.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use crate::buffer::readdress;
+use crate::buffer::routing_table::{CallEntry, CallKey, CallState, Side};
+use crate::ids;
+use crate::media::bridge::SessionId;
+use crate::sip::transaction::{self, TxId};
+use crate::sip::{Method, SipMessage, Target, TransportKind};
+
+use super::calls::TxRole;
+use super::{Buffer, Output};
+
+impl Buffer {
+    pub(super) fn on_new_call(
+        &mut self,
+        tx: TxId,
+        invite: SipMessage,
+        from: Target,
+        handoff: Option<String>,
+        now: Instant,
+    ) {
+        let Some(agent) = handoff else {
+            debug!("INVITE from the distributor names no agent");
+            self.respond(tx, &invite, 404, now);
+            return;
+        };
+        let Some(binding) = self.registrar.get(&agent).cloned() else {
+            info!(%agent, "call for an agent not registered here");
+            self.respond(tx, &invite, 404, now);
+            return;
+        };
+        if invite.max_forwards() == Some(0) {
+            self.respond(tx, &invite, 483, now);
+            return;
+        }
+        let client = match readdress::client_leg(&invite, from, ids::tag()) {
+            Ok(leg) => leg,
+            Err(e) => {
+                let mut resp = invite.response(e.status(), Some(&ids::tag()));
+                resp.set_reason(&e.to_string());
+                let _ = self.layer.send_response(tx, resp, now);
+                return;
+            }
+        };
+        let local = self.local_addr(binding.target.kind);
+        let agent_leg = readdress::agent_leg(
+            &invite,
+            &agent,
+            &binding.contact,
+            binding.target.clone(),
+            &local,
+            ids::call_id(),
+            ids::tag(),
+        );
+        let mut out =
+            readdress::request_for_leg(&invite, &agent_leg, 1, &local, &transaction::new_branch());
+        let entry = CallEntry {
+            agent: agent.clone(),
+            client,
+            agent_leg,
+            state: CallState::Offering,
+        };
+        let key = match self.calls.insert(entry) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "refusing call");
+                self.respond(tx, &invite, 482, now);
+                return;
+            }
+        };
+        if binding.target.kind == TransportKind::Wss
+            && let Some(media) = self.media.as_mut()
+        {
+            // A browser: its WebRTC meets the caller's RTP in the media bridge.
+            match media.open(key.0, &invite.body, now) {
+                Ok(agent_offer) => {
+                    out.set_header("Content-Type", "application/sdp");
+                    out.body = Bytes::from(agent_offer);
+                    // The caller's answer follows once its socket is open.
+                    self.out.push_back(Output::OpenCallerPort { call: key.0 });
+                }
+                Err(e) => {
+                    info!(call = ?key, error = %e, "refusing the call's media");
+                    self.calls.remove(key);
+                    let mut resp = invite.response(e.status(), Some(&ids::tag()));
+                    resp.set_reason(&e.to_string());
+                    let _ = self.layer.send_response(tx, resp, now);
+                    return;
+                }
+            }
+        }
+        info!(%agent, call = ?key, "offering call to agent");
+        let agent_tx = self.layer.send_request(out, binding.target, now);
+        self.calls.invite_sent(key, tx, agent_tx);
+    }
+
+    /// The caller-side socket of a bridged call opened (or not).
+    pub(super) fn on_caller_port(
+        &mut self,
+        call: SessionId,
+        result: Result<SocketAddr, String>,
+        now: Instant,
+    ) {
+        let key = CallKey(call);
+        let answer = match (result, self.media.as_mut()) {
+            (Ok(local), Some(media)) => media.caller_port(call, local).map_err(|e| e.to_string()),
+            (Ok(_), None) => return,
+            (Err(e), _) => Err(e),
+        };
+        match answer {
+            Ok(answer) => {
+                self.calls.set_caller_answer(key, answer);
+            }
+            Err(e) => {
+                warn!(call = ?key, error = %e, "no caller-side media socket: refusing the call");
+                self.refuse_offering(key, 503, "No media port for the caller", now);
+            }
+        }
+    }
+
+    pub(super) fn on_agent_invite_response(
+        &mut self,
+        key: CallKey,
+        client_tx: TxId,
+        resp: SipMessage,
+        now: Instant,
+    ) {
+        let code = resp.status().unwrap_or(500);
+        if code == 100 {
+            return;
+        }
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        if let Some(tag) = resp.to_tag() {
+            entry.agent_leg.remote_tag = Some(tag);
+        }
+        if (200..300).contains(&code) {
+            if let Some(uri) = readdress::contact_uri(&resp) {
+                entry.agent_leg.remote_target = uri;
+            }
+            // As UAC, the route set is the Record-Route list reversed (RFC 3261 §12.1.2).
+            let mut routes: Vec<String> = resp
+                .headers_named("Record-Route")
+                .map(str::to_owned)
+                .collect();
+            routes.reverse();
+            entry.agent_leg.route_set = routes;
+            match entry.state {
+                CallState::Offering => {
+                    entry.state = CallState::Answered;
+                    if self.calls.is_bridged(key)
+                        && let Some(media) = self.media.as_mut()
+                        && let Err(e) = media.agent_answer(key.0, &resp.body, now)
+                    {
+                        warn!(call = ?key, error = %e, "the agent's answer cannot be bridged");
+                        self.ack_and_bye_agent(key, now);
+                        if let Some(req) = self.layer.server_request(client_tx).cloned() {
+                            let mut out = req.response(e.status(), Some(&ids::tag()));
+                            out.set_reason(&e.to_string());
+                            let _ = self.layer.send_response(client_tx, out, now);
+                        }
+                        return;
+                    }
+                }
+                CallState::Cancelling => {
+                    // The agent answered as the caller hung up: confirm and end its leg.
+                    self.ack_and_bye_agent(key, now);
+                    return;
+                }
+                _ => {
+                    self.layer_resend_ack(key, Side::Agent, &resp);
+                    return;
+                }
+            }
+        }
+        let Some(entry) = self.calls.get(key) else {
+            return;
+        };
+        if entry.state == CallState::Cancelling {
+            if code >= 300 {
+                self.end_call(key);
+            }
+            return;
+        }
+        let local_tag = entry.client.local_tag.clone();
+        let local = self.local_addr(entry.client.target.kind);
+        if let Some(req) = self.layer.server_request(client_tx) {
+            let mut out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+            if let Some(answer) = self.calls.caller_answer(key) {
+                // A bridged call: the caller gets our RTP, never the agent's WebRTC SDP.
+                if (200..300).contains(&code) {
+                    out.set_header("Content-Type", "application/sdp");
+                    out.body = Bytes::from(answer.to_owned());
+                } else {
+                    out.remove_header("Content-Type");
+                    out.body = Bytes::new();
+                }
+            }
+            let _ = self.layer.send_response(client_tx, out, now);
+        }
+        if code >= 300 {
+            info!(call = ?key, code, "agent declined");
+            self.end_call(key);
+        }
+    }
+
+    /// Confirms the agent's 2xx and hangs its leg up: for an answer that raced the caller's
+    /// CANCEL, or a caller whose ACK never came.
+    pub(super) fn ack_and_bye_agent(&mut self, key: CallKey, now: Instant) {
+        let Some(entry) = self.calls.get(key) else {
+            return;
+        };
+        let local = self.local_addr(entry.agent_leg.target.kind);
+        let leg = &entry.agent_leg;
+        let branch = transaction::new_branch();
+        let ack = readdress::originate(Method::Ack, leg, leg.invite_cseq, &local, &branch);
+        self.layer.send_stateless(ack, leg.target.clone());
+        self.bye(key, Side::Agent, now);
+        self.end_call(key);
+    }
+
+    /// Ends a call still ringing at the agent: `status` to the caller, CANCEL to the agent.
+    pub(super) fn refuse_offering(
+        &mut self,
+        key: CallKey,
+        status: u16,
+        reason: &str,
+        now: Instant,
+    ) {
+        let client_tx = self.calls.client_invite(key);
+        if let Some(entry) = self.calls.get_mut(key) {
+            entry.state = CallState::Cancelling;
+        }
+        if let (Some(tx), Some(entry)) = (client_tx, self.calls.get(key))
+            && let Some(req) = self.layer.server_request(tx).cloned()
+        {
+            let mut resp = req.response(status, Some(&entry.client.local_tag));
+            resp.set_reason(reason);
+            let _ = self.layer.send_response(tx, resp, now);
+        }
+        self.calls.detach_client(key);
+        if let Some(agent_tx) = self.calls.agent_invite(key) {
+            self.layer.cancel(agent_tx, now);
+        }
+    }
+
+    pub(super) fn on_cancel(&mut self, invite_tx: TxId, now: Instant) {
+        let Some((key, TxRole::ClientInvite)) = self.calls.tx(invite_tx) else {
+            return;
+        };
+        if self.calls.get(key).map(|e| e.state) == Some(CallState::Offering) {
+            // The client side is over; the distributor may offer the same call (same
+            // Call-ID) again, here, while the agent leg winds down.
+            self.refuse_offering(key, 487, "Request Terminated", now);
+        }
+    }
+}
