@@ -203,24 +203,12 @@ impl RoutingTable {
     }
 }
 
+/// Legs and entries for the unit tests of the routing table and of its owner.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_entries {
     use super::*;
 
-    #[test]
-    fn a_detached_client_call_id_can_be_routed_again() {
-        let mut table = RoutingTable::new();
-        let first = table.insert(entry("caller", "agent-1")).unwrap();
-        assert!(table.insert(entry("caller", "agent-2")).is_err());
-        table.detach_client(first);
-        let second = table.insert(entry("caller", "agent-2")).unwrap();
-        assert_eq!(table.lookup("agent-1"), Some((first, Side::Agent)));
-        table.remove(first);
-        assert_eq!(table.lookup("caller"), Some((second, Side::Client)));
-        assert_eq!(table.lookup("agent-1"), None);
-    }
-
-    fn leg(call_id: &str) -> Leg {
+    pub(crate) fn leg(call_id: &str) -> Leg {
         Leg {
             call_id: call_id.into(),
             local_tag: "l".into(),
@@ -235,13 +223,32 @@ mod tests {
         }
     }
 
-    fn entry(client: &str, agent: &str) -> CallEntry {
+    pub(crate) fn entry(client: &str, agent: &str) -> CallEntry {
         CallEntry {
             agent: "alice".into(),
             client: leg(client),
             agent_leg: leg(agent),
             state: CallState::Offering,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_entries::{entry, leg};
+    use super::*;
+
+    #[test]
+    fn a_detached_client_call_id_can_be_routed_again() {
+        let mut table = RoutingTable::new();
+        let first = table.insert(entry("caller", "agent-1")).unwrap();
+        assert!(table.insert(entry("caller", "agent-2")).is_err());
+        table.detach_client(first);
+        let second = table.insert(entry("caller", "agent-2")).unwrap();
+        assert_eq!(table.lookup("agent-1"), Some((first, Side::Agent)));
+        table.remove(first);
+        assert_eq!(table.lookup("caller"), Some((second, Side::Client)));
+        assert_eq!(table.lookup("agent-1"), None);
     }
 
     #[test]

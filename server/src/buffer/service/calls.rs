@@ -213,36 +213,10 @@ impl Calls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::routing_table::{CallState, Leg};
-    use crate::sip::{Target, TransportKind};
-
-    fn leg(call_id: &str) -> Leg {
-        Leg {
-            call_id: call_id.into(),
-            local_tag: "l".into(),
-            remote_tag: None,
-            local_uri: "<sip:a@h>".into(),
-            remote_uri: "<sip:b@h>".into(),
-            remote_target: "sip:b@h".into(),
-            route_set: vec![],
-            local_cseq: 1,
-            invite_cseq: 1,
-            target: Target {
-                kind: TransportKind::Udp,
-                addr: "127.0.0.1:5060".parse().unwrap(),
-                conn: None,
-            },
-        }
-    }
+    use crate::buffer::routing_table::test_entries::entry;
 
     fn call(calls: &mut Calls, client: &str, agent: &str) -> CallKey {
-        let entry = CallEntry {
-            agent: "alice".into(),
-            client: leg(client),
-            agent_leg: leg(agent),
-            state: CallState::Offering,
-        };
-        calls.insert(entry).unwrap()
+        calls.insert(entry(client, agent)).unwrap()
     }
 
     fn ack() -> SipMessage {
