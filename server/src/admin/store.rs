@@ -31,6 +31,12 @@ pub enum StoreError {
     /// The database could not be opened or a statement failed.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The database file could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// A stored value is not what we wrote (hand-edited database).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -42,13 +48,26 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when missing) the database at `path`.
+    /// Opens (creating when missing) the database at `path`. A new file is readable by its
+    /// owner only, like the keys: it names every agent and the tokens revoked. SQLite gives
+    /// its journal and WAL files the database's mode.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             let _ = std::fs::create_dir_all(dir);
         }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(path).map_err(|e| StoreError::Create {
+            path: path.to_owned(),
+            source: e,
+        })?;
         Self::init(Connection::open(path)?)
     }
 
@@ -177,6 +196,12 @@ mod tests {
             let store = Store::open(&path).unwrap();
             assert!(store.put_agent(&alice()).unwrap());
             assert!(!store.put_agent(&alice()).unwrap());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.agent("alice").unwrap(), Some(alice()));

@@ -73,6 +73,10 @@ pub enum TokenError {
     /// A required claim is missing or has the wrong type.
     #[error("token lacks a required claim")]
     MissingClaim,
+    /// The header lists extensions in `crit` that the recipient must understand (RFC 7515
+    /// §4.1.11); we understand none, so such a token's meaning is unknown to us.
+    #[error("token requires an extension we do not support")]
+    UnsupportedCritical,
     /// Signing failed (issuer side).
     #[error("could not sign the token: {0}")]
     Signing(String),
@@ -205,6 +209,9 @@ impl TokenVerifier {
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::Malformed);
         }
+        if header.crit.is_some() {
+            return Err(TokenError::UnsupportedCritical);
+        }
         let key = header
             .kid
             .as_deref()
@@ -330,6 +337,26 @@ mod tests {
 
         assert_eq!(verifier.verify("not.a.token"), Err(TokenError::Malformed));
         assert_eq!(verifier.verify(""), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn a_token_naming_a_critical_extension_is_refused() {
+        let (issuer, verifier, _d) = setup();
+        let (_, claims) = issuer
+            .issue_claims("alice", None, &BTreeMap::new(), 600)
+            .unwrap();
+        let ring = issuer.ring();
+        let key = ring.current();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid().to_owned());
+        let sign = |h: &Header| jsonwebtoken::encode(h, &claims, key.encoding_key()).unwrap();
+        assert!(verifier.verify(&sign(&header)).is_ok());
+        header.crit = Some(vec!["exp-ext".into()]);
+        header.extras.insert("exp-ext", true);
+        assert_eq!(
+            verifier.verify(&sign(&header)),
+            Err(TokenError::UnsupportedCritical)
+        );
     }
 
     #[test]

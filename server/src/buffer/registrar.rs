@@ -2,7 +2,7 @@
 //! in, bindings out. An agent has one binding: a new REGISTER replaces the old contact, the
 //! way a browser that reconnects takes over its own identity.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::sip::{ConnId, Target, TransportKind};
@@ -27,6 +27,20 @@ pub struct Binding {
 pub struct Registrar {
     bindings: HashMap<String, Binding>,
     by_expiry: BTreeSet<(Instant, String)>,
+    /// The tokens each open agent WebSocket registered with. A binding names only the
+    /// latest connection, but revoking a token must close every socket it let in (the same
+    /// token registered twice keeps the first socket open, and with it presence and state).
+    /// An entry goes with its connection.
+    ws_tokens: HashMap<ConnId, HashSet<String>>,
+}
+
+/// What revoking a token removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// Agents whose binding is gone.
+    pub agents: Vec<String>,
+    /// The WebSocket connections the token registered on, to close.
+    pub conns: Vec<ConnId>,
 }
 
 impl Registrar {
@@ -44,6 +58,12 @@ impl Registrar {
         expires: Duration,
         now: Instant,
     ) -> bool {
+        if let (TransportKind::Wss, Some(conn)) = (target.kind, target.conn) {
+            self.ws_tokens
+                .entry(conn)
+                .or_default()
+                .insert(jti.to_owned());
+        }
         let binding = Binding {
             agent: agent.to_owned(),
             contact,
@@ -109,29 +129,26 @@ impl Registrar {
         gone
     }
 
-    /// Removes the bindings made with a revoked token and returns their agents.
-    pub fn revoke(&mut self, jti: &str) -> Vec<String> {
-        self.remove_where(|b| b.jti == jti)
-    }
-
-    /// Like [`Registrar::revoke`], with the WebSocket connection of each binding removed.
-    pub fn revoke_with_connections(&mut self, jti: &str) -> Vec<(String, Option<ConnId>)> {
-        let conns: Vec<(String, Option<ConnId>)> = self
-            .bindings
+    /// Removes the bindings made with a revoked token, and every WebSocket it registered on
+    /// as if closed (the owner closes them: no close comes back for a socket we end).
+    pub fn revoke(&mut self, jti: &str) -> Revoked {
+        let conns: Vec<ConnId> = self
+            .ws_tokens
             .iter()
-            .filter(|(_, b)| b.jti == jti)
-            .map(|(a, b)| {
-                let ws = b.target.kind == TransportKind::Wss;
-                (a.clone(), b.target.conn.filter(|_| ws))
-            })
+            .filter(|(_, jtis)| jtis.contains(jti))
+            .map(|(conn, _)| *conn)
             .collect();
-        self.revoke(jti);
-        conns
+        let mut agents = self.remove_where(|b| b.jti == jti);
+        for conn in &conns {
+            agents.extend(self.connection_closed(*conn));
+        }
+        Revoked { agents, conns }
     }
 
     /// A WebSocket agent lives only as long as its socket: its binding goes with it. TCP
     /// bindings stay (the agent's Contact can be dialled again) but forget the connection.
     pub fn connection_closed(&mut self, conn: ConnId) -> Vec<String> {
+        self.ws_tokens.remove(&conn);
         for b in self.bindings.values_mut() {
             if b.target.conn == Some(conn) && b.target.kind == TransportKind::Tcp {
                 b.target.conn = None;
@@ -233,7 +250,7 @@ mod tests {
         ));
         assert_eq!(r.next_expiry(), Some(now + Duration::from_secs(30)));
         assert_eq!(
-            r.revoke("j2"),
+            r.revoke("j2").agents,
             Vec::<String>::new(),
             "bob re-registered with j3"
         );
@@ -243,7 +260,50 @@ mod tests {
             Vec::<String>::new()
         );
         assert!(!r.is_empty());
-        assert_eq!(r.revoke("j3"), vec!["bob".to_string()]);
+        assert_eq!(r.revoke("j3").agents, vec!["bob".to_string()]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn revoking_a_token_names_every_websocket_it_registered_on_until_they_close() {
+        let now = Instant::now();
+        let mut r = Registrar::new();
+        let ws = |n| Target {
+            kind: TransportKind::Wss,
+            addr: "127.0.0.1:9".parse().unwrap(),
+            conn: Some(ConnId(n)),
+        };
+        let ttl = Duration::from_secs(60);
+        // alice's token on sockets 1 and 2 (2 took the binding over), bob's on socket 3;
+        // socket 4 registered with alice's token and is gone.
+        for (agent, jti, conn) in [
+            ("alice", "ja", 1),
+            ("alice", "ja", 2),
+            ("bob", "jb", 3),
+            ("carol", "ja", 4),
+        ] {
+            r.bind(
+                agent,
+                jti,
+                "sip:x@x;transport=ws".into(),
+                ws(conn),
+                ttl,
+                now,
+            );
+        }
+        assert_eq!(r.connection_closed(ConnId(4)), vec!["carol".to_owned()]);
+        let mut revoked = r.revoke("ja");
+        revoked.conns.sort();
+        assert_eq!(
+            revoked,
+            Revoked {
+                agents: vec!["alice".to_owned()],
+                conns: vec![ConnId(1), ConnId(2)],
+            }
+        );
+        assert_eq!(r.revoke("ja"), Revoked::default(), "forgotten once closed");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.revoke("jb").conns, vec![ConnId(3)]);
+        assert!(r.ws_tokens.is_empty());
     }
 }

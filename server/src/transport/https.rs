@@ -36,7 +36,7 @@ pub async fn listen(
 ) -> std::io::Result<SocketAddr> {
     let listener = TlsListener::bind(addr, tls).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
-    let app = Router::new()
+    let page = Router::new()
         .route("/", get(|| async { Html(AGENT_PAGE) }))
         .route(
             "/app.js",
@@ -51,6 +51,8 @@ pub async fn listen(
             "/style.css",
             get(|| async { ([(CONTENT_TYPE, "text/css; charset=utf-8")], AGENT_STYLE) }),
         )
+        .layer(axum::middleware::map_response(page_headers));
+    let app = page
         .route("/sip", get(sip_upgrade))
         .with_state(transports.clone());
     tokio::spawn(async move {
@@ -60,6 +62,30 @@ pub async fn listen(
         }
     });
     Ok(local)
+}
+
+/// The page holds the agent's token and its microphone: it runs only its own script and
+/// style (no inline code, so injected markup cannot run), connects only to its own origin and
+/// secure WebSockets, is never framed (clickjacking), and leaks nothing in a Referer.
+const PAGE_HEADERS: [(header::HeaderName, &str); 4] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self'; connect-src 'self' wss:; media-src 'self' blob:; \
+         img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+         form-action 'none'",
+    ),
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+async fn page_headers(mut response: Response) -> Response {
+    for (name, value) in PAGE_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, header::HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Read buffer of an agent's WebSocket: room for a REGISTER with its bearer token, the one
@@ -73,11 +99,15 @@ async fn sip_upgrade(
 ) -> Response {
     // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first read:
     // that would be most of an idle agent's memory. SIP messages are small; a larger one
-    // grows the buffer as it arrives.
+    // grows the buffer as it arrives. A frame is read whole before the message limit is
+    // checked, so the frame is capped too: else one frame header from anyone who can
+    // upgrade (no token needed) makes us wait for and hold 16 MiB.
+    let max = transports.max_message();
     let ws = ws
         .protocols([SIP_SUBPROTOCOL])
         .read_buffer_size(AGENT_READ_BUFFER)
-        .max_message_size(transports.max_message());
+        .max_frame_size(max)
+        .max_message_size(max);
     if ws.selected_protocol().is_none() {
         debug!(%peer, "refusing WebSocket without subprotocol sip");
         return (

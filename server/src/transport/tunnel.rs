@@ -129,8 +129,11 @@ async fn tunnel_upgrade(
                 .into_response();
         }
     };
+    // One tunnel frame is one WebSocket message; a WebSocket frame is buffered whole before
+    // the message limit applies, so both are capped.
     let ws = ws
         .protocols([proto_tunnel::SUBPROTOCOL])
+        .max_frame_size(state.limits.max_frame)
         .max_message_size(state.limits.max_frame);
     if ws.selected_protocol().is_none() {
         debug!(%peer, "refusing tunnel without its subprotocol");
@@ -413,8 +416,17 @@ async fn dial_once(
         request.headers_mut().insert("Authorization", value);
     }
     let connector = tokio_tungstenite::Connector::Rustls(settings.tls.clone());
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+    // The distributor is held to the tunnel's frame limit too (tungstenite would buffer a
+    // 16 MiB frame by default).
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(limits.max_frame))
+        .max_message_size(Some(limits.max_frame));
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(connector),
+    );
     let (ws, response) = match tokio::time::timeout(HELLO_TIMEOUT, connect).await {
         Err(_) => return Err(DialError::NotWelcomed("connect timed out".into())),
         Ok(Err(tungstenite::Error::Http(resp))) if matches!(resp.status().as_u16(), 401 | 403) => {

@@ -84,14 +84,16 @@ impl Buffer {
                 Err(e) => warn!(error = %e, "unreadable token keys from the distributor"),
             },
             Frame::Revoke { jti } => {
-                for (agent, conn) in self.registrar.revoke_with_connections(&jti) {
+                let revoked = self.registrar.revoke(&jti);
+                for agent in revoked.agents {
                     info!(%agent, "token revoked; registration removed");
                     self.agent_gone(&agent, now);
-                    // A browser learns it at once: its WebSocket closes, and the
-                    // registration it retries is refused with the reason.
-                    if let Some(conn) = conn {
-                        self.out.push_back(Output::Close { conn });
-                    }
+                }
+                // A browser learns it at once: every WebSocket the token opened closes, and
+                // the registration it retries is refused with the reason.
+                for conn in revoked.conns {
+                    self.layer.connection_closed(conn);
+                    self.out.push_back(Output::Close { conn });
                 }
                 self.revoked.insert(jti);
             }

@@ -1,0 +1,324 @@
+//! What an attacker on the network or on the host could try, and what they get: no memory
+//! held for an oversized WebSocket frame, no token with a critical extension we do not know,
+//! no WebSocket left open by a revoked token, an agent page that runs only its own script,
+//! and a store no other user can read.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_edge_tests::{System, WAIT, admin_key, http, issue_token};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+type Ws = tungstenite::WebSocket<Tls>;
+
+/// A TLS connection to the buffer server's HTTPS listener, trusting the system's own CA.
+fn tls(sys: &System) -> Tls {
+    let config = certs::client_config(&sys.path().join("certs").join("ca.pem")).unwrap();
+    let tcp = TcpStream::connect(sys.buffer_https).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// SIP over secure WebSocket to `/sip`, as a browser agent connects.
+fn wss(sys: &System) -> Ws {
+    let mut request = format!("wss://127.0.0.1:{}/sip", sys.buffer_https.port())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    let (ws, _) = tungstenite::client(request, tls(sys)).unwrap();
+    ws
+}
+
+/// A REGISTER for `agent` over `ws` (fresh branch and Call-ID each time), padded with
+/// `padding` bytes of an extension header; returns the answer.
+fn register(ws: &mut Ws, agent: &str, token: Option<&str>, padding: usize) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let pad = if padding > 0 {
+        format!("X-Padding: {}\r\n", "a".repeat(padding))
+    } else {
+        String::new()
+    };
+    let msg = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS agent.invalid;branch=z9hG4bKhard{n}\r\n\
+         From: <sip:{agent}@127.0.0.1>;tag=h{n}\r\nTo: <sip:{agent}@127.0.0.1>\r\n\
+         Call-ID: hard-{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{agent}@agent.invalid;transport=ws>\r\n\
+         Expires: 600\r\nMax-Forwards: 70\r\n{auth}{pad}Content-Length: 0\r\n\r\n"
+    );
+    ws.send(Message::text(msg)).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) if t.starts_with("SIP/2.0 ") => return t.to_string(),
+            _ => {}
+        }
+    }
+}
+
+fn status(response: &str) -> u16 {
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether the server ends the WebSocket within `limit` (a close frame, EOF or a reset);
+/// SIP it sends meanwhile (the agent's state) is skipped.
+fn closed_within(ws: &mut Ws, limit: Duration) -> bool {
+    ws.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => return true,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                if Instant::now() > deadline {
+                    return false;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn an_oversized_websocket_frame_closes_the_connection_before_its_payload_arrives() {
+    let sys = System::start("");
+    let mut stream = tls(&sys);
+    // The upgrade by hand, without any token: anyone on the network can do this much.
+    let upgrade = format!(
+        "GET /sip HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: sip\r\n\r\n",
+        sys.buffer_https.port()
+    );
+    stream.write_all(upgrade.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    // A masked binary frame announcing 15 MiB, and the first 4 KiB of it.
+    let announced: u64 = 15 * 1024 * 1024;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&announced.to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(std::iter::repeat_n(0x55, 4096));
+    stream.write_all(&frame).unwrap();
+    stream.flush().unwrap();
+
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sent = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            // A close frame (opcode 8), if the server says goodbye before going.
+            Ok(_) if buf[0] == 0x88 => break true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        closed,
+        "the server still holds the connection {:?} after a frame header announcing {announced} bytes",
+        sent.elapsed()
+    );
+
+    // A SIP message close to the limit (65,535 bytes) still goes through on a new WebSocket.
+    let mut ws = wss(&sys);
+    let answer = register(&mut ws, "alice", None, 60_000);
+    assert_eq!(status(&answer), 401, "{answer}");
+}
+
+/// The distributor's own key, and the kid and claims of a genuine token for alice.
+fn genuine_parts(sys: &System) -> (EncodingKey, Option<String>, serde_json::Value) {
+    let pem = std::fs::read(sys.path().join("keys").join("signing-key.pem")).unwrap();
+    let key = EncodingKey::from_ec_pem(&pem).unwrap();
+    let genuine = issue_token(sys.path(), "alice");
+    let kid = jsonwebtoken::decode_header(&genuine).unwrap().kid;
+    let payload = genuine.split('.').nth(1).unwrap();
+    let claims = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    (key, kid, claims)
+}
+
+#[test]
+fn a_token_with_a_critical_extension_we_do_not_know_is_refused() {
+    let sys = System::start("");
+    let (key, kid, claims) = genuine_parts(&sys);
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = kid;
+    let plain = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    header.crit = Some(vec!["exp-ext".into()]);
+    header.extras.insert("exp-ext", true);
+    let critical = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+
+    let mut ws = wss(&sys);
+    let answer = register(&mut ws, "alice", Some(&critical), 0);
+    assert_eq!(status(&answer), 401, "{answer}");
+    assert!(answer.contains("error=\"invalid_token\""), "{answer}");
+    // The same claims, key and kid without `crit` register: only the header made the difference.
+    let answer = register(&mut ws, "alice", Some(&plain), 0);
+    assert_eq!(status(&answer), 200, "{answer}");
+}
+
+#[test]
+fn revoking_a_token_closes_every_websocket_it_registered() {
+    let mut sys = System::start("");
+    let key = admin_key(sys.path());
+    let admin = sys.edge.addr("distributor.admin");
+    let alice = r#"{"id":"alice","name":"Alice"}"#;
+    assert_eq!(
+        http(admin, "POST", "/agents", Some(&key), Some(alice)).0,
+        201
+    );
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/agents/alice/tokens",
+        Some(&key),
+        Some(r#"{"ttl_s":600}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let issued: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = issued["token"].as_str().unwrap();
+    let jti = issued["jti"].as_str().unwrap();
+
+    // The same token on two WebSockets: the second takes over the binding.
+    let mut first = wss(&sys);
+    assert_eq!(status(&register(&mut first, "alice", Some(token), 0)), 200);
+    sys.edge.wait_line("agent-up alice edge-1", WAIT);
+    let mut second = wss(&sys);
+    assert_eq!(status(&register(&mut second, "alice", Some(token), 0)), 200);
+
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/tokens/revoke",
+        Some(&key),
+        Some(&format!(r#"{{"jti":"{jti}"}}"#)),
+    );
+    assert_eq!(code, 204, "{body}");
+    sys.edge
+        .wait_line("agent-down alice edge-1", Duration::from_secs(2));
+    let limit = Duration::from_secs(3);
+    assert!(
+        closed_within(&mut second, limit),
+        "the WebSocket holding the binding is still open"
+    );
+    assert!(
+        closed_within(&mut first, limit),
+        "the first WebSocket the revoked token registered is still open"
+    );
+}
+
+/// One GET over HTTPS: the status line and headers (names lower-cased).
+fn https_get(sys: &System, path: &str) -> (String, Vec<(String, String)>) {
+    let mut stream = tls(sys);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        sys.buffer_https.port()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    // The server may end without a TLS close_notify: what arrived is the response.
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+#[test]
+fn the_agent_page_is_served_with_security_headers() {
+    let sys = System::start("");
+    for path in ["/", "/app.js", "/style.css"] {
+        let (status, headers) = https_get(&sys, path);
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("{path}: no {name} in {headers:?}"))
+        };
+        let csp: Vec<&str> = get("content-security-policy")
+            .split(';')
+            .map(str::trim)
+            .collect();
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(
+                csp.contains(&directive),
+                "{path}: {directive} not in {csp:?}"
+            );
+        }
+        assert!(
+            !csp.iter().any(|d| d.contains("unsafe-")),
+            "{path}: {csp:?}"
+        );
+        assert_eq!(get("strict-transport-security"), "max-age=31536000");
+        assert_eq!(get("x-content-type-options"), "nosniff");
+        assert_eq!(get("referrer-policy"), "no-referrer");
+    }
+}
+
+#[test]
+fn the_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = agent_edge_tests::test_dir();
+    let path = agent_edge_tests::write_config(dir.path(), "", "");
+    let config = agent_edge::config::Config::load(&path).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = agent_edge::app::run(config, agent_edge::app::Roles::AllInOne, async move {
+        let _ = stopped.await;
+    })
+    .unwrap();
+    let db = dir.path().join("agent-edge.db");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db), 0o600, "{}", db.display());
+    // SQLite gives its write-ahead log the database's mode.
+    let wal = dir.path().join("agent-edge.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600, "{}", wal.display());
+    }
+    stop.send(()).unwrap();
+    running.wait();
+}
