@@ -79,7 +79,7 @@ function signIn(token) {
     tokenTimer = setTimeout(() => signOut('Your token expired. Sign in again with a new one.'),
       Math.max(0, c.exp * 1000 - Date.now()));
   }
-  const socket = new JsSIP.WebSocketInterface(`wss://${location.host}/sip`);
+  const socket = new JsSIP.WebSocketInterface(sipSocketUrl());
   ua = new JsSIP.UA({
     sockets: [socket],
     uri: `sip:${c.sub}@${location.hostname}`,
@@ -262,6 +262,14 @@ $('go-available').addEventListener('click', () => sendPresence({ state: 'availab
 $('go-away').addEventListener('click', () => sendPresence({ state: 'away', reason: $('away-reason').value }));
 
 // A link with ?token=… signs in at once; the token leaves the address bar (and history).
+// SIP over WebSocket lives beside the page: /sip on the edge itself, /edge/<id>/sip when the
+// page is an edge exposed through the distributor.
+function sipSocketUrl() {
+  const url = new URL('sip', location.href);
+  url.protocol = 'wss:';
+  return url.href;
+}
+
 const params = new URLSearchParams(location.search);
 const linked = params.get('token');
 if (linked) {

@@ -20,6 +20,15 @@ const ROUTE: u8 = 11;
 const CALL_STATS: u8 = 12;
 const PRESENCE: u8 = 13;
 const AGENT_STATE: u8 = 14;
+const EXPOSE: u8 = 15;
+const HTTP_REQUEST: u8 = 16;
+const HTTP_HEAD: u8 = 17;
+const HTTP_BODY: u8 = 18;
+const WS_OPEN: u8 = 19;
+const WS_MESSAGE: u8 = 20;
+const WS_CLOSE: u8 = 21;
+/// Longest path of an exposed page's request, media type or peer address carried.
+const MAX_HTTP_TEXT: usize = 1024;
 /// Longest media statistics carried for one call.
 const MAX_CALL_STATS: usize = 4096;
 
@@ -77,6 +86,12 @@ pub enum DecodeError {
     /// frame's optional agent, its presence byte is neither 0 nor 1).
     #[error("invalid identifier in {field}")]
     BadId {
+        /// The field.
+        field: &'static str,
+    },
+    /// A yes/no field holds something other than 0 or 1.
+    #[error("{field} is neither 0 nor 1")]
+    BadFlag {
         /// The field.
         field: &'static str,
     },
@@ -194,6 +209,43 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             put_bytes(buf, agent.as_bytes());
             put_bytes(buf, json.as_bytes());
         }
+        Frame::Expose => buf.put_u8(EXPOSE),
+        Frame::HttpRequest { stream, path } => {
+            buf.put_u8(HTTP_REQUEST);
+            buf.put_u64(*stream);
+            put_bytes(buf, path.as_bytes());
+        }
+        Frame::HttpHead {
+            stream,
+            status,
+            content_type,
+        } => {
+            buf.put_u8(HTTP_HEAD);
+            buf.put_u64(*stream);
+            buf.put_u16(*status);
+            put_bytes(buf, content_type.as_bytes());
+        }
+        Frame::HttpBody { stream, data, last } => {
+            buf.put_u8(HTTP_BODY);
+            buf.put_u64(*stream);
+            put_bytes(buf, data);
+            buf.put_u8(u8::from(*last));
+        }
+        Frame::WsOpen { conn, peer } => {
+            buf.put_u8(WS_OPEN);
+            buf.put_u64(*conn);
+            put_bytes(buf, peer.as_bytes());
+        }
+        Frame::WsMessage { conn, data } => {
+            buf.put_u8(WS_MESSAGE);
+            buf.put_u64(*conn);
+            put_bytes(buf, data);
+        }
+        Frame::WsClose { conn, reason } => {
+            buf.put_u8(WS_CLOSE);
+            buf.put_u64(*conn);
+            put_bytes(buf, reason.as_bytes());
+        }
     }
 }
 
@@ -290,6 +342,33 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
             agent: r.id("agent")?,
             json: r.text("state", MAX_CALL_STATS)?,
         },
+        EXPOSE => Frame::Expose,
+        HTTP_REQUEST => Frame::HttpRequest {
+            stream: r.u64("stream")?,
+            path: r.text("path", MAX_HTTP_TEXT)?,
+        },
+        HTTP_HEAD => Frame::HttpHead {
+            stream: r.u64("stream")?,
+            status: r.u16("status")?,
+            content_type: r.text("content_type", MAX_HTTP_TEXT)?,
+        },
+        HTTP_BODY => Frame::HttpBody {
+            stream: r.u64("stream")?,
+            data: Bytes::copy_from_slice(r.bytes("body", limits.max_frame)?),
+            last: r.flag("last")?,
+        },
+        WS_OPEN => Frame::WsOpen {
+            conn: r.u64("conn")?,
+            peer: r.text("peer", MAX_HTTP_TEXT)?,
+        },
+        WS_MESSAGE => Frame::WsMessage {
+            conn: r.u64("conn")?,
+            data: Bytes::copy_from_slice(r.bytes("message", limits.max_frame)?),
+        },
+        WS_CLOSE => Frame::WsClose {
+            conn: r.u64("conn")?,
+            reason: r.text("reason", MAX_HTTP_TEXT)?,
+        },
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if !r.buf.is_empty() {
@@ -341,6 +420,15 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::TooLarge { field, len, max });
         }
         self.take(len, field)
+    }
+
+    /// A 0/1 byte; anything else would not re-encode identically.
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::BadFlag { field }),
+        }
     }
 
     fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
@@ -405,6 +493,33 @@ mod tests {
                 call_id: "a84b4c76e66710@pc33".into(),
                 agent: "alice".into(),
                 ttl_ms: 5000,
+            },
+            Frame::Expose,
+            Frame::HttpRequest {
+                stream: 1,
+                path: "app.js".into(),
+            },
+            Frame::HttpHead {
+                stream: 1,
+                status: 200,
+                content_type: "text/javascript; charset=utf-8".into(),
+            },
+            Frame::HttpBody {
+                stream: 1,
+                data: Bytes::from_static(b"console.log(1)"),
+                last: true,
+            },
+            Frame::WsOpen {
+                conn: 9,
+                peer: "192.0.2.7:50123".into(),
+            },
+            Frame::WsMessage {
+                conn: 9,
+                data: Bytes::from_static(b"REGISTER sip:x SIP/2.0\r\n\r\n"),
+            },
+            Frame::WsClose {
+                conn: 9,
+                reason: "page closed".into(),
             },
         ]
     }
@@ -547,6 +662,25 @@ mod tests {
             Ok(Frame::Sip {
                 agent: None,
                 message: Bytes::new()
+            })
+        );
+    }
+
+    #[test]
+    fn http_body_last_must_be_zero_or_one() {
+        let l = Limits::default();
+        let mut b = vec![HTTP_BODY];
+        b.extend_from_slice(&7u64.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.push(2);
+        assert_eq!(decode(&b, &l), Err(DecodeError::BadFlag { field: "last" }));
+        *b.last_mut().unwrap() = 1;
+        assert_eq!(
+            decode(&b, &l),
+            Ok(Frame::HttpBody {
+                stream: 7,
+                data: Bytes::new(),
+                last: true
             })
         );
     }
@@ -718,6 +852,34 @@ mod tests {
             (".{0,60}", ".{0,300}").prop_map(|(call_id, json)| Frame::CallStats { call_id, json }),
             (id(), ".{0,100}").prop_map(|(agent, json)| Frame::Presence { agent, json }),
             (id(), ".{0,100}").prop_map(|(agent, json)| Frame::AgentState { agent, json }),
+            Just(Frame::Expose),
+            (any::<u64>(), ".{0,100}")
+                .prop_map(|(stream, path)| Frame::HttpRequest { stream, path }),
+            (any::<u64>(), any::<u16>(), ".{0,60}").prop_map(|(stream, status, content_type)| {
+                Frame::HttpHead {
+                    stream,
+                    status,
+                    content_type,
+                }
+            }),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..512),
+                any::<bool>()
+            )
+                .prop_map(|(stream, d, last)| Frame::HttpBody {
+                    stream,
+                    data: Bytes::from(d),
+                    last
+                }),
+            (any::<u64>(), ".{0,60}").prop_map(|(conn, peer)| Frame::WsOpen { conn, peer }),
+            (any::<u64>(), prop::collection::vec(any::<u8>(), 0..512)).prop_map(|(conn, d)| {
+                Frame::WsMessage {
+                    conn,
+                    data: Bytes::from(d),
+                }
+            }),
+            (any::<u64>(), ".{0,100}").prop_map(|(conn, reason)| Frame::WsClose { conn, reason }),
         ]
     }
 

@@ -94,6 +94,60 @@ pub enum Frame {
         /// The state as JSON, opaque here.
         json: String,
     },
+    /// The edge asks to be exposed (edge → distributor, once, after Welcome): the distributor
+    /// serves this edge's agent page and its agents' WebSockets on its public listener and
+    /// carries them over this tunnel, so the edge needs no inbound connection.
+    Expose,
+    /// A GET for an exposed edge's page (distributor → edge).
+    HttpRequest {
+        /// Names the answer's frames, so several requests can be in flight.
+        stream: u64,
+        /// The path under `/edge/<id>/`, without the query (a sign-in token in it stays in
+        /// the browser).
+        path: String,
+    },
+    /// The start of the answer to an `HttpRequest` (edge → distributor); its body follows in
+    /// `HttpBody` frames, so an asset may be larger than one frame.
+    HttpHead {
+        /// The request answered.
+        stream: u64,
+        /// The HTTP status.
+        status: u16,
+        /// The body's media type; the only header that crosses (the distributor sets the
+        /// page's security headers itself).
+        content_type: String,
+    },
+    /// A piece of an answer's body (edge → distributor).
+    HttpBody {
+        /// The request answered.
+        stream: u64,
+        /// The bytes.
+        data: Bytes,
+        /// Whether this is the last piece.
+        last: bool,
+    },
+    /// A browser opened a WebSocket to `/edge/<id>/sip` on the distributor (distributor →
+    /// edge): a virtual connection the edge treats as a WSS connection of its own.
+    WsOpen {
+        /// The virtual connection, numbered by the distributor per tunnel.
+        conn: u64,
+        /// The browser's address as the distributor saw it, for the edge's logs and Via.
+        peer: String,
+    },
+    /// One WebSocket message on a virtual connection, either way: one SIP message (RFC 7118).
+    WsMessage {
+        /// The virtual connection.
+        conn: u64,
+        /// The message.
+        data: Bytes,
+    },
+    /// A virtual connection ended, either way, and why.
+    WsClose {
+        /// The virtual connection.
+        conn: u64,
+        /// For the other side's logs.
+        reason: String,
+    },
     /// The sender is closing the tunnel, and why.
     Close {
         /// Free text for the peer's logs, so an operator sees why without packet captures.

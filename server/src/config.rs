@@ -194,8 +194,11 @@ pub struct DistributorConfig {
     pub tcp: SocketAddr,
     /// SIP over TLS for callers.
     pub tls: SocketAddr,
-    /// The tunnel endpoint buffer servers dial (`wss://ADDR/tunnel`).
-    pub tunnel: SocketAddr,
+    /// The one public TLS listener (443 in production): buffer servers dial
+    /// `wss://ADDR/tunnel`, and exposed edges' agents reach `https://ADDR/edge/<id>/`.
+    /// `tunnel` is its former name.
+    #[serde(alias = "tunnel")]
+    pub public: SocketAddr,
     /// UDP address queue announcements are played from (early media), bound only when a
     /// queue has `ringback = "183"`. Its address is the one announced in SDP.
     pub early_media: SocketAddr,
@@ -218,7 +221,7 @@ impl Default for DistributorConfig {
             udp: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tcp: SocketAddr::from(([127, 0, 0, 1], 5060)),
             tls: SocketAddr::from(([127, 0, 0, 1], 5061)),
-            tunnel: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            public: SocketAddr::from(([127, 0, 0, 1], 7443)),
             early_media: SocketAddr::from(([127, 0, 0, 1], 16000)),
             agent_max_calls: 1,
             default_queue: "default".into(),
@@ -242,6 +245,10 @@ pub struct BufferConfig {
     pub tcp: SocketAddr,
     /// The agent page at `/` and SIP over WSS at `/sip`.
     pub https: SocketAddr,
+    /// How agents reach this edge: `direct` on `https` only, or `tunnel`, also through the
+    /// distributor's public listener at `/edge/<id>/` over the tunnel this edge dials, for an
+    /// edge that accepts nothing inbound.
+    pub expose: Expose,
     /// Longest registration granted, in seconds.
     pub max_expires: u32,
     /// How the distributor hands calls to this edge: tunnel, uri, message or table.
@@ -273,6 +280,7 @@ impl Default for BufferConfig {
             udp: SocketAddr::from(([127, 0, 0, 1], 5070)),
             tcp: SocketAddr::from(([127, 0, 0, 1], 5070)),
             https: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            expose: Expose::Direct,
             max_expires: 3600,
             handoff: crate::handoff::Mode::Tunnel,
             distributor_sip: None,
@@ -283,6 +291,16 @@ impl Default for BufferConfig {
             media_timeout_s: 60,
         }
     }
+}
+
+/// How agents reach an edge (`[buffer] expose`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expose {
+    /// On the edge's own HTTPS listener.
+    Direct,
+    /// Also through the distributor, over the edge's tunnel.
+    Tunnel,
 }
 
 /// Where an edge without a tunnel reaches its distributor over plain SIP: written
@@ -382,6 +400,9 @@ impl Config {
             return invalid("identity.token_ttl_s must be between 60 s and 31 days");
         }
         if self.buffer.distributor_sip.is_some() {
+            if self.buffer.expose == Expose::Tunnel {
+                return invalid("buffer.expose = \"tunnel\" needs the tunnel, not distributor_sip");
+            }
             if !matches!(
                 self.buffer.handoff,
                 crate::handoff::Mode::Uri | crate::handoff::Mode::Message
@@ -431,7 +452,7 @@ mod tests {
             c.distributor.udp,
             c.distributor.tcp,
             c.distributor.tls,
-            c.distributor.tunnel,
+            c.distributor.public,
             c.distributor.early_media,
             c.buffer.udp,
             c.buffer.tcp,

@@ -144,6 +144,17 @@ impl Browser {
             .unwrap();
     }
 
+    /// What the page's WebRTC stats say about the call's audio (`null` outside a call).
+    pub async fn audio_stats(&self) -> serde_json::Value {
+        self.client
+            .execute_async(
+                "const done = arguments[0]; window.agentEdge.audioStats().then(done, () => done(null));",
+                vec![],
+            )
+            .await
+            .unwrap()
+    }
+
     /// Ends the browser session and chromedriver.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;

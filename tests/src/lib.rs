@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod https;
 pub mod load;
 pub mod webrtc_agent;
 
@@ -71,7 +72,7 @@ pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> 
     let text = format!(
         "[identity]\nkeys_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ndb = \"{}\"\n\
          key_file = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
-         tls = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\nearly_media = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
+         tls = \"127.0.0.1:0\"\npublic = \"127.0.0.1:0\"\nearly_media = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
          udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nmedia = \"127.0.0.1:0\"\n{buffer_extra}\n",
         dir.join("keys").display(),
         dir.join("agent-edge.db").display(),
@@ -128,6 +129,13 @@ pub fn http(
         _ => body,
     };
     (status, body)
+}
+
+/// Revokes the token `jti` through the admin API at `admin`.
+pub fn revoke(admin: SocketAddr, key: &str, jti: &str) {
+    let body = format!(r#"{{"jti":"{jti}"}}"#);
+    let (code, text) = http(admin, "POST", "/tokens/revoke", Some(key), Some(&body));
+    assert_eq!(code, 204, "revoking {jti}: {text}");
 }
 
 /// A buffer server's tunnel credential from `agent-edge token issue --edge`.
@@ -734,14 +742,14 @@ pub fn admin_key(dir: &Path) -> String {
 pub fn start_distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
     let config = write_config(dir, "", "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
-        "tunnel = \"127.0.0.1:0\"",
-        &format!("tunnel = \"127.0.0.1:{tunnel_port}\""),
+        "public = \"127.0.0.1:0\"",
+        &format!("public = \"127.0.0.1:{tunnel_port}\""),
     );
     let config = dir.join("distributor.toml");
     std::fs::write(&config, text).unwrap();
     let mut edge = Edge::start(&["distributor"], &config, &dir.join("distributor.log"));
     let udp = edge.addr("distributor.udp");
-    edge.addr("distributor.tunnel");
+    edge.addr("distributor.public");
     (edge, udp)
 }
 
@@ -749,7 +757,18 @@ pub fn start_distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
 /// `tunnel_port`, with its HTTPS (agent page and WSS) on `https_port` when given, so that a
 /// restarted one is found where browsers left it.
 pub fn start_buffer(dir: &Path, tunnel_port: u16, https_port: Option<u16>, log: &str) -> Edge {
-    let config = write_config(dir, "", "");
+    start_buffer_with(dir, tunnel_port, https_port, log, "")
+}
+
+/// [`start_buffer`] with extra lines for its `[buffer]` section.
+pub fn start_buffer_with(
+    dir: &Path,
+    tunnel_port: u16,
+    https_port: Option<u16>,
+    log: &str,
+    buffer_extra: &str,
+) -> Edge {
+    let config = write_config(dir, "", buffer_extra);
     let config = match https_port {
         Some(port) => {
             let text = std::fs::read_to_string(&config).unwrap().replace(

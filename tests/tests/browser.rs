@@ -107,18 +107,6 @@ async fn signed_in(sys: &mut System, agent: &str) -> Browser {
     browser
 }
 
-/// What the page's WebRTC stats say about the call's audio.
-async fn audio_stats(browser: &Browser) -> serde_json::Value {
-    browser
-        .client
-        .execute_async(
-            "const done = arguments[0]; window.agentEdge.audioStats().then(done, () => done(null));",
-            vec![],
-        )
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_call_carries_audio_both_ways_and_the_caller_hangs_up() {
     let _one_at_a_time = AUDIO.lock().await;
@@ -142,7 +130,7 @@ async fn an_answered_call_carries_audio_both_ways_and_the_caller_hangs_up() {
     browser.click("#answer").await;
     browser.wait_state("in-call", "in-call").await;
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    let stats = audio_stats(&browser).await;
+    let stats = browser.audio_stats().await;
     browser.screenshot("in-call").await;
     let received = stats["packetsReceived"].as_u64().unwrap_or(0);
     let sent = stats["packetsSent"].as_u64().unwrap_or(0);
@@ -180,7 +168,7 @@ async fn hanging_up_from_the_page_ends_the_call_on_both_sides() {
     browser.click("#answer").await;
     browser.wait_state("in-call", "page-hangup").await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let stats = audio_stats(&browser).await;
+    let stats = browser.audio_stats().await;
     assert!(
         stats["packetsReceived"].as_u64().unwrap_or(0) > 50,
         "the echo came back: {stats}"

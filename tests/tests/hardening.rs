@@ -5,96 +5,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use agent_edge_tests::https::{self, closed_within, register, sip_status};
 use agent_edge_tests::{System, WAIT, admin_key, http, issue_token};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-type Ws = tungstenite::WebSocket<Tls>;
 
 /// A TLS connection to the buffer server's HTTPS listener, trusting the system's own CA.
-fn tls(sys: &System) -> Tls {
-    let config = certs::client_config(&sys.path().join("certs").join("ca.pem")).unwrap();
-    let tcp = TcpStream::connect(sys.buffer_https).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(config, name).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
+fn tls(sys: &System) -> https::Tls {
+    https::tls(sys.path(), sys.buffer_https)
 }
 
 /// SIP over secure WebSocket to `/sip`, as a browser agent connects.
-fn wss(sys: &System) -> Ws {
-    let mut request = format!("wss://127.0.0.1:{}/sip", sys.buffer_https.port())
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
-    let (ws, _) = tungstenite::client(request, tls(sys)).unwrap();
-    ws
-}
-
-/// A REGISTER for `agent` over `ws` (fresh branch and Call-ID each time), padded with
-/// `padding` bytes of an extension header; returns the answer.
-fn register(ws: &mut Ws, agent: &str, token: Option<&str>, padding: usize) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let pad = if padding > 0 {
-        format!("X-Padding: {}\r\n", "a".repeat(padding))
-    } else {
-        String::new()
-    };
-    let msg = format!(
-        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS agent.invalid;branch=z9hG4bKhard{n}\r\n\
-         From: <sip:{agent}@127.0.0.1>;tag=h{n}\r\nTo: <sip:{agent}@127.0.0.1>\r\n\
-         Call-ID: hard-{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{agent}@agent.invalid;transport=ws>\r\n\
-         Expires: 600\r\nMax-Forwards: 70\r\n{auth}{pad}Content-Length: 0\r\n\r\n"
-    );
-    ws.send(Message::text(msg)).unwrap();
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) if t.starts_with("SIP/2.0 ") => return t.to_string(),
-            _ => {}
-        }
-    }
-}
-
-fn status(response: &str) -> u16 {
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Whether the server ends the WebSocket within `limit` (a close frame, EOF or a reset);
-/// SIP it sends meanwhile (the agent's state) is skipped.
-fn closed_within(ws: &mut Ws, limit: Duration) -> bool {
-    ws.get_mut()
-        .sock
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        match ws.read() {
-            Ok(Message::Close(_)) => return true,
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-            {
-                if Instant::now() > deadline {
-                    return false;
-                }
-            }
-            Err(_) => return true,
-        }
-    }
+fn wss(sys: &System) -> https::Ws {
+    https::websocket(sys.path(), sys.buffer_https, "/sip", Some("sip")).unwrap()
 }
 
 #[test]
@@ -154,7 +81,7 @@ fn an_oversized_websocket_frame_closes_the_connection_before_its_payload_arrives
     // A SIP message close to the limit (65,535 bytes) still goes through on a new WebSocket.
     let mut ws = wss(&sys);
     let answer = register(&mut ws, "alice", None, 60_000);
-    assert_eq!(status(&answer), 401, "{answer}");
+    assert_eq!(sip_status(&answer), 401, "{answer}");
 }
 
 /// The distributor's own key, and the kid and claims of a genuine token for alice.
@@ -181,11 +108,11 @@ fn a_token_with_a_critical_extension_we_do_not_know_is_refused() {
 
     let mut ws = wss(&sys);
     let answer = register(&mut ws, "alice", Some(&critical), 0);
-    assert_eq!(status(&answer), 401, "{answer}");
+    assert_eq!(sip_status(&answer), 401, "{answer}");
     assert!(answer.contains("error=\"invalid_token\""), "{answer}");
     // The same claims, key and kid without `crit` register: only the header made the difference.
     let answer = register(&mut ws, "alice", Some(&plain), 0);
-    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(sip_status(&answer), 200, "{answer}");
 }
 
 #[test]
@@ -212,19 +139,18 @@ fn revoking_a_token_closes_every_websocket_it_registered() {
 
     // The same token on two WebSockets: the second takes over the binding.
     let mut first = wss(&sys);
-    assert_eq!(status(&register(&mut first, "alice", Some(token), 0)), 200);
+    assert_eq!(
+        sip_status(&register(&mut first, "alice", Some(token), 0)),
+        200
+    );
     sys.edge.wait_line("agent-up alice edge-1", WAIT);
     let mut second = wss(&sys);
-    assert_eq!(status(&register(&mut second, "alice", Some(token), 0)), 200);
-
-    let (code, body) = http(
-        admin,
-        "POST",
-        "/tokens/revoke",
-        Some(&key),
-        Some(&format!(r#"{{"jti":"{jti}"}}"#)),
+    assert_eq!(
+        sip_status(&register(&mut second, "alice", Some(token), 0)),
+        200
     );
-    assert_eq!(code, 204, "{body}");
+
+    agent_edge_tests::revoke(admin, &key, jti);
     sys.edge
         .wait_line("agent-down alice edge-1", Duration::from_secs(2));
     let limit = Duration::from_secs(3);

@@ -54,7 +54,7 @@ fn shutdown_with_a_call_up_refuses_new_calls_ends_both_legs_and_closes_every_lis
         running.addrs.buffer.unwrap(),
     );
     for addr in [
-        d.udp, d.tcp, d.tls, d.tunnel, d.admin, b.udp, b.tcp, b.https, b.media,
+        d.udp, d.tcp, d.tls, d.public, d.admin, b.udp, b.tcp, b.https, b.media,
     ] {
         assert_ne!(addr.port(), 0, "{addr}");
     }
@@ -111,7 +111,7 @@ fn shutdown_with_a_call_up_refuses_new_calls_ends_both_legs_and_closes_every_lis
     assert!(status.try_iter().any(|s| s == Status::Stopped));
 
     // Nothing is left listening.
-    for addr in [d.tcp, d.tls, d.tunnel, d.admin, b.tcp, b.https] {
+    for addr in [d.tcp, d.tls, d.public, d.admin, b.tcp, b.https] {
         assert!(
             TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
             "{addr} still accepts connections"

@@ -10,7 +10,7 @@ use agent_edge_tests::{Edge, WAIT, issue_edge_token, issue_token, test_dir, writ
 fn distributor(dir: &Path) -> (Edge, String) {
     let config = write_config(dir, "", "");
     let mut dist = Edge::start(&["distributor"], &config, &dir.join("distributor.log"));
-    let tunnel = dist.addr("distributor.tunnel");
+    let tunnel = dist.addr("distributor.public");
     (dist, format!("wss://{tunnel}/tunnel"))
 }
 

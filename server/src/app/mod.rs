@@ -72,7 +72,8 @@ pub struct DistributorAddrs {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
-    pub tunnel: SocketAddr,
+    /// The public listener: edges' tunnels and exposed edges' pages.
+    pub public: SocketAddr,
     pub admin: SocketAddr,
     /// Only when a queue plays an announcement.
     pub early_media: Option<SocketAddr>,
@@ -189,7 +190,7 @@ async fn start(
         Roles::AllInOne => {
             let ring = identity::key_ring(config)?;
             let d = roles::start_distributor(config, &ring, status).await?;
-            let url = format!("wss://{}/tunnel", d.addrs.tunnel);
+            let url = format!("wss://{}/tunnel", d.addrs.public);
             // One process, one key: the edge gets its credential directly.
             let token = identity::edge_token_issuer(config, &ring)
                 .issue(&config.buffer.id, None, config.identity.edge_token_ttl_s)
@@ -199,8 +200,10 @@ async fn start(
             let demo = identity::token_issuer(config, &ring)
                 .issue("demo", Some("Demo agent"), config.identity.token_ttl_s)
                 .context(|| "issuing the demo agent's token".into())?;
+            let page =
+                (b.exposed_page.clone()).unwrap_or_else(|| format!("https://{}/", b.addrs.https));
             status.emit(Status::DemoAgent {
-                url: format!("https://{}/?token={demo}", b.addrs.https),
+                url: format!("{page}?token={demo}"),
             });
             (addrs.distributor, addrs.buffer) = (Some(d.addrs), Some(b.addrs));
             (started.distributor, started.buffer) = (Some(d.commands), Some(b.commands));

@@ -12,8 +12,10 @@ use crate::admin::api::AdminState;
 use crate::admin::keys::KeyRing;
 use crate::admin::store::Store;
 use crate::admin::tokens::{TokenVerifier, VerifierSettings};
+use crate::config::Expose;
 use crate::config::{Config, DistributorConfig};
 use crate::media::early::EarlyMedia;
+use crate::transport::exposure::Exposures;
 use crate::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use crate::transport::{self, Transports};
 use crate::{buffer, distributor};
@@ -33,6 +35,8 @@ pub(super) struct Distributor {
 pub(super) struct Buffer {
     pub addrs: BufferAddrs,
     pub commands: mpsc::Sender<buffer::service::Command>,
+    /// The agent page's address on the distributor, for an edge exposed through it.
+    pub exposed_page: Option<String>,
 }
 
 /// The announcements of queues that play early media, read now so a bad file stops the
@@ -88,9 +92,12 @@ pub(super) async fn start_distributor(
         .context(|| format!("binding distributor TLS {}", d.tls))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
     let edges = edge_token_issuer(config, ring);
-    let tunnel_addr = tunnel::listen(d.tunnel, tls, &d.id, edges, tunnel_tx)
+    let exposures = Exposures::new(config.sip.max_message_bytes);
+    let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
+        .merge(transport::exposure::routes(exposures));
+    let public_addr = transport::public::listen(d.public, tls, routes)
         .await
-        .context(|| format!("binding the tunnel endpoint {}", d.tunnel))?;
+        .context(|| format!("binding the public listener {}", d.public))?;
     let issuer = token_issuer(config, ring);
     let identity =
         serde_json::to_string(&issuer.verifier_settings()).context(|| "token keys".into())?;
@@ -143,7 +150,7 @@ pub(super) async fn start_distributor(
         udp,
         tcp,
         tls: tls_addr,
-        tunnel: tunnel_addr,
+        public: public_addr,
         admin: admin_addr,
         early_media: early_media_addr,
     };
@@ -151,7 +158,7 @@ pub(super) async fn start_distributor(
         ("distributor.udp", udp),
         ("distributor.tcp", tcp),
         ("distributor.tls", tls_addr),
-        ("distributor.tunnel", tunnel_addr),
+        ("distributor.public", public_addr),
         ("distributor.admin", admin_addr),
     ] {
         status.emit(Status::Listening { name, addr });
@@ -237,8 +244,13 @@ pub(super) async fn start_buffer(
         media: media_rx,
         commands: command_rx,
     };
+    let exposed = (b.expose == Expose::Tunnel).then(|| transports.clone());
     let shell = buffer::shell::BufferShell::new(transports, sources, sockets, status.clone());
     tokio::spawn(shell.run(core));
+    let exposed_page = match &exposed {
+        Some(_) => Some(exposed_page_url(&connect, &b.id)?),
+        None => None,
+    };
     if !linked {
         let dial = tunnel::DialSettings {
             url: connect,
@@ -247,6 +259,7 @@ pub(super) async fn start_buffer(
             handoffs: vec![b.handoff.as_str().to_owned()],
             token,
             status: status.clone(),
+            expose: exposed,
         };
         tunnel::spawn_dialler(dial, tunnel_tx);
     }
@@ -261,11 +274,30 @@ pub(super) async fn start_buffer(
     status.emit(Status::AgentPage {
         url: format!("https://{https}/"),
     });
+    if let Some(url) = &exposed_page {
+        status.emit(Status::AgentPage { url: url.clone() });
+    }
     let addrs = BufferAddrs {
         udp,
         tcp,
         https,
         media: media_addr,
     };
-    Ok(Buffer { addrs, commands })
+    Ok(Buffer {
+        addrs,
+        commands,
+        exposed_page,
+    })
+}
+
+/// Where the distributor serves an exposed edge's page: its public listener is the host the
+/// edge dials (`wss://HOST:PORT/tunnel` → `https://HOST:PORT/edge/<id>/`).
+fn exposed_page_url(connect: &str, edge: &str) -> Result<String, StartError> {
+    let uri: axum::http::Uri = connect
+        .parse()
+        .map_err(|_| StartError::msg(&format!("buffer.connect {connect} is not a URL")))?;
+    let host = uri
+        .authority()
+        .ok_or_else(|| StartError::msg(&format!("buffer.connect {connect} names no host")))?;
+    Ok(format!("https://{host}/edge/{edge}/"))
 }

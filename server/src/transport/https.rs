@@ -7,26 +7,22 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tracing::debug;
 
+use super::agent_page;
 use super::tls_listener::{PeerAddr, TlsListener};
 use super::{Transports, ingest};
 use crate::sip::{Target, TransportKind};
 
 /// The WebSocket subprotocol of SIP (RFC 7118 §4.1).
 pub const SIP_SUBPROTOCOL: &str = "sip";
-
-const AGENT_PAGE: &str = include_str!("../../../agent-web/index.html");
-const AGENT_STYLE: &str = include_str!("../../../agent-web/style.css");
-/// JsSIP and the page's script, bundled by `build.rs`.
-const AGENT_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/app.js"));
 
 /// Binds the HTTPS listener and serves it in the background.
 pub async fn listen(
@@ -37,21 +33,9 @@ pub async fn listen(
     let listener = TlsListener::bind(addr, tls).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
     let page = Router::new()
-        .route("/", get(|| async { Html(AGENT_PAGE) }))
-        .route(
-            "/app.js",
-            get(|| async {
-                (
-                    [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    AGENT_SCRIPT,
-                )
-            }),
-        )
-        .route(
-            "/style.css",
-            get(|| async { ([(CONTENT_TYPE, "text/css; charset=utf-8")], AGENT_STYLE) }),
-        )
-        .layer(axum::middleware::map_response(page_headers));
+        .route("/", get(page_file))
+        .route("/{file}", get(page_file))
+        .layer(axum::middleware::map_response(agent_page::with_headers));
     let app = page
         .route("/sip", get(sip_upgrade))
         .with_state(transports.clone());
@@ -64,28 +48,12 @@ pub async fn listen(
     Ok(local)
 }
 
-/// The page holds the agent's token and its microphone: it runs only its own script and
-/// style (no inline code, so injected markup cannot run), connects only to its own origin and
-/// secure WebSockets, is never framed (clickjacking), and leaks nothing in a Referer.
-const PAGE_HEADERS: [(header::HeaderName, &str); 4] = [
-    (
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'self'; script-src 'self'; connect-src 'self' wss:; media-src 'self' blob:; \
-         img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
-         form-action 'none'",
-    ),
-    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
-    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    (header::REFERRER_POLICY, "no-referrer"),
-];
-
-async fn page_headers(mut response: Response) -> Response {
-    for (name, value) in PAGE_HEADERS {
-        response
-            .headers_mut()
-            .insert(name, header::HeaderValue::from_static(value));
+async fn page_file(path: Option<Path<String>>) -> Response {
+    let file = path.map(|Path(f)| f).unwrap_or_default();
+    match agent_page::asset(&file) {
+        Some((content_type, body)) => ([(CONTENT_TYPE, content_type)], body).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
-    response
 }
 
 /// Read buffer of an agent's WebSocket: room for a REGISTER with its bearer token, the one
@@ -110,12 +78,7 @@ async fn sip_upgrade(
         .max_message_size(max);
     if ws.selected_protocol().is_none() {
         debug!(%peer, "refusing WebSocket without subprotocol sip");
-        return (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/plain")],
-            "this endpoint speaks SIP over WebSocket: offer subprotocol \"sip\" (RFC 7118)\n",
-        )
-            .into_response();
+        return not_sip();
     }
     ws.on_upgrade(move |socket| serve_sip_socket(transports, socket, peer))
 }
@@ -128,18 +91,14 @@ async fn serve_sip_socket(transports: Transports, socket: WebSocket, peer: Socke
         conn: Some(id),
     };
     let (mut sink, mut stream) = socket.split();
-    let as_message = |bytes: Bytes| match String::from_utf8(bytes.to_vec()) {
-        Ok(text) => Message::Text(text.into()),
-        Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
-    };
     // Messages already waiting go out with one flush (one TLS record, one write).
     let write = async {
         'conn: while let Some(bytes) = outbound.recv().await {
-            if sink.feed(as_message(bytes)).await.is_err() {
+            if sink.feed(ws_message(bytes)).await.is_err() {
                 break;
             }
             while let Ok(bytes) = outbound.try_recv() {
-                if sink.feed(as_message(bytes)).await.is_err() {
+                if sink.feed(ws_message(bytes)).await.is_err() {
                     break 'conn;
                 }
             }
@@ -148,24 +107,55 @@ async fn serve_sip_socket(transports: Transports, socket: WebSocket, peer: Socke
             }
         }
     };
-    let read = async {
-        while let Some(Ok(msg)) = stream.next().await {
-            let data: Bytes = match msg {
-                Message::Text(t) => Bytes::from(t),
-                Message::Binary(b) => b,
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => continue,
-            };
-            // RFC 7118 §5: one WebSocket message is one whole SIP message.
-            if !ingest(&transports, &data, from.clone()).await {
-                break;
-            }
-        }
-    };
+    // RFC 7118 §5: one WebSocket message is one whole SIP message.
+    let read = read_messages(&mut stream, |data| {
+        let (transports, from) = (&transports, from.clone());
+        async move { ingest(transports, &data, from).await }
+    });
     tokio::select! {
         () = write => {}
         () = read => {}
     }
     debug!(%peer, ?id, "WebSocket closed");
     transports.remove_conn(id).await;
+}
+
+/// SIP goes out as a text message when it is UTF-8 (what browsers' SIP stacks expect), else
+/// as binary (RFC 7118 §5 allows both).
+pub(crate) fn ws_message(bytes: Bytes) -> Message {
+    match String::from_utf8(bytes.to_vec()) {
+        Ok(text) => Message::Text(text.into()),
+        Err(e) => Message::Binary(Bytes::from(e.into_bytes())),
+    }
+}
+
+/// Hands each data message read from a WebSocket to `each` until the peer closes, the socket
+/// fails or `each` says stop; pings are answered by the WebSocket layer itself.
+pub(crate) async fn read_messages<S, F, Fut>(stream: &mut S, mut each: F)
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while let Some(Ok(msg)) = stream.next().await {
+        let data: Bytes = match msg {
+            Message::Text(t) => Bytes::from(t),
+            Message::Binary(b) => b,
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if !each(data).await {
+            break;
+        }
+    }
+}
+
+/// The answer to a WebSocket upgrade that does not offer SIP.
+pub(crate) fn not_sip() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "this endpoint speaks SIP over WebSocket: offer subprotocol \"sip\" (RFC 7118)\n",
+    )
+        .into_response()
 }

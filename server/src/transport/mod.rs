@@ -3,8 +3,12 @@
 //! the transactions. The role sends back through [`Transports`], by connection when the
 //! target names one (RFC 3261 §18.2.2, RFC 7118 §5), else by address.
 
+pub mod agent_page;
 mod boundary;
+pub mod exposed_edge;
+pub mod exposure;
 pub mod https;
+pub mod public;
 pub mod stream;
 pub mod tls_listener;
 pub mod tunnel;

@@ -1,6 +1,9 @@
-//! The tunnel's IO: the distributor's `wss://…/tunnel` endpoint and the buffer server's
-//! dialler. Buffer servers dial out, so an edge behind NAT or an outbound-only firewall still
-//! receives calls. Frames and liveness rules live in `proto-tunnel`; this file only moves them.
+//! The tunnel's IO: the distributor's `wss://…/tunnel` endpoint (on its public listener) and
+//! the buffer server's dialler. Buffer servers dial out, so an edge behind NAT or an
+//! outbound-only firewall still receives calls. Frames and liveness rules live in
+//! `proto-tunnel`; this file only moves them. The frames of an exposed edge's page and virtual
+//! connections are handed to `exposure.rs` (distributor) and `exposed_edge.rs` (edge) here and
+//! never reach the roles.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +21,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, info, warn};
 
+use super::Transports;
+use super::exposed_edge::ExposedEdge;
+use super::exposure::Exposures;
 use super::next_conn_id;
-use super::tls_listener::{PeerAddr, TlsListener};
+use super::tls_listener::PeerAddr;
 use crate::admin::tokens::{self, TokenIssuer, TokenVerifier};
 use crate::app::status::{Status, StatusSink};
 use crate::sip::ConnId;
@@ -32,6 +38,9 @@ const DEAD_AFTER: Duration = Duration::from_secs(15);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames waiting to be written to one tunnel.
 const TUNNEL_QUEUE: usize = 4096;
+/// Frames of an exposed edge's page and virtual connections waiting to be written to its
+/// tunnel, beside the role's own queue.
+const RELAY_QUEUE: usize = 1024;
 
 /// What the distributor's tunnel endpoint reports.
 #[derive(Debug)]
@@ -71,34 +80,26 @@ struct ServerState {
     edges: TokenIssuer,
     events: mpsc::Sender<TunnelServerEvent>,
     limits: Arc<Limits>,
+    exposures: Exposures,
 }
 
-/// Binds the distributor's tunnel endpoint and serves it in the background.
-pub async fn listen(
-    addr: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
+/// The tunnel endpoint's route on the distributor's public listener.
+pub fn routes(
     distributor_id: &str,
     edges: TokenIssuer,
     events: mpsc::Sender<TunnelServerEvent>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TlsListener::bind(addr, tls).await?;
-    let local = axum::serve::Listener::local_addr(&listener)?;
+    exposures: Exposures,
+) -> Router {
     let state = ServerState {
         distributor_id: distributor_id.into(),
         edges,
         events,
         limits: Arc::new(Limits::default()),
+        exposures,
     };
-    let app = Router::new()
+    Router::new()
         .route("/tunnel", get(tunnel_upgrade))
-        .with_state(state);
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<PeerAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!(error = %e, "tunnel server stopped");
-        }
-    });
-    Ok(local)
+        .with_state(state)
 }
 
 async fn tunnel_upgrade(
@@ -197,7 +198,7 @@ async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr, cre
     info!(%peer, edge = %edge_id, "edge connected");
     let up = TunnelServerEvent::Up {
         conn,
-        edge_id,
+        edge_id: edge_id.clone(),
         handoffs,
         sender: sender.clone(),
     };
@@ -217,22 +218,42 @@ async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr, cre
     // The role holds the only sender: when it lets go of this edge, the queue closes and the
     // tunnel with it.
     drop(sender);
+    let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
+    let exposures = state.exposures.clone();
+    let edge = edge_id.clone();
     pump(
         Box::pin(sink),
         Box::pin(stream),
         outbound,
+        relay_rx,
         &state.limits,
         |frame| {
             let events = events.clone();
+            let exposures = exposures.clone();
+            let relay = relay.clone();
+            let edge = edge.clone();
             async move {
-                events
-                    .send(TunnelServerEvent::Frame { conn, frame })
-                    .await
-                    .is_ok()
+                match frame {
+                    Frame::Expose => exposures.expose(&edge, conn, relay),
+                    Frame::HttpRequest { .. }
+                    | Frame::HttpHead { .. }
+                    | Frame::HttpBody { .. }
+                    | Frame::WsOpen { .. }
+                    | Frame::WsMessage { .. }
+                    | Frame::WsClose { .. } => exposures.edge_frame(&edge, conn, frame),
+                    frame => {
+                        return events
+                            .send(TunnelServerEvent::Frame { conn, frame })
+                            .await
+                            .is_ok();
+                    }
+                }
+                true
             }
         },
     )
     .await;
+    state.exposures.tunnel_down(&edge_id, conn);
     info!(%peer, "edge disconnected");
     let _ = state.events.send(TunnelServerEvent::Down { conn }).await;
 }
@@ -261,12 +282,14 @@ where
     sink.flush().await.is_ok()
 }
 
-/// Moves frames both ways until either side ends or the peer falls silent. Pings are answered
-/// here; every other frame goes to `deliver`.
+/// Moves frames both ways until either side ends or the peer falls silent: the role's
+/// `outbound` and the exposure's `relay` out, and every frame read to `deliver` but Pings
+/// (answered here). The tunnel ends when the role lets go of `outbound`.
 async fn pump<Si, St, D, F>(
     sink: Si,
     stream: St,
     mut outbound: mpsc::Receiver<Frame>,
+    mut relay: mpsc::Receiver<Frame>,
     limits: &Limits,
     mut deliver: D,
 ) where
@@ -284,6 +307,11 @@ async fn pump<Si, St, D, F>(
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break };
                 if !send_burst(&mut sink, frame, &mut outbound).await {
+                    break;
+                }
+            }
+            Some(frame) = relay.recv() => {
+                if !send_burst(&mut sink, frame, &mut relay).await {
                     break;
                 }
             }
@@ -347,6 +375,9 @@ pub struct DialSettings {
     pub token: Option<String>,
     /// Where a refusal is reported to the operator.
     pub status: StatusSink,
+    /// The agents' transports, when the edge asks the distributor to expose it: the page
+    /// and the agents' WebSockets then come through the tunnel.
+    pub expose: Option<Transports>,
 }
 
 pub fn spawn_dialler(settings: DialSettings, events: mpsc::Sender<TunnelClientEvent>) {
@@ -463,6 +494,12 @@ async fn dial_once(
         Some(Ok(Frame::Close { reason })) => return Err(DialError::Refused(reason)),
         other => return Err(DialError::NotWelcomed(format!("{other:?}"))),
     }
+    // The first frame after Welcome, before the role hears the tunnel is up: the distributor
+    // exposes the edge before any of its agents could register through it.
+    if settings.expose.is_some() {
+        let expose = proto_tunnel::encode(&Frame::Expose);
+        sink.send(tungstenite::Message::Binary(expose)).await?;
+    }
     let conn = next_conn_id();
     let (sender, outbound) = mpsc::channel(TUNNEL_QUEUE);
     if events
@@ -475,6 +512,11 @@ async fn dial_once(
     {
         return Ok(());
     }
+    let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
+    let exposed = settings
+        .expose
+        .clone()
+        .map(|transports| ExposedEdge::new(transports, relay.clone()));
     let sink = sink.with(|bytes: bytes::Bytes| async move {
         Ok::<_, tungstenite::Error>(tungstenite::Message::Binary(bytes))
     });
@@ -486,14 +528,26 @@ async fn dial_once(
         }
     });
     drop(sender);
+    drop(relay);
     pump(
         Box::pin(sink),
         Box::pin(stream),
         outbound,
+        relay_rx,
         limits,
         |frame| {
             let events = events.clone();
+            let exposed = exposed.clone();
             async move {
+                if ExposedEdge::claims(&frame) {
+                    return match exposed {
+                        Some(exposed) => exposed.handle(frame).await,
+                        None => {
+                            debug!("the distributor sent an exposure frame to an edge not exposed");
+                            true
+                        }
+                    };
+                }
                 events
                     .send(TunnelClientEvent::Frame { conn, frame })
                     .await
@@ -502,6 +556,9 @@ async fn dial_once(
         },
     )
     .await;
+    if let Some(exposed) = exposed {
+        exposed.tunnel_down().await;
+    }
     let _ = events.send(TunnelClientEvent::Down { conn }).await;
     Ok(())
 }

@@ -1,0 +1,27 @@
+//! The distributor's one public TLS listener (port 443 in production): edges dial their tunnel
+//! at `/tunnel`, and the agent page and SIP over WebSocket of each exposed edge are served at
+//! `/edge/<id>/`. One listener, so an edge and its agents need nothing but outbound 443.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+
+use super::tls_listener::{PeerAddr, TlsListener};
+
+/// Binds the public listener and serves `routes` on it in the background.
+pub async fn listen(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    routes: Router,
+) -> std::io::Result<SocketAddr> {
+    let listener = TlsListener::bind(addr, tls).await?;
+    let local = axum::serve::Listener::local_addr(&listener)?;
+    tokio::spawn(async move {
+        let service = routes.into_make_service_with_connect_info::<PeerAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!(error = %e, "public listener stopped");
+        }
+    });
+    Ok(local)
+}
