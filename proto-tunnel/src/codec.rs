@@ -31,6 +31,8 @@ const WS_CLOSE: u8 = 21;
 const MAX_HTTP_TEXT: usize = 1024;
 /// Longest media statistics carried for one call.
 const MAX_CALL_STATS: usize = 4096;
+/// Longest agent token in an AgentUp (a JWT with a name and skills fits many times over).
+const MAX_TOKEN: usize = 8192;
 
 /// Bounds on what a peer may send, so a broken or hostile peer cannot make us allocate
 /// without limit. The defaults fit any SIP message an agent sends.
@@ -156,9 +158,10 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             }
             put_bytes(buf, message);
         }
-        Frame::AgentUp { agent } => {
+        Frame::AgentUp { agent, token } => {
             buf.put_u8(AGENT_UP);
             put_bytes(buf, agent.as_bytes());
+            put_bytes(buf, token.as_bytes());
         }
         Frame::AgentDown { agent } => {
             buf.put_u8(AGENT_DOWN);
@@ -308,6 +311,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
         }
         AGENT_UP => Frame::AgentUp {
             agent: r.id("agent")?,
+            token: r.text("token", MAX_TOKEN)?,
         },
         AGENT_DOWN => Frame::AgentDown {
             agent: r.id("agent")?,
@@ -474,6 +478,7 @@ mod tests {
             },
             Frame::AgentUp {
                 agent: "alice".into(),
+                token: "eyJhbGciOiJFUzI1NiJ9.e30.c2ln".into(),
             },
             Frame::AgentDown {
                 agent: "bob.smith".into(),
@@ -551,18 +556,23 @@ mod tests {
         ));
         let spaced = encode(&Frame::AgentUp {
             agent: "al ice".into(),
+            token: "t".into(),
         });
         assert_eq!(
             decode(&spaced, &l),
             Err(DecodeError::BadId { field: "agent" })
         );
-        let empty = encode(&Frame::AgentUp { agent: "".into() });
+        let empty = encode(&Frame::AgentUp {
+            agent: "".into(),
+            token: "t".into(),
+        });
         assert_eq!(
             decode(&empty, &l),
             Err(DecodeError::BadId { field: "agent" })
         );
         let long = encode(&Frame::AgentUp {
             agent: "a".repeat(129),
+            token: "t".into(),
         });
         assert!(matches!(
             decode(&long, &l),
@@ -699,6 +709,8 @@ mod tests {
         assert_eq!(decode(&[SIP], &l), t("agent"));
         assert_eq!(decode(&[SIP, 0, 0, 0, 0, 5, b'x'], &l), t("message"));
         assert_eq!(decode(&[PONG, 1, 2, 3, 4, 5, 6, 7], &l), t("nonce"));
+        // An AgentUp as edges sent it before the token travelled with it.
+        assert_eq!(decode(&[AGENT_UP, 0, 0, 0, 1, b'a'], &l), t("token"));
         let route = encode(&Frame::Route {
             call_id: "c".into(),
             agent: "a".into(),
@@ -731,8 +743,29 @@ mod tests {
         ));
         let exact = Frame::AgentUp {
             agent: "a".repeat(l.max_id),
+            token: "t".repeat(MAX_TOKEN),
         };
         assert_eq!(decode(&encode(&exact), &l), Ok(exact));
+        let token = encode(&Frame::AgentUp {
+            agent: "alice".into(),
+            token: "t".repeat(MAX_TOKEN + 1),
+        });
+        assert!(matches!(
+            decode(&token, &l),
+            Err(DecodeError::TooLarge { field: "token", .. })
+        ));
+        // The token's length prefix alone is refused, before any of it is read.
+        let mut claimed = encode(&Frame::AgentUp {
+            agent: "alice".into(),
+            token: String::new(),
+        })
+        .to_vec();
+        let at = claimed.len() - 4;
+        claimed[at..].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode(&claimed, &l),
+            Err(DecodeError::TooLarge { field: "token", .. })
+        ));
     }
 
     #[test]
@@ -763,7 +796,8 @@ mod tests {
         assert!(matches!(
             decode(
                 &encode(&Frame::AgentUp {
-                    agent: "abcde".into()
+                    agent: "abcde".into(),
+                    token: String::new(),
                 }),
                 &l
             ),
@@ -837,7 +871,7 @@ mod tests {
                     agent: a,
                     message: Bytes::from(m)
                 }),
-            id().prop_map(|agent| Frame::AgentUp { agent }),
+            (id(), ".{0,200}").prop_map(|(agent, token)| Frame::AgentUp { agent, token }),
             id().prop_map(|agent| Frame::AgentDown { agent }),
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),

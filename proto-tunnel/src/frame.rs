@@ -29,12 +29,18 @@ pub enum Frame {
         /// The SIP message exactly as it travels on the wire, so nothing is lost in transit.
         message: Bytes,
     },
-    /// The edge has this agent registered.
+    /// The edge has this agent registered. The distributor does not take the edge's word
+    /// for it: `token` proves the claim.
     AgentUp {
         /// The agent, so the distributor knows this edge can take its calls.
         agent: String,
+        /// The agent token the agent registered with, for the distributor to verify itself
+        /// (signature, expiry, audience, subject, revocation).
+        token: String,
     },
-    /// The agent is no longer registered on the edge.
+    /// The agent is no longer registered on the edge (edge → distributor); or the
+    /// distributor no longer routes the agent's calls to this edge, because a verified claim
+    /// moved her elsewhere or this edge's claim was refused (distributor → edge).
     AgentDown {
         /// The agent, so the distributor stops routing its calls here.
         agent: String,

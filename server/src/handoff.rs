@@ -48,6 +48,10 @@ impl Mode {
 pub const AGENT_PARAM: &str = "agent";
 /// Contact parameter with which an edge on a plain-SIP link names its hand-off mode.
 pub const LINK_MODE_PARAM: &str = "ae-handoff";
+/// Header with which an edge on a plain-SIP link sends the agent's own token with each
+/// REGISTER of that agent (`Authorization` carries the edge's credential): the distributor
+/// verifies it, as it does the token of a tunnel's `AgentUp`.
+pub const LINK_AGENT_TOKEN: &str = "X-AE-Agent-Token";
 /// The content type of a SIP message carried in a MESSAGE (RFC 3261 §27.5).
 pub const MESSAGE_SIP: &str = "message/sip";
 /// Call-IDs of wrapper MESSAGEs start so, to tell their own responses from the call's.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use agent_edge::acd::config::QueueConfig;
 use agent_edge::admin::keys::KeyRing;
-use agent_edge::admin::tokens::TokenIssuer;
+use agent_edge::admin::tokens::{TokenIssuer, WallClock};
 use agent_edge::app::status::Status;
 use agent_edge::buffer::service::{self as buffer, Buffer};
 use agent_edge::config::{BufferConfig, DistributorConfig, SipConfig};
@@ -81,6 +81,7 @@ impl Sim {
                 revoked: Vec::new(),
                 edge_issuer: edges,
                 profiles: None,
+                clock: WallClock::at(now, unix_now()),
             },
             None,
         );

@@ -3,7 +3,7 @@
 //! with the public key are refused before any claim is read.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
@@ -86,6 +86,38 @@ fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Unix time for a core that reads no clock: one reading of the wall clock and the instant
+/// it was taken at, so a token's `exp` and `nbf` are compared with the `now` the core is
+/// given. Taken once by whoever builds the core (a test picks its own).
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    at: Instant,
+    unix_s: u64,
+}
+
+impl WallClock {
+    /// The wall clock now: for the code that builds a core, not for the core.
+    pub fn read() -> WallClock {
+        WallClock {
+            at: Instant::now(),
+            unix_s: now_unix(),
+        }
+    }
+
+    /// `unix_s` was the Unix time at `at`.
+    pub fn at(at: Instant, unix_s: u64) -> WallClock {
+        WallClock { at, unix_s }
+    }
+
+    /// The Unix time at `now` (whole seconds; an instant before the reading counts back).
+    pub fn unix(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix_s.saturating_add(d.as_secs()),
+            None => self.unix_s.saturating_sub(self.at.duration_since(now).as_secs()),
+        }
+    }
 }
 
 /// Issues tokens for one audience (distributor side). Clones share the key ring, so a
@@ -195,15 +227,36 @@ impl TokenVerifier {
             .collect();
         let mut validation = Validation::new(Algorithm::ES256);
         validation.algorithms = vec![Algorithm::ES256];
+        // `exp` and `nbf` are compared in `verify_at`, with the time its caller gives.
         validation.leeway = LEEWAY_S;
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_audience(&[&settings.audience]);
         validation.set_issuer(&[&settings.issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         TokenVerifier { keys, validation }
     }
 
+    /// Verifies against the wall clock now.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, now_unix())
+    }
+
+    /// Verifies as at `unix_now` (seconds since the epoch), so a sans-IO core checks expiry
+    /// against the time it is given rather than reading the clock.
+    pub fn verify_at(&self, token: &str, unix_now: u64) -> Result<Claims, TokenError> {
+        let claims = self.verify_signed(token)?;
+        if claims.exp.saturating_add(LEEWAY_S) < unix_now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > unix_now.saturating_add(LEEWAY_S) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// Signature, algorithm, key, issuer, audience and required claims; not the times.
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::ES256 {
@@ -357,6 +410,33 @@ mod tests {
             verifier.verify(&sign(&header)),
             Err(TokenError::UnsupportedCritical)
         );
+    }
+
+    #[test]
+    fn times_are_checked_against_the_time_given() {
+        let (issuer, verifier, _d) = setup();
+        let now = now_unix();
+        let token = claims(&issuer, |c| {
+            c.nbf = now + 100;
+            c.exp = now + 200;
+        });
+        assert_eq!(verifier.verify_at(&token, now), Err(TokenError::NotYetValid));
+        assert!(verifier.verify_at(&token, now + 96).is_ok(), "within the leeway");
+        assert!(verifier.verify_at(&token, now + 205).is_ok(), "within the leeway");
+        assert_eq!(verifier.verify_at(&token, now + 206), Err(TokenError::Expired));
+        assert_eq!(verifier.verify(&token), Err(TokenError::NotYetValid));
+    }
+
+    #[test]
+    fn a_wall_clock_follows_the_instants_it_is_given() {
+        let at = Instant::now();
+        let clock = WallClock::at(at, 1_000);
+        let s = std::time::Duration::from_secs;
+        assert_eq!(clock.unix(at), 1_000);
+        assert_eq!(clock.unix(at + s(61)), 1_061);
+        if let Some(before) = at.checked_sub(s(10)) {
+            assert_eq!(clock.unix(before), 990);
+        }
     }
 
     #[test]

@@ -123,6 +123,7 @@ pub(super) async fn start_distributor(
             revoked,
             edge_issuer: edge_token_issuer(config, ring),
             profiles: Some(store.clone()),
+            clock: crate::admin::tokens::WallClock::read(),
         },
         early_media,
     );

@@ -16,8 +16,18 @@ pub struct Binding {
     /// The transport and, for connection-oriented agents, the connection it registered on.
     pub target: Target,
     pub expires_at: Instant,
-    /// The id of the token the agent registered with, so revoking it ends the binding.
+    /// The token the agent registered with.
+    pub token: AgentToken,
+}
+
+/// The token an agent registered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentToken {
+    /// Its id, so revoking it ends the binding.
     pub jti: String,
+    /// The token itself: the distributor takes no edge's word for an agent, so the edge
+    /// passes it on as the proof of its claim (`AgentUp`, or the link's REGISTER).
+    pub raw: String,
 }
 
 /// All bindings of this buffer server, with their expiry times kept in order: the owner asks
@@ -52,7 +62,7 @@ impl Registrar {
     pub fn bind(
         &mut self,
         agent: &str,
-        jti: &str,
+        token: AgentToken,
         contact: String,
         target: Target,
         expires: Duration,
@@ -62,14 +72,14 @@ impl Registrar {
             self.ws_tokens
                 .entry(conn)
                 .or_default()
-                .insert(jti.to_owned());
+                .insert(token.jti.clone());
         }
         let binding = Binding {
             agent: agent.to_owned(),
             contact,
             target,
             expires_at: now + expires,
-            jti: jti.to_owned(),
+            token,
         };
         self.by_expiry
             .insert((binding.expires_at, agent.to_owned()));
@@ -138,7 +148,7 @@ impl Registrar {
             .filter(|(_, jtis)| jtis.contains(jti))
             .map(|(conn, _)| *conn)
             .collect();
-        let mut agents = self.remove_where(|b| b.jti == jti);
+        let mut agents = self.remove_where(|b| b.token.jti == jti);
         for conn in &conns {
             agents.extend(self.connection_closed(*conn));
         }
@@ -175,6 +185,13 @@ impl Registrar {
 mod tests {
     use super::*;
 
+    fn tok(jti: &str) -> AgentToken {
+        AgentToken {
+            jti: jti.into(),
+            raw: format!("token-{jti}"),
+        }
+    }
+
     #[test]
     fn a_refresh_moves_the_expiry_and_removals_leave_no_stale_timer() {
         let now = Instant::now();
@@ -184,7 +201,7 @@ mod tests {
         for (agent, ttl) in [("a", 60), ("b", 90), ("c", 120)] {
             r.bind(
                 agent,
-                "j",
+                tok("j"),
                 "sip:x@127.0.0.1".into(),
                 udp.clone(),
                 secs(ttl),
@@ -194,7 +211,7 @@ mod tests {
         // a refreshes 10 s later: its old expiry no longer counts.
         assert!(!r.bind(
             "a",
-            "j",
+            tok("j"),
             "sip:x@127.0.0.1".into(),
             udp.clone(),
             secs(60),
@@ -226,7 +243,7 @@ mod tests {
         };
         assert!(r.bind(
             "alice",
-            "j1",
+            tok("j1"),
             "sip:a@x;transport=ws".into(),
             ws,
             Duration::from_secs(60),
@@ -234,7 +251,7 @@ mod tests {
         ));
         assert!(r.bind(
             "bob",
-            "j2",
+            tok("j2"),
             "sip:b@127.0.0.1:9;transport=tcp".into(),
             tcp,
             Duration::from_secs(30),
@@ -242,7 +259,7 @@ mod tests {
         ));
         assert!(!r.bind(
             "bob",
-            "j3",
+            tok("j3"),
             "sip:b@127.0.0.1:9;transport=tcp".into(),
             Target::udp("127.0.0.1:9".parse().unwrap()),
             Duration::from_secs(30),
@@ -284,7 +301,7 @@ mod tests {
         ] {
             r.bind(
                 agent,
-                jti,
+                tok(jti),
                 "sip:x@x;transport=ws".into(),
                 ws(conn),
                 ttl,

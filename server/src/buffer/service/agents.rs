@@ -8,6 +8,7 @@ use proto_tunnel::Frame;
 use tracing::{info, warn};
 
 use crate::admin::tokens::{self, TokenError};
+use crate::buffer::registrar::AgentToken;
 use crate::ids;
 use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TxId};
@@ -30,8 +31,8 @@ impl Buffer {
                 return;
             }
         };
-        let jti = match self.authenticate(msg, request.agent()) {
-            Ok(jti) => jti,
+        let token = match self.authenticate(msg, request.agent()) {
+            Ok(token) => token,
             Err(refusal) => {
                 let _ = self.layer.send_response(tx, *refusal, now);
                 return;
@@ -46,9 +47,11 @@ impl Buffer {
             } => {
                 let target = register::target_for(&contact, from);
                 resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
+                let before = self.registrar.get(&agent).map(|b| b.token.jti.clone());
+                let jti = token.jti.clone();
                 let new = self.registrar.bind(
                     &agent,
-                    &jti,
+                    token,
                     contact,
                     target,
                     Duration::from_secs(expires.into()),
@@ -56,6 +59,10 @@ impl Buffer {
                 );
                 if new {
                     info!(%agent, "agent registered");
+                    self.agent_presence(&agent, true, now);
+                } else if before.as_deref() != Some(jti.as_str()) {
+                    // Registered again with another token: the distributor's proof (and the
+                    // token a revocation must name) is the new one.
                     self.agent_presence(&agent, true, now);
                 }
             }
@@ -75,8 +82,8 @@ impl Buffer {
     }
 
     /// RFC 8898: a REGISTER carries `Authorization: Bearer <token>` whose subject is the agent
-    /// it registers. Returns the token's id, or the refusal to send.
-    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<String, Box<SipMessage>> {
+    /// it registers. Returns the token (and its id), or the refusal to send.
+    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<AgentToken, Box<SipMessage>> {
         let refuse = |code: u16, why: &str, challenge: Option<String>| {
             let mut resp = msg.response(code, Some(&ids::tag()));
             resp.set_reason(why);
@@ -103,7 +110,10 @@ impl Buffer {
                 );
                 Err(refuse(401, "Token revoked", Some(challenge)))
             }
-            Ok(claims) if claims.sub == agent => Ok(claims.jti),
+            Ok(claims) if claims.sub == agent => Ok(AgentToken {
+                jti: claims.jti,
+                raw: token.to_owned(),
+            }),
             Ok(_) => Err(refuse(403, "Token is for another agent", None)),
             Err(e) => {
                 let challenge =

@@ -42,9 +42,9 @@ impl Buffer {
 
     pub(super) fn tunnel_up(&mut self, conn: ConnId) {
         self.tunnel = Some(conn);
-        let agents: Vec<String> = self.registrar.agents().map(str::to_owned).collect();
-        for agent in agents {
-            self.send_frame(Frame::AgentUp { agent });
+        let claims: Vec<Frame> = self.registrar.agents().filter_map(|a| self.claim(a)).collect();
+        for claim in claims {
+            self.send_frame(claim);
         }
     }
 
@@ -85,9 +85,9 @@ impl Buffer {
             },
             Frame::Revoke { jti } => {
                 let revoked = self.registrar.revoke(&jti);
+                // The distributor signed them out itself: no AgentDown goes back.
                 for agent in revoked.agents {
                     info!(%agent, "token revoked; registration removed");
-                    self.agent_gone(&agent, now);
                 }
                 // A browser learns it at once: every WebSocket the token opened closes, and
                 // the registration it retries is refused with the reason.
@@ -98,6 +98,15 @@ impl Buffer {
                 self.revoked.insert(jti);
             }
             Frame::AgentState { agent, json } => self.send_agent_state(&agent, json, now),
+            // The distributor no longer sends this agent's calls here: a verified claim from
+            // another edge moved her, or ours was refused. This edge no longer speaks for
+            // her, so her binding goes (her socket stays: if she registers here again, that
+            // is a new claim, and the newest wins).
+            Frame::AgentDown { agent } => {
+                if self.registrar.unbind(&agent) {
+                    info!(%agent, "the distributor routes this agent elsewhere: binding dropped");
+                }
+            }
             Frame::Route {
                 call_id,
                 agent,
@@ -252,15 +261,24 @@ impl Buffer {
             return;
         }
         let frame = if up {
-            Frame::AgentUp {
-                agent: agent.to_owned(),
-            }
+            self.claim(agent)
         } else {
-            Frame::AgentDown {
+            Some(Frame::AgentDown {
                 agent: agent.to_owned(),
-            }
+            })
         };
-        self.send_frame(frame);
+        if let Some(frame) = frame {
+            self.send_frame(frame);
+        }
+    }
+
+    /// The claim that a registered agent is here, with her token as its proof.
+    fn claim(&self, agent: &str) -> Option<Frame> {
+        let binding = self.registrar.get(agent)?;
+        Some(Frame::AgentUp {
+            agent: agent.to_owned(),
+            token: binding.token.raw.clone(),
+        })
     }
 
     fn link_register(&mut self, agent: &str, expires: Duration, now: Instant) {
@@ -269,6 +287,13 @@ impl Buffer {
         };
         let local = self.local_addr(link.target.kind);
         let dist = link.target.addr;
+        // The agent's own token proves the claim; an un-REGISTER needs none.
+        let proof = match self.registrar.get(agent) {
+            Some(b) if !expires.is_zero() => {
+                format!("{}: {}\r\n", handoff::LINK_AGENT_TOKEN, b.token.raw)
+            }
+            _ => String::new(),
+        };
         let transport = local.transport.to_ascii_lowercase();
         self.link_cseq = self.link_cseq.wrapping_add(1);
         let text = format!(
@@ -276,7 +301,7 @@ impl Buffer {
              Max-Forwards: 70\r\nFrom: <sip:{agent}@{dist}>;tag={}\r\nTo: <sip:{agent}@{dist}>\r\n\
              Call-ID: {}-{agent}@{}\r\nCSeq: {} REGISTER\r\n\
              Contact: <sip:{agent}@{};transport={transport};{}={}>\r\nExpires: {}\r\n\
-             Authorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+             Authorization: Bearer {}\r\n{proof}Content-Length: 0\r\n\r\n",
             local.transport,
             local.sent_by,
             transaction::new_branch(),

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::acd::{self, Presence, Profile};
 use crate::admin::store::Store;
-use crate::admin::tokens::TokenIssuer;
+use crate::admin::tokens::{TokenIssuer, WallClock};
 use crate::app::status::Status;
 use crate::media::announcement::Announcement;
 use crate::sip::{ConnId, SipMessage, SipUri, Target, TransportKind};
@@ -200,4 +200,7 @@ pub struct Identities {
     pub edge_issuer: TokenIssuer,
     /// Agents' skills and call limits (none: every agent gets the defaults).
     pub profiles: Option<Arc<dyn Profiles>>,
+    /// The Unix time at one instant, so agent tokens' expiry is checked against the `now`
+    /// the core is given (the core reads no clock).
+    pub clock: WallClock,
 }

@@ -64,6 +64,19 @@ impl Distributor {
                 let Some(mode @ (Mode::Uri | Mode::Message)) = mode else {
                     return refuse(self, 488, "Over plain SIP the hand-off is uri or message");
                 };
+                // The edge's credential says which edge this is, not which agents it has:
+                // the agent's own token must come with the claim.
+                let token = msg.header(handoff::LINK_AGENT_TOKEN).unwrap_or_default();
+                let proof = match self.prove(&agent, token.trim(), now) {
+                    Ok(proof) => proof,
+                    Err(e) => {
+                        info!(edge = %edge_id, %agent, error = %e, "refusing an edge's REGISTER of an agent");
+                        if let Some(edge) = self.edges.get_mut(&conn) {
+                            edge.refused.claims += 1;
+                        }
+                        return refuse(self, 403, "The agent's token does not prove this claim");
+                    }
+                };
                 let link = register::target_for(&contact, &from);
                 if !self.edges.contains_key(&conn) {
                     info!(edge = %edge_id, handoff = mode.as_str(), "edge up over plain SIP");
@@ -80,15 +93,20 @@ impl Distributor {
                         tunneled: false,
                         link: Some(link),
                         mode,
+                        refused: self.edges.get(&conn).map(|e| e.refused).unwrap_or_default(),
                     },
                 );
-                self.agent_up(&agent, conn, &edge_id, now);
+                self.agent_up(&agent, conn, &edge_id, proof, now);
                 let mut resp = msg.response(200, Some(&ids::tag()));
                 resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
                 let _ = self.layer.send_response(tx, resp, now);
             }
             RegisterRequest::Unbind { agent } => {
-                self.agent_down(&agent, conn, &edge_id, now);
+                if self.agents.proved_by(&agent, conn) {
+                    self.agent_down(&agent, conn, &edge_id, now);
+                } else {
+                    self.unproved(conn, &agent, "un-REGISTER");
+                }
                 let _ = self
                     .layer
                     .send_response(tx, msg.response(200, Some(&ids::tag())), now);

@@ -11,6 +11,7 @@ use proto_tunnel::Frame;
 use tracing::{debug, info, warn};
 
 use super::{Distributor, Output};
+use crate::distributor::agents::ClaimError;
 use crate::app::status::Status;
 use crate::handoff::{self, Mode};
 use crate::ids;
@@ -26,6 +27,19 @@ pub(super) struct Edge {
     pub(super) link: Option<Target>,
     /// How this edge wants calls handed to it (the first of its Hello's it names that we know).
     pub(super) mode: Mode,
+    /// Its claims of agents that were refused, and its frames about agents (or their calls)
+    /// it did not prove, all dropped: the first of each is logged, the rest counted and the
+    /// counts logged when the edge goes.
+    pub(super) refused: Refused,
+}
+
+/// What an edge said about agents that it could not back, counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Refused {
+    /// `AgentUp` frames (or plain-SIP REGISTERs) whose token did not prove the claim.
+    pub(super) claims: u64,
+    /// `Presence`, `AgentDown` and `CallStats` frames naming an agent this edge did not prove.
+    pub(super) unproved: u64,
 }
 
 /// Time a `table` route entry waits for its INVITE.
@@ -81,6 +95,7 @@ impl Distributor {
             tunneled: true,
             link: None,
             mode,
+            refused: Refused::default(),
         };
         self.edges.insert(conn, edge);
         let json = self.identity.clone();
@@ -95,20 +110,31 @@ impl Distributor {
         let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
             return;
         };
+        // An edge speaks only for the agents it proved with their own tokens.
         match frame {
-            Frame::AgentUp { agent } => self.agent_up(&agent, conn, &edge_id, now),
-            Frame::AgentDown { agent } => self.agent_down(&agent, conn, &edge_id, now),
-            Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
-            Frame::Presence { agent, json } => {
-                if self.agents.edge_of(&agent) == Some(conn) {
-                    self.presence_from_page(&agent, &json, now);
-                }
+            Frame::AgentUp { agent, token } => match self.prove(&agent, &token, now) {
+                Ok(proof) => self.agent_up(&agent, conn, &edge_id, proof, now),
+                Err(e) => self.claim_refused(conn, &agent, &e),
+            },
+            Frame::AgentDown { agent } if self.agents.proved_by(&agent, conn) => {
+                self.agent_down(&agent, conn, &edge_id, now);
             }
+            Frame::Presence { agent, json } if self.agents.proved_by(&agent, conn) => {
+                self.presence_from_page(&agent, &json, now);
+            }
+            Frame::AgentDown { agent } | Frame::Presence { agent, .. } => {
+                self.unproved(conn, &agent, "agent");
+            }
+            Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
             Frame::CallStats { call_id, json } => {
                 // Kept only for calls the ACD holds, and dropped when the ACD says a call
-                // ended, so the map cannot grow.
-                if self.acd.call_info(&call_id, now).is_some() {
-                    self.media_stats.insert(call_id, json);
+                // ended, so the map cannot grow; and only from the edge of the call's agent.
+                match self.acd.agent_of(&call_id).map(str::to_owned) {
+                    Some(agent) if self.agents.proved_by(&agent, conn) => {
+                        self.media_stats.insert(call_id, json);
+                    }
+                    Some(agent) => self.unproved(conn, &agent, "call statistics"),
+                    None => {}
                 }
             }
             other => debug!(frame = ?other, "ignoring tunnel frame"),
@@ -122,7 +148,13 @@ impl Distributor {
         if self.edge_ids.get(&edge.id) == Some(&conn) {
             self.edge_ids.remove(&edge.id);
         }
-        info!(edge = %edge.id, "edge down");
+        let Refused { claims, unproved } = edge.refused;
+        info!(
+            edge = %edge.id,
+            refused_claims = claims,
+            unproved_frames = unproved,
+            "edge down"
+        );
         for agent in self.agents.edge_down(conn) {
             self.status(Status::AgentDown {
                 agent: agent.clone(),
@@ -171,6 +203,46 @@ impl Distributor {
             msg
         };
         self.layer.handle_message(msg, from, now);
+    }
+
+    /// An edge's claim of an agent did not verify: nothing changes for the agent. The edge is
+    /// told, unless it holds her already (then the claim was a refresh that proved nothing,
+    /// and her proved registration stands), so it drops the binding it cannot back.
+    pub(super) fn claim_refused(&mut self, conn: ConnId, agent: &str, error: &ClaimError) {
+        let Some(edge) = self.edges.get_mut(&conn) else {
+            return;
+        };
+        edge.refused.claims += 1;
+        if edge.refused.claims == 1 {
+            warn!(edge = %edge.id, %agent, %error, "refusing an edge's claim of an agent");
+        } else {
+            debug!(edge = %edge.id, %agent, %error, "refusing an edge's claim of an agent");
+        }
+        if !self.agents.proved_by(agent, conn) {
+            let agent = agent.to_owned();
+            self.send_frame(conn, Frame::AgentDown { agent });
+        }
+    }
+
+    /// A frame about an agent (or her call) from an edge that did not prove her: dropped.
+    pub(super) fn unproved(&mut self, conn: ConnId, agent: &str, what: &str) {
+        let Some(edge) = self.edges.get_mut(&conn) else {
+            return;
+        };
+        edge.refused.unproved += 1;
+        if edge.refused.unproved == 1 {
+            warn!(edge = %edge.id, %agent, what, "dropping a frame about an agent this edge did not prove");
+        } else {
+            debug!(edge = %edge.id, %agent, what, "dropping a frame about an agent this edge did not prove");
+        }
+    }
+
+    /// The edge's id, for logs and status lines (empty if it is gone).
+    pub(super) fn edge_name(&self, conn: ConnId) -> String {
+        self.edges
+            .get(&conn)
+            .map(|e| e.id.clone())
+            .unwrap_or_default()
     }
 
     /// The edge a message came from (or goes to), by tunnel or by plain-SIP address.

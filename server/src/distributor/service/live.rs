@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::{Distributor, LiveAgent, LiveCall, LiveView};
 use crate::acd::{self, Presence, Profile};
 use crate::app::status::Status;
+use crate::distributor::agents::{Claimed, ClaimError, Proof, check_claim};
 use crate::sip::ConnId;
 
 /// Events kept for a slow subscriber before it starts losing them.
@@ -108,15 +109,43 @@ impl Distributor {
         }
     }
 
-    pub(super) fn agent_up(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {
-        if self.agents.up(agent, conn) {
-            self.status(Status::AgentUp {
-                agent: agent.to_owned(),
-                edge: edge_id.to_owned(),
-            });
-            let profile = self.profile_of(agent);
-            self.acd.sign_in(agent, profile, now);
+    /// Checks an edge's claim of `agent` with the token she registered with.
+    pub(super) fn prove(&self, agent: &str, token: &str, now: Instant) -> Result<Proof, ClaimError> {
+        let unix_now = self.clock.unix(now);
+        check_claim(&self.agent_tokens, &self.revoked, agent, token, unix_now)
+    }
+
+    /// An edge proved `agent` signed in there. From another edge than the one she was on,
+    /// she moves: her calls go here from now on (calls in progress stay where they are), and
+    /// the old edge is told to drop its binding, since it no longer speaks for her.
+    pub(super) fn agent_up(
+        &mut self,
+        agent: &str,
+        conn: ConnId,
+        edge_id: &str,
+        proof: Proof,
+        now: Instant,
+    ) {
+        match self.agents.up(agent, conn, proof) {
+            Claimed::Again => return,
+            Claimed::New => {}
+            Claimed::Moved { from } => {
+                let old = self.edge_name(from);
+                info!(%agent, from = %old, to = %edge_id, "agent moved to another edge");
+                self.status(Status::AgentDown {
+                    agent: agent.to_owned(),
+                    edge: old,
+                });
+                let agent = agent.to_owned();
+                self.send_frame(from, Frame::AgentDown { agent });
+            }
         }
+        self.status(Status::AgentUp {
+            agent: agent.to_owned(),
+            edge: edge_id.to_owned(),
+        });
+        let profile = self.profile_of(agent);
+        self.acd.sign_in(agent, profile, now);
     }
 
     pub(super) fn agent_down(&mut self, agent: &str, conn: ConnId, edge_id: &str, now: Instant) {

@@ -35,7 +35,7 @@ use self::calls::{Calls, Part, TxKind};
 use self::edges::{Edge, Handoff};
 use super::agents::AgentEdges;
 use crate::acd::{self, Acd, Classifier, FailCause};
-use crate::admin::tokens::TokenIssuer;
+use crate::admin::tokens::{TokenIssuer, TokenVerifier, VerifierSettings, WallClock};
 use crate::app::status::Status;
 use crate::config::{DistributorConfig, SipConfig};
 use crate::ids;
@@ -46,9 +46,13 @@ use crate::sip::{ConnId, Method, SipMessage, Target};
 /// reads (see [`crate::driver::Core`] for the rule its caller follows).
 pub struct Distributor {
     identity: String,
+    /// Checks the agent tokens that prove edges' claims of agents (the keys of `identity`).
+    agent_tokens: TokenVerifier,
+    /// Unix time at `now`, for those tokens' expiry.
+    clock: WallClock,
     /// Checks the credentials of edges that register over plain SIP.
     edge_issuer: TokenIssuer,
-    /// Revoked token ids, sent to each edge as it connects.
+    /// Revoked token ids, sent to each edge as it connects; no claim is proved with one.
     revoked: std::collections::BTreeSet<String>,
     config: DistributorConfig,
     layer: TransactionLayer<Handoff>,
@@ -125,6 +129,20 @@ impl crate::driver::Core for Distributor {
     }
 }
 
+/// The verifier of agent tokens from the identity JSON; one that refuses every token if the
+/// JSON cannot be read (then no edge can prove an agent, which the log says).
+fn agent_verifier(json: &str) -> TokenVerifier {
+    let settings = serde_json::from_str::<VerifierSettings>(json).unwrap_or_else(|e| {
+        warn!(error = %e, "unreadable agent token keys: no agent can be signed in");
+        VerifierSettings {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks: jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
+        }
+    });
+    TokenVerifier::new(&settings)
+}
+
 impl Distributor {
     pub fn new(
         config: DistributorConfig,
@@ -138,11 +156,14 @@ impl Distributor {
             revoked,
             edge_issuer,
             profiles,
+            clock,
         } = ids;
         let queues = acd::config::queues_with_default(&config.queues, &config.default_queue);
         let classifier = Classifier::new(&config.call_types, &config.default_queue);
         Distributor {
+            agent_tokens: agent_verifier(&identity),
             identity,
+            clock,
             edge_issuer,
             revoked: revoked.into_iter().collect(),
             config,
@@ -175,6 +196,16 @@ impl Distributor {
         match command {
             Command::Revoke { jti } => {
                 info!(%jti, "revoking token on every edge");
+                // Taken off here, whatever the edges do with the Revoke.
+                for (agent, conn) in self.agents.revoke(&jti) {
+                    let edge = self.edge_name(conn);
+                    info!(%agent, %edge, "token revoked: agent signed out");
+                    self.status(Status::AgentDown {
+                        agent: agent.clone(),
+                        edge,
+                    });
+                    self.acd.sign_out(&agent, now);
+                }
                 let conns: Vec<ConnId> = self.edges.keys().copied().collect();
                 for conn in conns {
                     self.send_frame(conn, Frame::Revoke { jti: jti.clone() });
@@ -186,6 +217,7 @@ impl Distributor {
                 for conn in conns {
                     self.send_frame(conn, Frame::Keys { json: json.clone() });
                 }
+                self.agent_tokens = agent_verifier(&json);
                 self.identity = json;
             }
             Command::Live { reply } => {
