@@ -19,6 +19,7 @@ use agent_edge::distributor::service::{self as distributor, Distributor};
 use agent_edge::driver::Core;
 use agent_edge::handoff::Mode;
 use agent_edge::sip::{ConnId, SipMessage, Target};
+use proto_tunnel::Frame;
 
 const CALLER: &str = "192.0.2.10:5060";
 const DIST_UDP: &str = "198.51.100.1:5060";
@@ -51,6 +52,8 @@ struct Sim {
     /// SIP each agent phone received, by its address.
     agents: HashMap<SocketAddr, Vec<SipMessage>>,
     status: Vec<Status>,
+    /// Frames the distributor sent into tunnels other than edge-1's, which the test plays.
+    others: Vec<(ConnId, Frame)>,
     issuer: TokenIssuer,
     _keys: tempfile::TempDir,
 }
@@ -108,6 +111,7 @@ impl Sim {
             caller: Vec::new(),
             agents: HashMap::new(),
             status: Vec::new(),
+            others: Vec::new(),
             issuer,
             _keys: keys,
         };
@@ -146,6 +150,34 @@ impl Sim {
         self.pump();
     }
 
+    /// Another edge's tunnel opens (its credential checked, as the transport does), played
+    /// by the test.
+    fn other_edge_up(&mut self, conn: ConnId, edge_id: &str) {
+        let input = distributor::Input::EdgeUp {
+            conn,
+            edge_id: edge_id.into(),
+            handoffs: vec!["tunnel".into()],
+        };
+        self.dist.handle(input, self.now);
+        self.pump();
+    }
+
+    /// A frame from the other edge's tunnel.
+    fn other_edge_sends(&mut self, conn: ConnId, frame: Frame) {
+        let input = distributor::Input::Frame { conn, frame };
+        self.dist.handle(input, self.now);
+        self.pump();
+    }
+
+    /// The frames the distributor sent the other edge since the last call.
+    fn to_other_edge(&mut self, conn: ConnId) -> Vec<Frame> {
+        let (mine, rest) = std::mem::take(&mut self.others)
+            .into_iter()
+            .partition(|(c, _)| *c == conn);
+        self.others = rest;
+        mine.into_iter().map(|(_, f)| f).collect()
+    }
+
     fn saw(&self, status: &Status) -> bool {
         self.status.contains(status)
     }
@@ -165,8 +197,10 @@ impl Sim {
                         );
                         self.caller.push(SipMessage::parse(&bytes).unwrap());
                     }
-                    distributor::Output::Frame { conn, frame } => {
-                        assert_eq!(conn, DIST_TUNNEL);
+                    distributor::Output::Frame { conn, frame } if conn != DIST_TUNNEL => {
+                        self.others.push((conn, frame));
+                    }
+                    distributor::Output::Frame { frame, .. } => {
                         if self.tunnel_up {
                             let input = buffer::Input::Frame {
                                 conn: EDGE_TUNNEL,
@@ -580,4 +614,155 @@ fn ring_no_answer_goes_to_the_next_agent() {
         .expect("bob's phone never rang");
     sim.agent_answers(addr(BOB), &bob, 200);
     assert!(sim.caller_statuses().contains(&200));
+}
+
+const EDGE_9: ConnId = ConnId(9);
+
+fn agent_up(agent: &str, token: &str) -> Frame {
+    Frame::AgentUp {
+        agent: agent.into(),
+        token: token.into(),
+    }
+}
+
+/// alice's token with her own claims, signed by a key that is not the distributor's.
+fn forged_token(sim: &Sim) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = KeyRing::load(dir.path(), 3600, unix_now()).unwrap();
+    let stranger = TokenIssuer::new(Arc::new(RwLock::new(ring)), "agent-edge", "agent-edge-agents");
+    let genuine = sim.issuer.issue("alice", None, 3600).unwrap();
+    let payload = genuine.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    (
+        stranger.sign(&serde_json::from_slice(&claims).unwrap()).unwrap(),
+        dir,
+    )
+}
+
+#[test]
+fn another_edge_cannot_take_an_agent_without_her_valid_token() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.sign_in("alice", addr(ALICE));
+    // A token that is hers and fine now, and expired by the time edge-9 uses it.
+    let short = sim.issuer.issue("alice", None, 60).unwrap();
+    sim.other_edge_up(EDGE_9, "edge-9");
+    sim.to_other_edge(EDGE_9);
+    let (forged, _dir) = forged_token(&sim);
+    let bob = sim.issuer.issue("bob", None, 3600).unwrap();
+    sim.advance(Duration::from_secs(120));
+    for (what, token) in [
+        ("no token", ""),
+        ("not a token", "not.a.token"),
+        ("forged", forged.as_str()),
+        ("another agent's", bob.as_str()),
+        ("expired", short.as_str()),
+    ] {
+        sim.other_edge_sends(EDGE_9, agent_up("alice", token));
+        assert!(
+            sim.to_other_edge(EDGE_9)
+                .contains(&Frame::AgentDown {
+                    agent: "alice".into()
+                }),
+            "{what}: edge-9 is told its claim was refused"
+        );
+        assert!(
+            !sim.saw(&Status::AgentUp {
+                agent: "alice".into(),
+                edge: "edge-9".into()
+            }),
+            "{what}: alice moved to edge-9"
+        );
+    }
+    // edge-9 speaks of alice as if it had her: nothing changes.
+    let away = r#"{"state":"away","reason":"lunch"}"#;
+    sim.other_edge_sends(
+        EDGE_9,
+        Frame::Presence {
+            agent: "alice".into(),
+            json: away.into(),
+        },
+    );
+    sim.other_edge_sends(
+        EDGE_9,
+        Frame::AgentDown {
+            agent: "alice".into(),
+        },
+    );
+    sim.dist
+        .handle(distributor::Input::EdgeDown { conn: EDGE_9 }, sim.now);
+    sim.pump();
+    assert!(
+        !sim.saw(&Status::AgentDown {
+            agent: "alice".into(),
+            edge: "edge-1".into()
+        }),
+        "alice was signed out by another edge"
+    );
+    // Her next call still rings her phone behind edge-1, which answers it.
+    let (_call, _) = answered_call(&mut sim, "call-after");
+}
+
+#[test]
+fn a_verified_claim_from_another_edge_moves_her_and_the_old_edge_drops_her() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.sign_in("alice", addr(ALICE));
+    sim.other_edge_up(EDGE_9, "edge-2");
+    let token = sim.issuer.issue("alice", None, 3600).unwrap();
+    sim.other_edge_sends(EDGE_9, agent_up("alice", &token));
+    assert!(sim.saw(&Status::AgentUp {
+        agent: "alice".into(),
+        edge: "edge-2".into()
+    }));
+    assert!(sim.saw(&Status::AgentDown {
+        agent: "alice".into(),
+        edge: "edge-1".into()
+    }));
+    // edge-1 was told, and dropped her binding.
+    assert!(format!("{:?}", sim.edge).contains("agents: 0"), "{:?}", sim.edge);
+    // Her next call goes to edge-2, naming her.
+    let _call = CallerCall::invite(&mut sim, "call-moved");
+    let frames = sim.to_other_edge(EDGE_9);
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            Frame::Sip { agent: Some(a), message } if a == "alice" && message.starts_with(b"INVITE ")
+        )),
+        "{frames:?}"
+    );
+    assert!(sim.to_agent(addr(ALICE), "INVITE").is_empty());
+}
+
+#[test]
+fn a_revoked_token_takes_its_agent_off_the_edge_that_proved_her() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    sim.other_edge_up(EDGE_9, "edge-9");
+    let (token, claims) = sim
+        .issuer
+        .issue_claims("bob", None, &Default::default(), 3600)
+        .unwrap();
+    sim.other_edge_sends(EDGE_9, agent_up("bob", &token));
+    assert!(sim.saw(&Status::AgentUp {
+        agent: "bob".into(),
+        edge: "edge-9".into()
+    }));
+    // edge-9 ignores the Revoke frame (the test never answers for it): bob goes anyway.
+    let revoke = distributor::Command::Revoke { jti: claims.jti };
+    sim.dist
+        .handle(distributor::Input::Command(revoke), sim.now);
+    sim.pump();
+    assert!(sim.saw(&Status::AgentDown {
+        agent: "bob".into(),
+        edge: "edge-9".into()
+    }));
+    // And the revoked token proves nothing from now on.
+    sim.to_other_edge(EDGE_9);
+    sim.other_edge_sends(EDGE_9, agent_up("bob", &token));
+    assert!(
+        sim.to_other_edge(EDGE_9).contains(&Frame::AgentDown {
+            agent: "bob".into()
+        })
+    );
 }
