@@ -170,7 +170,7 @@ impl Sim {
     }
 
     /// The frames the distributor sent the other edge since the last call.
-    fn to_other_edge(&mut self, conn: ConnId) -> Vec<Frame> {
+    fn take_other_edge_frames(&mut self, conn: ConnId) -> Vec<Frame> {
         let (mine, rest) = std::mem::take(&mut self.others)
             .into_iter()
             .partition(|(c, _)| *c == conn);
@@ -629,7 +629,11 @@ fn agent_up(agent: &str, token: &str) -> Frame {
 fn forged_token(sim: &Sim) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ring = KeyRing::load(dir.path(), 3600, unix_now()).unwrap();
-    let stranger = TokenIssuer::new(Arc::new(RwLock::new(ring)), "agent-edge", "agent-edge-agents");
+    let stranger = TokenIssuer::new(
+        Arc::new(RwLock::new(ring)),
+        "agent-edge",
+        "agent-edge-agents",
+    );
     let genuine = sim.issuer.issue("alice", None, 3600).unwrap();
     let payload = genuine.split('.').nth(1).unwrap();
     use base64::Engine;
@@ -637,7 +641,9 @@ fn forged_token(sim: &Sim) -> (String, tempfile::TempDir) {
         .decode(payload)
         .unwrap();
     (
-        stranger.sign(&serde_json::from_slice(&claims).unwrap()).unwrap(),
+        stranger
+            .sign(&serde_json::from_slice(&claims).unwrap())
+            .unwrap(),
         dir,
     )
 }
@@ -649,7 +655,7 @@ fn another_edge_cannot_take_an_agent_without_her_valid_token() {
     // A token that is hers and fine now, and expired by the time edge-9 uses it.
     let short = sim.issuer.issue("alice", None, 60).unwrap();
     sim.other_edge_up(EDGE_9, "edge-9");
-    sim.to_other_edge(EDGE_9);
+    sim.take_other_edge_frames(EDGE_9);
     let (forged, _dir) = forged_token(&sim);
     let bob = sim.issuer.issue("bob", None, 3600).unwrap();
     sim.advance(Duration::from_secs(120));
@@ -662,7 +668,7 @@ fn another_edge_cannot_take_an_agent_without_her_valid_token() {
     ] {
         sim.other_edge_sends(EDGE_9, agent_up("alice", token));
         assert!(
-            sim.to_other_edge(EDGE_9)
+            sim.take_other_edge_frames(EDGE_9)
                 .contains(&Frame::AgentDown {
                     agent: "alice".into()
                 }),
@@ -721,10 +727,14 @@ fn a_verified_claim_from_another_edge_moves_her_and_the_old_edge_drops_her() {
         edge: "edge-1".into()
     }));
     // edge-1 was told, and dropped her binding.
-    assert!(format!("{:?}", sim.edge).contains("agents: 0"), "{:?}", sim.edge);
+    assert!(
+        format!("{:?}", sim.edge).contains("agents: 0"),
+        "{:?}",
+        sim.edge
+    );
     // Her next call goes to edge-2, naming her.
     let _call = CallerCall::invite(&mut sim, "call-moved");
-    let frames = sim.to_other_edge(EDGE_9);
+    let frames = sim.take_other_edge_frames(EDGE_9);
     assert!(
         frames.iter().any(|f| matches!(
             f,
@@ -758,11 +768,12 @@ fn a_revoked_token_takes_its_agent_off_the_edge_that_proved_her() {
         edge: "edge-9".into()
     }));
     // And the revoked token proves nothing from now on.
-    sim.to_other_edge(EDGE_9);
+    sim.take_other_edge_frames(EDGE_9);
     sim.other_edge_sends(EDGE_9, agent_up("bob", &token));
     assert!(
-        sim.to_other_edge(EDGE_9).contains(&Frame::AgentDown {
-            agent: "bob".into()
-        })
+        sim.take_other_edge_frames(EDGE_9)
+            .contains(&Frame::AgentDown {
+                agent: "bob".into()
+            })
     );
 }

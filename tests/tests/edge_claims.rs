@@ -30,7 +30,8 @@ fn alice_on_edge_1() -> (System, LoadAgents, SocketAddr) {
     let mut sys = System::start("");
     let admin = sys.edge.addr("distributor.admin");
     let alice = LoadAgents::start(sys.path(), sys.buffer_https, admin, &load_options(), WAIT);
-    sys.edge.wait_line(&format!("agent-up {ALICE} edge-1"), WAIT);
+    sys.edge
+        .wait_line(&format!("agent-up {ALICE} edge-1"), WAIT);
     (sys, alice, admin)
 }
 
@@ -51,7 +52,9 @@ fn tunnel(dir: &Path, addr: SocketAddr, credential: &str, edge_id: &str) -> Ws {
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let tls = rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
-    let mut request = format!("wss://{addr}/tunnel").into_client_request().unwrap();
+    let mut request = format!("wss://{addr}/tunnel")
+        .into_client_request()
+        .unwrap();
     let headers = request.headers_mut();
     headers.insert(
         "Sec-WebSocket-Protocol",
@@ -76,7 +79,8 @@ fn tunnel(dir: &Path, addr: SocketAddr, credential: &str, edge_id: &str) -> Ws {
 }
 
 fn send(ws: &mut Ws, frame: &Frame) {
-    ws.send(Message::Binary(proto_tunnel::encode(frame))).unwrap();
+    ws.send(Message::Binary(proto_tunnel::encode(frame)))
+        .unwrap();
 }
 
 /// The next frame from the distributor within `limit` (Pings answered on the way).
@@ -176,7 +180,10 @@ fn bad_tokens(sys: &System, admin: SocketAddr) -> Vec<(&'static str, String)> {
         ("expired", expired),
         ("revoked", revoked),
         ("another agent's", issue_token(sys.path(), "bob")),
-        ("edge-9's own credential", issue_edge_token(sys.path(), "edge-9")),
+        (
+            "edge-9's own credential",
+            issue_edge_token(sys.path(), "edge-9"),
+        ),
     ]
 }
 
@@ -317,7 +324,9 @@ fn link_register(
     socket.send_to(msg.as_bytes(), to).unwrap();
     let mut buf = [0u8; 8192];
     loop {
-        let (len, _) = socket.recv_from(&mut buf).expect("no answer to the REGISTER");
+        let (len, _) = socket
+            .recv_from(&mut buf)
+            .expect("no answer to the REGISTER");
         let text = String::from_utf8_lossy(&buf[..len]);
         let status: u16 = text
             .split_whitespace()
@@ -340,7 +349,11 @@ fn a_register_with_an_edge_credential_cannot_take_an_agent() {
         .unwrap();
     let mut n = 0;
     let mut tokens: Vec<(&str, Option<String>)> = vec![("no token header", None)];
-    tokens.extend(bad_tokens(&sys, admin).into_iter().map(|(w, t)| (w, Some(t))));
+    tokens.extend(
+        bad_tokens(&sys, admin)
+            .into_iter()
+            .map(|(w, t)| (w, Some(t))),
+    );
     for (what, token) in &tokens {
         n += 1;
         let status = link_register(&socket, sys.dist_udp, &credential, token.as_deref(), 600, n);
@@ -388,7 +401,11 @@ fn a_real_registration_on_another_edge_moves_her_calls_there() {
     std::fs::write(&edge_2_config, config).unwrap();
     let credential = issue_edge_token(sys.path(), "edge-2");
     let mut edge_2 = Edge::start_with_env(
-        &["buffer", "--connect", &format!("wss://{tunnel_addr}/tunnel")],
+        &[
+            "buffer",
+            "--connect",
+            &format!("wss://{tunnel_addr}/tunnel"),
+        ],
         &edge_2_config,
         &sys.path().join("edge-2.log"),
         &[("AGENT_EDGE_EDGE_TOKEN", &credential)],
@@ -398,9 +415,11 @@ fn a_real_registration_on_another_edge_moves_her_calls_there() {
 
     // alice signs in on edge-2 with a token of her own (the load agent gets a new one).
     let mut on_edge_2 = LoadAgents::start(sys.path(), edge_2_https, admin, &load_options(), WAIT);
-    sys.edge.wait_line(&format!("agent-up {ALICE} edge-2"), WAIT);
+    sys.edge
+        .wait_line(&format!("agent-up {ALICE} edge-2"), WAIT);
     // edge-1 is told: the distributor says she left it, and it drops her binding.
-    sys.edge.wait_line(&format!("agent-down {ALICE} edge-1"), WAIT);
+    sys.edge
+        .wait_line(&format!("agent-down {ALICE} edge-1"), WAIT);
     assert_eq!(
         where_is_alice(admin, sys.path()),
         Some(("edge-2".into(), "available".into()))

@@ -115,7 +115,9 @@ impl WallClock {
     pub fn unix(&self, now: Instant) -> u64 {
         match now.checked_duration_since(self.at) {
             Some(d) => self.unix_s.saturating_add(d.as_secs()),
-            None => self.unix_s.saturating_sub(self.at.duration_since(now).as_secs()),
+            None => self
+                .unix_s
+                .saturating_sub(self.at.duration_since(now).as_secs()),
         }
     }
 }
@@ -420,10 +422,22 @@ mod tests {
             c.nbf = now + 100;
             c.exp = now + 200;
         });
-        assert_eq!(verifier.verify_at(&token, now), Err(TokenError::NotYetValid));
-        assert!(verifier.verify_at(&token, now + 96).is_ok(), "within the leeway");
-        assert!(verifier.verify_at(&token, now + 205).is_ok(), "within the leeway");
-        assert_eq!(verifier.verify_at(&token, now + 206), Err(TokenError::Expired));
+        assert_eq!(
+            verifier.verify_at(&token, now),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(
+            verifier.verify_at(&token, now + 96).is_ok(),
+            "within the leeway"
+        );
+        assert!(
+            verifier.verify_at(&token, now + 205).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            verifier.verify_at(&token, now + 206),
+            Err(TokenError::Expired)
+        );
         assert_eq!(verifier.verify(&token), Err(TokenError::NotYetValid));
     }
 

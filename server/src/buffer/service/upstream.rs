@@ -42,7 +42,11 @@ impl Buffer {
 
     pub(super) fn tunnel_up(&mut self, conn: ConnId) {
         self.tunnel = Some(conn);
-        let claims: Vec<Frame> = self.registrar.agents().filter_map(|a| self.claim(a)).collect();
+        let claims: Vec<Frame> = self
+            .registrar
+            .agents()
+            .filter_map(|a| self.claim(a))
+            .collect();
         for claim in claims {
             self.send_frame(claim);
         }

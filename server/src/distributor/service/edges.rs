@@ -11,8 +11,8 @@ use proto_tunnel::Frame;
 use tracing::{debug, info, warn};
 
 use super::{Distributor, Output};
-use crate::distributor::agents::ClaimError;
 use crate::app::status::Status;
+use crate::distributor::agents::ClaimError;
 use crate::handoff::{self, Mode};
 use crate::ids;
 use crate::sip::transaction::{self, Transmit};

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::{Distributor, LiveAgent, LiveCall, LiveView};
 use crate::acd::{self, Presence, Profile};
 use crate::app::status::Status;
-use crate::distributor::agents::{Claimed, ClaimError, Proof, check_claim};
+use crate::distributor::agents::{ClaimError, Claimed, Proof, check_claim};
 use crate::sip::ConnId;
 
 /// Events kept for a slow subscriber before it starts losing them.
@@ -110,7 +110,12 @@ impl Distributor {
     }
 
     /// Checks an edge's claim of `agent` with the token she registered with.
-    pub(super) fn prove(&self, agent: &str, token: &str, now: Instant) -> Result<Proof, ClaimError> {
+    pub(super) fn prove(
+        &self,
+        agent: &str,
+        token: &str,
+        now: Instant,
+    ) -> Result<Proof, ClaimError> {
         let unix_now = self.clock.unix(now);
         check_claim(&self.agent_tokens, &self.revoked, agent, token, unix_now)
     }
