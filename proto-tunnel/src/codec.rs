@@ -32,7 +32,8 @@ const MAX_HTTP_TEXT: usize = 1024;
 /// Longest media statistics carried for one call.
 const MAX_CALL_STATS: usize = 4096;
 /// Longest agent token in an AgentUp (a JWT with a name and skills fits many times over).
-const MAX_TOKEN: usize = 8192;
+/// An edge refuses to register an agent with a longer one: it could not pass it on.
+pub const MAX_TOKEN: usize = 8192;
 
 /// Bounds on what a peer may send, so a broken or hostile peer cannot make us allocate
 /// without limit. The defaults fit any SIP message an agent sends.

@@ -10,7 +10,7 @@ mod codec;
 mod frame;
 mod session;
 
-pub use codec::{DecodeError, Limits, decode, encode, encode_into, valid_id};
+pub use codec::{DecodeError, Limits, MAX_TOKEN, decode, encode, encode_into, valid_id};
 pub use frame::Frame;
 pub use session::{
     Backoff, HandshakeError, Heartbeat, HeartbeatAction, PROTOCOL_VERSION, SUBPROTOCOL, check_hello,

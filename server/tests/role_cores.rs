@@ -777,3 +777,31 @@ fn a_revoked_token_takes_its_agent_off_the_edge_that_proved_her() {
             })
     );
 }
+
+#[test]
+fn a_token_too_long_to_pass_on_is_refused_at_registration() {
+    let mut sim = Sim::new(Mode::Tunnel, queue());
+    let name = "x".repeat(proto_tunnel::MAX_TOKEN);
+    let token = sim.issuer.issue("alice", Some(&name), 3600).unwrap();
+    let phone = addr(ALICE);
+    let register = message(
+        &format!(
+            "REGISTER sip:{EDGE_UDP} SIP/2.0\r\nVia: SIP/2.0/UDP {phone};branch=z9hG4bK-reg-long\r\n\
+             From: <sip:alice@{EDGE_UDP}>;tag=r1\r\nTo: <sip:alice@{EDGE_UDP}>\r\n\
+             Call-ID: reg-long\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@{phone}>\r\n\
+             Expires: 3600\r\nAuthorization: Bearer {token}\r\n"
+        ),
+        "",
+    );
+    sim.phone_sends(phone, register);
+    let answer = sim.last_to_agent(phone);
+    assert_eq!(answer.status(), Some(401));
+    assert!(
+        String::from_utf8_lossy(&answer.to_bytes()).starts_with("SIP/2.0 401 Token too long"),
+        "{answer:?}"
+    );
+    assert!(!sim.saw(&Status::AgentUp {
+        agent: "alice".into(),
+        edge: "edge-1".into()
+    }));
+}

@@ -103,6 +103,12 @@ impl Buffer {
             Ok(t) => t,
             Err(_) => return Err(refuse(401, "Unauthorized", Some(realm.to_owned()))),
         };
+        if token.len() > proto_tunnel::MAX_TOKEN {
+            // The distributor could not be given it as the proof of her registration.
+            let challenge =
+                format!("{realm}, error=\"invalid_token\", error_description=\"token too long\"");
+            return Err(refuse(401, "Token too long", Some(challenge)));
+        }
         match verifier.verify(token) {
             Ok(claims) if self.revoked.contains(&claims.jti) => {
                 let challenge = format!(
