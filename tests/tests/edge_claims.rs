@@ -228,7 +228,7 @@ fn offered_answered(load: &mut LoadAgents) -> (u64, u64) {
 #[test]
 fn an_agent_up_frame_from_another_edge_cannot_take_an_agent() {
     let (mut sys, mut alice, admin) = alice_on_edge_1();
-    let tunnel_addr = sys.edge.addr("distributor.tunnel");
+    let tunnel_addr = sys.edge.addr("distributor.public");
     let credential = issue_edge_token(sys.path(), "edge-9");
     let mut edge_9 = tunnel(sys.path(), tunnel_addr, &credential, "edge-9");
     sys.edge.wait_line("edge-up edge-9", WAIT);
@@ -391,7 +391,7 @@ fn a_register_with_an_edge_credential_cannot_take_an_agent() {
 #[test]
 fn a_real_registration_on_another_edge_moves_her_calls_there() {
     let (mut sys, mut on_edge_1, admin) = alice_on_edge_1();
-    let tunnel_addr = sys.edge.addr("distributor.tunnel");
+    let tunnel_addr = sys.edge.addr("distributor.public");
     // edge-2: its own buffer server process, dialling the same distributor with its own
     // credential.
     let config = std::fs::read_to_string(sys.path().join("agent-edge.toml"))
