@@ -44,6 +44,26 @@ pub struct Config {
     pub admin: AdminConfig,
     /// What Ctrl-C or SIGTERM does to calls in progress.
     pub shutdown: ShutdownConfig,
+    /// What one peer may hold.
+    pub limits: LimitsConfig,
+}
+
+/// Bounds on what one peer may hold, so one host cannot starve the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections one address may hold open (TLS handshakes included) on each HTTPS
+    /// listener: the distributor's public one and the edge's own. Agents behind one office
+    /// NAT share an address, so this is generous by default.
+    pub connections_per_ip: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            connections_per_ip: 1024,
+        }
+    }
 }
 
 /// A graceful stop: new calls are refused with 503 at once, calls in progress get `grace_s`
@@ -418,6 +438,9 @@ impl Config {
         }
         if self.shutdown.grace_s > 3600 || !(1..=60).contains(&self.shutdown.bye_wait_s) {
             return invalid("shutdown.grace_s must be at most 3600 and bye_wait_s 1-60 seconds");
+        }
+        if self.limits.connections_per_ip == 0 {
+            return invalid("limits.connections_per_ip must be at least 1");
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");

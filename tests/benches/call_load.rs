@@ -73,7 +73,9 @@ struct Bench {
 impl Bench {
     fn start() -> Bench {
         let dir = test_dir();
-        let config = write_config(dir.path(), "", "");
+        // Every load agent connects from the one loopback address: lift the per-address
+        // limit of the edge's HTTPS listener above the 10,000 idle agents.
+        let config = write_config(dir.path(), "", "\n[limits]\nconnections_per_ip = 100000");
         let mut edge = Edge::start_with_env(
             &[],
             &config,

@@ -43,11 +43,18 @@ impl Response {
     }
 }
 
-/// One GET of `path` over HTTPS.
+/// One GET of `path` over HTTPS; status 0 when the server closed the connection without
+/// answering (during the handshake, say).
 pub fn get(dir: &Path, addr: SocketAddr, path: &str) -> Response {
     let mut stream = tls(dir, addr);
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
+    if stream.write_all(request.as_bytes()).is_err() {
+        return Response {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+    }
     let mut response = Vec::new();
     // The server may end without a TLS close_notify: what arrived is the response.
     let _ = stream.read_to_end(&mut response);

@@ -248,3 +248,39 @@ fn the_store_is_readable_by_its_owner_only() {
     stop.send(()).unwrap();
     running.wait();
 }
+
+#[test]
+fn an_address_holding_its_limit_of_connections_gets_no_more_until_one_closes() {
+    // `[limits]` after the buffer's lines: the last section of the test config.
+    let mut sys = System::start_with("", "\n[limits]\nconnections_per_ip = 4");
+    let public = sys.edge.addr("distributor.public");
+    // On the public listener the edge's own tunnel, from the same loopback address, holds
+    // one of the four places.
+    for (what, addr, free) in [
+        ("buffer.https", sys.buffer_https, 4),
+        ("distributor.public", public, 3),
+    ] {
+        // Connections past their handshake, holding their places without a request.
+        let mut held: Vec<https::Tls> = (0..free)
+            .map(|_| {
+                let mut c = https::tls(sys.path(), addr);
+                while c.conn.is_handshaking() {
+                    c.conn.complete_io(&mut c.sock).unwrap();
+                }
+                c
+            })
+            .collect();
+        let refused = https::get(sys.path(), addr, "/");
+        assert_eq!(refused.status, 0, "{what}: a fifth connection was served");
+        held.pop();
+        // The server frees the place when it sees the close; the next one is served.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if https::get(sys.path(), addr, "/").status != 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what}: no place freed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

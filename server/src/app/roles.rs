@@ -16,6 +16,7 @@ use crate::config::Expose;
 use crate::config::{Config, DistributorConfig};
 use crate::media::early::EarlyMedia;
 use crate::transport::exposure::Exposures;
+use crate::transport::per_source::PerSource;
 use crate::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use crate::transport::{self, Transports};
 use crate::{buffer, distributor};
@@ -95,7 +96,8 @@ pub(super) async fn start_distributor(
     let exposures = Exposures::new(config.sip.max_message_bytes);
     let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
         .merge(transport::exposure::routes(exposures));
-    let public_addr = transport::public::listen(d.public, tls, routes)
+    let per_ip = PerSource::new(config.limits.connections_per_ip, "distributor.public");
+    let public_addr = transport::public::listen(d.public, tls, routes, per_ip)
         .await
         .context(|| format!("binding the public listener {}", d.public))?;
     let issuer = token_issuer(config, ring);
@@ -189,7 +191,8 @@ pub(super) async fn start_buffer(
     let tcp = transport::stream::listen_tcp(&transports, b.tcp)
         .await
         .context(|| format!("binding buffer TCP {}", b.tcp))?;
-    let https = transport::https::listen(&transports, b.https, tls)
+    let per_ip = PerSource::new(config.limits.connections_per_ip, "buffer.https");
+    let https = transport::https::listen(&transports, b.https, tls, per_ip)
         .await
         .context(|| format!("binding buffer HTTPS {}", b.https))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelClientEvent>(EVENT_QUEUE);

@@ -17,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tracing::debug;
 
 use super::agent_page;
+use super::per_source::PerSource;
 use super::tls_listener::{PeerAddr, TlsListener};
 use super::{Transports, ingest};
 use crate::sip::{Target, TransportKind};
@@ -29,8 +30,9 @@ pub async fn listen(
     transports: &Transports,
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    per_source: PerSource,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TlsListener::bind(addr, tls).await?;
+    let listener = TlsListener::bind(addr, tls, per_source).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
     let page = Router::new()
         .route("/", get(page_file))

@@ -8,6 +8,7 @@ mod boundary;
 pub mod exposed_edge;
 pub mod exposure;
 pub mod https;
+pub mod per_source;
 pub mod public;
 pub mod stream;
 pub mod tls_listener;

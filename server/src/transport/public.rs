@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 
+use super::per_source::PerSource;
 use super::tls_listener::{PeerAddr, TlsListener};
 
 /// Binds the public listener and serves `routes` on it in the background.
@@ -14,8 +15,9 @@ pub async fn listen(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     routes: Router,
+    per_source: PerSource,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TlsListener::bind(addr, tls).await?;
+    let listener = TlsListener::bind(addr, tls, per_source).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
     tokio::spawn(async move {
         let service = routes.into_make_service_with_connect_info::<PeerAddr>();
