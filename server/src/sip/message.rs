@@ -113,6 +113,17 @@ pub struct Rejected {
     pub answer: Option<Box<SipMessage>>,
 }
 
+/// What [`SipMessage::parse_lenient`] made of a message: the message, and what was wrong
+/// with it that still let its head be read.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub msg: SipMessage,
+    /// The version of a request line that is not SIP/2.0 (505).
+    pub version: Option<String>,
+    /// The first break of the grammar that was skipped over (400).
+    pub defect: Option<SipError>,
+}
+
 /// The parts of the CSeq header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CSeq {
@@ -203,20 +214,38 @@ pub(crate) fn split_list(value: &str) -> Vec<&str> {
 impl SipMessage {
     /// Parses one complete message (a datagram, or a frame cut by [`super::framing`]).
     ///
-    /// Structural problems (no start line, a header line without a colon, a body shorter than
-    /// Content-Length) are errors; missing mandatory headers are found by
-    /// [`SipMessage::validate_request`], so a 400 can still be built from what did parse.
+    /// Any break of the grammar is an error, as is a request line of another SIP version;
+    /// missing mandatory headers are found by [`SipMessage::validate_request`]. To answer a
+    /// broken request instead of dropping it, use [`SipMessage::parse_checked`] (or
+    /// [`super::validate`]), which parses leniently and says what was wrong.
     pub fn parse(buf: &[u8]) -> Result<SipMessage, SipError> {
-        Self::parse_inner(buf, true)
+        let parsed = Self::parse_lenient(buf, true)?;
+        if let Some(version) = parsed.version {
+            return Err(SipError::Version(version));
+        }
+        match parsed.defect {
+            Some(defect) => Err(defect),
+            None => Ok(parsed.msg),
+        }
     }
 
     /// Parses the start line and headers only, for answering a message whose body will never
     /// be read (an oversized one). The body is left empty.
     pub fn parse_head(buf: &[u8]) -> Result<SipMessage, SipError> {
-        Self::parse_inner(buf, false)
+        let parsed = Self::parse_lenient(buf, false)?;
+        match (parsed.version, parsed.defect) {
+            (Some(version), _) => Err(SipError::Version(version)),
+            (None, Some(defect)) => Err(defect),
+            (None, None) => Ok(parsed.msg),
+        }
     }
 
-    fn parse_inner(buf: &[u8], with_body: bool) -> Result<SipMessage, SipError> {
+    /// Parses as far as the grammar lets a server answer: an error only when there is no
+    /// message head at all (no end of headers, not UTF-8, a first line that names no method
+    /// or status). Anything else that is wrong (a header line without a colon, a bad
+    /// Content-Length, a body shorter than it, a request line with extra spaces) is skipped
+    /// over and reported as the `defect`, so the request can still be answered 400.
+    pub(crate) fn parse_lenient(buf: &[u8], with_body: bool) -> Result<Parsed, SipError> {
         let head_end = find(buf, b"\r\n\r\n")
             .map(|i| (i, i + 4))
             .or_else(|| find(buf, b"\n\n").map(|i| (i, i + 2)))
@@ -227,15 +256,18 @@ impl SipMessage {
         let first = lines
             .next()
             .ok_or_else(|| SipError::malformed("empty message"))?;
-        let start = parse_start_line(&first)?;
+        let mut defect = None;
+        let (start, version) = parse_start_line(&first, &mut defect)?;
         let mut headers = Vec::new();
         for line in lines {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| SipError::malformed("header line without a colon"))?;
+            let Some((name, value)) = line.split_once(':') else {
+                defect.get_or_insert_with(|| SipError::malformed("header line without a colon"));
+                continue;
+            };
             let name = name.trim_end();
             if name.is_empty() || !name.bytes().all(is_token_byte) {
-                return Err(SipError::malformed("header name is not a token"));
+                defect.get_or_insert_with(|| SipError::malformed("header name is not a token"));
+                continue;
             }
             let value = value.trim();
             let name = canonical_name(name).map_or_else(|| name.to_owned(), str::to_owned);
@@ -259,73 +291,49 @@ impl SipMessage {
             headers,
             body: Bytes::new(),
         };
-        if !with_body {
-            return Ok(msg);
-        }
-        let body_len = match msg.header("Content-Length") {
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| SipError::malformed("Content-Length is not a number"))?,
-            None => rest.len(),
-        };
-        if body_len > rest.len() {
-            return Err(SipError::malformed("body shorter than Content-Length"));
-        }
-        msg.body = Bytes::copy_from_slice(&rest[..body_len]);
-        Ok(msg)
-    }
-
-    /// Parses and checks a message from a peer in one step. A request that parses but breaks
-    /// the rules comes back with the response that explains why (none for ACK, which is never
-    /// answered), so every place that reads peer bytes refuses them the same way.
-    pub fn parse_checked(buf: &[u8]) -> Result<SipMessage, Rejected> {
-        let msg = SipMessage::parse(buf).map_err(|error| Rejected {
-            error,
-            answer: None,
-        })?;
-        let checked = if msg.is_request() {
-            msg.validate_request()
-        } else {
-            msg.validate_response()
-        };
-        match checked {
-            Ok(()) => Ok(msg),
-            Err(error) => {
-                let answer = (msg.is_request() && msg.method() != Some(&Method::Ack)).then(|| {
-                    let mut resp = msg.response(error.status(), None);
-                    resp.set_reason(&error.to_string());
-                    Box::new(resp)
+        if with_body {
+            let body_len = match msg.header("Content-Length") {
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(len) => len,
+                    Err(_) => {
+                        defect.get_or_insert_with(|| {
+                            SipError::malformed("Content-Length is not a number")
+                        });
+                        rest.len()
+                    }
+                },
+                None => rest.len(),
+            };
+            if body_len > rest.len() {
+                defect.get_or_insert_with(|| {
+                    SipError::malformed(format!(
+                        "Content-Length {body_len} is beyond the end of the message ({} bytes of body)",
+                        rest.len()
+                    ))
                 });
-                Err(Rejected { error, answer })
             }
+            msg.body = Bytes::copy_from_slice(&rest[..body_len.min(rest.len())]);
         }
+        Ok(Parsed {
+            msg,
+            version,
+            defect,
+        })
     }
 
-    /// Checks what RFC 3261 §8.1.1 requires of a request before anything acts on it.
-    /// Responses can be formed from a request that fails this (the error carries 400).
+    /// Parses and checks a message from a peer in one step (see [`super::validate::message`]).
+    /// A request that parses far enough to be answered but breaks the rules comes back with
+    /// the response that explains why (none for ACK, which is never answered), so every
+    /// place that reads peer bytes refuses them the same way.
+    pub fn parse_checked(buf: &[u8]) -> Result<SipMessage, Rejected> {
+        super::validate::message(buf)
+    }
+
+    /// Checks what RFC 3261 §8.1.1 requires of a request before anything acts on it (see
+    /// [`super::validate::request`]). Responses can be formed from a request that fails this
+    /// (the error carries the status).
     pub fn validate_request(&self) -> Result<(), SipError> {
-        let StartLine::Request { method, .. } = &self.start else {
-            return Ok(());
-        };
-        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            if self.header(name).is_none() {
-                return Err(SipError::bad_request(format!("missing {name}")));
-            }
-        }
-        self.top_via()?;
-        let cseq = self.cseq()?;
-        if &cseq.method != method {
-            return Err(SipError::bad_request("CSeq method does not match"));
-        }
-        NameAddr::parse(self.header("From").unwrap_or_default())?;
-        NameAddr::parse(self.header("To").unwrap_or_default())?;
-        if let Some(mf) = self.header("Max-Forwards") {
-            mf.trim()
-                .parse::<u8>()
-                .map_err(|_| SipError::bad_request("bad Max-Forwards"))?;
-        }
-        Ok(())
+        super::validate::request(self)
     }
 
     /// Checks a response before a transaction matches it.
@@ -567,27 +575,42 @@ impl SipMessage {
 }
 
 impl Via {
+    /// Reads one Via value. White space may surround the slashes of the sent-protocol, the
+    /// colon of the sent-by and the separators of parameters (`SIP / 2.0 / UDP host : 5060 ;
+    /// branch = z9hG4bK1`: SLASH, COLON, SEMI and EQUAL allow it, RFC 3261 §25.1).
     pub fn parse(value: &str) -> Result<Via, SipError> {
         let bad = || SipError::bad_request("bad Via");
-        let (proto, rest) = value
-            .trim()
-            .split_once(char::is_whitespace)
-            .ok_or_else(bad)?;
-        let mut proto_parts = proto.split('/');
-        let (Some(name), Some(_version), Some(transport), None) = (
-            proto_parts.next(),
-            proto_parts.next(),
-            proto_parts.next(),
-            proto_parts.next(),
-        ) else {
+        let mut proto_parts = value.trim().splitn(3, '/');
+        let (Some(name), Some(version), Some(rest)) =
+            (proto_parts.next(), proto_parts.next(), proto_parts.next())
+        else {
             return Err(bad());
         };
-        if !name.trim().eq_ignore_ascii_case("SIP") {
+        let (name, version) = (name.trim(), version.trim());
+        if !name.eq_ignore_ascii_case("SIP")
+            || version.is_empty()
+            || !version.bytes().all(is_token_byte)
+        {
+            return Err(bad());
+        }
+        let rest = rest.trim_start();
+        let transport_len = rest.bytes().take_while(|b| is_token_byte(*b)).count();
+        let (transport, rest) = rest.split_at(transport_len);
+        if transport.is_empty() || !rest.starts_with([' ', '\t']) {
             return Err(bad());
         }
         let mut params = rest.trim().split(';');
         let sent_by = params.next().ok_or_else(bad)?.trim();
-        let (host, port) = super::uri::split_host_port(sent_by).ok_or_else(bad)?;
+        // `host : port` as `host:port`; a host itself never holds white space.
+        let sent_by = match sent_by.rsplit_once(':') {
+            Some((h, p))
+                if !p.trim().is_empty() && p.trim().bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                format!("{}:{}", h.trim_end(), p.trim_start())
+            }
+            _ => sent_by.to_owned(),
+        };
+        let (host, port) = super::uri::split_host_port(&sent_by).ok_or_else(bad)?;
         let mut via = Via {
             transport: transport.trim().to_ascii_uppercase(),
             host,
@@ -640,6 +663,9 @@ pub fn reason_phrase(code: u16) -> &'static str {
         500 => "Server Internal Error",
         503 => "Service Unavailable",
         504 => "Server Time-out",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        505 => "Version Not Supported",
         513 => "Message Too Large",
         600 => "Busy Everywhere",
         603 => "Decline",
@@ -654,7 +680,13 @@ pub fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine, SipError> {
+/// Reads the first line. A response line must be exact; a request line that names a method
+/// is kept even when the rest is wrong, with the problem in `defect`, so it can be answered.
+/// The version is returned when it is not SIP/2.0.
+fn parse_start_line(
+    line: &str,
+    defect: &mut Option<SipError>,
+) -> Result<(StartLine, Option<String>), SipError> {
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
         let code: u16 = code
@@ -662,27 +694,63 @@ fn parse_start_line(line: &str) -> Result<StartLine, SipError> {
             .ok()
             .filter(|c| (100..700).contains(c))
             .ok_or_else(|| SipError::malformed("bad status code"))?;
-        return Ok(StartLine::Response {
-            code,
-            reason: reason.to_owned(),
-        });
+        return Ok((
+            StartLine::Response {
+                code,
+                reason: reason.to_owned(),
+            },
+            None,
+        ));
     }
+    let token = line.split(' ').next().unwrap_or_default();
+    let method = Method::parse(token).map_err(|_| SipError::malformed("bad method"))?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(uri), Some(version), None) =
+    let (Some(_), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(SipError::malformed("bad request line"));
+        *defect = Some(SipError::malformed(
+            "bad request line: Method SP Request-URI SP SIP-Version, one space each",
+        ));
+        return Ok((
+            StartLine::Request {
+                method,
+                uri: String::new(),
+            },
+            None,
+        ));
     };
-    if version != "SIP/2.0" {
-        return Err(SipError::malformed("not SIP/2.0"));
-    }
+    let foreign = if version.eq_ignore_ascii_case("SIP/2.0") {
+        None
+    } else if is_sip_version(version) {
+        Some(version.to_owned())
+    } else {
+        *defect = Some(SipError::malformed("bad request line: no SIP version"));
+        None
+    };
     if uri.is_empty() || !uri.contains(':') {
-        return Err(SipError::malformed("bad request-URI"));
+        defect.get_or_insert_with(|| SipError::malformed("bad request line: no Request-URI"));
     }
-    Ok(StartLine::Request {
-        method: Method::parse(method).map_err(|_| SipError::malformed("bad method"))?,
-        uri: uri.to_owned(),
-    })
+    Ok((
+        StartLine::Request {
+            method,
+            uri: uri.to_owned(),
+        },
+        foreign,
+    ))
+}
+
+/// `SIP/1*DIGIT.1*DIGIT` (RFC 3261 §25.1), "SIP" in any case.
+fn is_sip_version(v: &str) -> bool {
+    let Some((name, number)) = v.split_once('/') else {
+        return false;
+    };
+    let Some((major, minor)) = number.split_once('.') else {
+        return false;
+    };
+    name.eq_ignore_ascii_case("SIP")
+        && [major, minor]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Joins folded header lines (RFC 3261 §7.3.1: a line starting with whitespace continues the
@@ -789,6 +857,72 @@ Content-Length: 4\r\n\r\nv=0\n";
         ] {
             assert!(SipMessage::parse(input).is_err(), "{input:?}");
         }
+    }
+
+    #[test]
+    fn via_allows_white_space_around_its_separators() {
+        let via = Via::parse("SIP / 2.0 / tcp [2001:db8::1] : 5070 ; branch = z9hG4bK-x ; rport")
+            .unwrap();
+        assert_eq!(via.transport, "TCP");
+        assert_eq!((via.host.as_str(), via.port), ("2001:db8::1", Some(5070)));
+        assert_eq!(via.branch.as_deref(), Some("z9hG4bK-x"));
+        assert_eq!(via.rport, Some(None));
+        let via = Via::parse("SIP/2.0/UDP\thost").unwrap();
+        assert_eq!((via.host.as_str(), via.port), ("host", None));
+        for bad in [
+            "SIP/2.0/UDP",
+            "SIP/2.0 UDP host",
+            "SIP/2.0/UDPhost",
+            "HTTP/1.1/TCP host",
+            "SIP/2.0/UDP ho st",
+            "SIP/2.0/UDP [::zz]",
+        ] {
+            assert!(Via::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lenient_parse_reports_what_it_skipped() {
+        let text = INVITE.replace("Max-Forwards: 70\r\n", "no colon here\r\n");
+        let parsed = SipMessage::parse_lenient(text.as_bytes(), true).unwrap();
+        assert!(matches!(parsed.defect, Some(SipError::Malformed(ref m)) if m.contains("colon")));
+        assert_eq!(parsed.msg.call_id(), Some("call-1@host"));
+        assert!(SipMessage::parse(text.as_bytes()).is_err());
+
+        let short = INVITE.replace("Content-Length: 4", "Content-Length: 400");
+        let parsed = SipMessage::parse_lenient(short.as_bytes(), true).unwrap();
+        assert!(parsed.defect.is_some());
+        assert_eq!(&parsed.msg.body[..], b"v=0\n", "the body is what there is");
+
+        let v3 = INVITE.replacen("SIP/2.0\r\n", "SIP/3.0\r\n", 1);
+        let parsed = SipMessage::parse_lenient(v3.as_bytes(), true).unwrap();
+        assert_eq!(parsed.version.as_deref(), Some("SIP/3.0"));
+        assert_eq!(
+            SipMessage::parse(v3.as_bytes()),
+            Err(SipError::Version("SIP/3.0".into()))
+        );
+
+        let spaces = INVITE.replacen("INVITE sip:", "INVITE  sip:", 1);
+        let parsed = SipMessage::parse_lenient(spaces.as_bytes(), true).unwrap();
+        assert_eq!(parsed.msg.method(), Some(&Method::Invite));
+        assert!(parsed.defect.is_some());
+
+        let lower = INVITE.replacen("SIP/2.0\r\n", "sip/2.0\r\n", 1);
+        SipMessage::parse(lower.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn folding_and_white_space_in_mandatory_headers() {
+        let text = INVITE
+            .replace("CSeq: 1 INVITE", "CSeq:  1\r\n\t  INVITE")
+            .replace(
+                "To: <sip:support@example.com>",
+                "To :\r\n <sip:support@example.com>",
+            );
+        let m = SipMessage::parse(text.as_bytes()).unwrap();
+        assert_eq!(m.cseq().unwrap().seq, 1);
+        assert_eq!(m.header("To"), Some("<sip:support@example.com>"));
+        m.validate_request().unwrap();
     }
 
     #[test]

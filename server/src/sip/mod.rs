@@ -9,6 +9,7 @@ pub mod message;
 pub mod register;
 pub mod target;
 pub mod uri;
+pub mod validate;
 
 pub use error::SipError;
 pub use message::{CSeq, Header, Method, Rejected, SipMessage, StartLine, Via, reason_phrase};

@@ -36,9 +36,10 @@ impl RegisterRequest {
 /// Reads a REGISTER. The agent is the To user (the address-of-record).
 pub fn parse_register(msg: &SipMessage, max_expires: u32) -> Result<RegisterRequest, SipError> {
     let to = NameAddr::parse(msg.header("To").unwrap_or_default())?;
+    // Users compare unescaped (RFC 3261 §19.1.4): `sip:%61lice@…` is alice's record.
     let agent = to
         .sip_uri()?
-        .user
+        .user_unescaped()
         .filter(|u| proto_tunnel::valid_id(u, 128))
         .ok_or_else(|| SipError::bad_request("To names no agent"))?;
     let header_expires = match msg.header("Expires") {

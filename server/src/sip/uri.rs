@@ -66,6 +66,13 @@ impl SipUri {
             .map(|(_, v)| v.as_deref())
     }
 
+    /// The user part with its `%HH` escapes decoded: `sip:%61lice@host` is alice's URI
+    /// (RFC 3261 §19.1.4 compares users unescaped). None when there is no user, or an escape
+    /// is broken or decodes to something that is not UTF-8.
+    pub fn user_unescaped(&self) -> Option<String> {
+        unescape(self.user.as_deref()?)
+    }
+
     pub fn set_param(&mut self, name: &str, value: Option<&str>) {
         self.params.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         self.params
@@ -110,6 +117,31 @@ impl std::fmt::Display for SipUri {
     }
 }
 
+/// Decodes `%HH` escapes. None for a `%` not followed by two hex digits, or bytes that are
+/// not UTF-8.
+pub fn unescape(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`. Returns `None` for an empty host or a
 /// port that is not a number.
 pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
@@ -121,7 +153,9 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
             None if after.is_empty() => None,
             None => return None,
         };
-        return (!host.is_empty()).then(|| (host.to_owned(), port));
+        // An IPv6 reference holds an IPv6 address and nothing else (RFC 3261 §25.1).
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some((host.to_owned(), port));
     }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h, Some(p.parse().ok()?)),
@@ -215,10 +249,16 @@ impl std::fmt::Display for NameAddr {
     }
 }
 
+/// The first `needle` outside a quoted string; `\"` inside one is a quoted pair, not its end.
 fn find_unquoted(s: &str, needle: char) -> Option<usize> {
-    let mut quoted = false;
+    let (mut quoted, mut escaped) = (false, false);
     for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             c if c == needle && !quoted => return Some(i),
             _ => {}
@@ -257,6 +297,27 @@ mod tests {
         assert!(SipUri::parse("tel:+123").is_err());
         assert!(SipUri::parse("sip:@host").is_err());
         assert!(SipUri::parse("sip:host:notaport").is_err());
+    }
+
+    #[test]
+    fn escapes_and_ipv6_references() {
+        let u = SipUri::parse("sip:%61li%63e@host").unwrap();
+        assert_eq!(u.user.as_deref(), Some("%61li%63e"), "kept as written");
+        assert_eq!(u.user_unescaped().as_deref(), Some("alice"));
+        assert_eq!(unescape("a%2"), None);
+        assert_eq!(unescape("a%+1"), None);
+        assert_eq!(unescape("%C3%A9").as_deref(), Some("\u{e9}"));
+        assert_eq!(unescape("%FF"), None, "not UTF-8");
+        assert!(SipUri::parse("sip:a@[::zz]").is_err());
+        assert!(SipUri::parse("sip:a@[::1").is_err());
+        assert!(SipUri::parse("sip:a@[::1]:5060").is_ok());
+    }
+
+    #[test]
+    fn quoted_pairs_do_not_end_a_display_name() {
+        let n = NameAddr::parse("\"a \\\" <sip:x@y> \\\"\" <sip:real@host>;tag=t").unwrap();
+        assert_eq!(n.uri, "sip:real@host");
+        assert_eq!(n.tag(), Some("t"));
     }
 
     #[test]

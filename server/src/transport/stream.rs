@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::{Transports, ingest};
 use crate::sip::framing::{Frame, next_frame};
-use crate::sip::{ConnId, SipError, Target, TransportKind};
+use crate::sip::{ConnId, SipError, Target, TransportKind, validate};
 
 /// Binds a TCP listener for SIP and spawns its accept loop.
 pub async fn listen_tcp(transports: &Transports, addr: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -227,12 +227,7 @@ fn refuse(transports: &Transports, buf: &[u8], from: &Target, error: &SipError) 
     let Some(head) = head_end.and_then(|end| buf.get(..end)) else {
         return;
     };
-    let Ok(msg) = crate::sip::SipMessage::parse_head(head) else {
-        return;
-    };
-    if msg.is_request() && msg.validate_request().is_ok() {
-        let mut resp = msg.response(error.status(), None);
-        resp.set_reason(&error.to_string());
+    if let Some(resp) = validate::answer_head(head, error) {
         let _ = transports.send(from, Bytes::from(resp.to_bytes()));
     }
 }

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
 use super::{Transports, ingest};
-use crate::sip::Target;
+use crate::sip::{SipError, Target, validate};
 
 /// Binds the socket and spawns its reader. Returns the bound address (port 0 resolved).
 pub async fn listen(transports: &Transports, addr: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -33,7 +34,14 @@ pub async fn listen(transports: &Transports, addr: SocketAddr) -> std::io::Resul
                 continue;
             }
             if len > transports.max_message() {
-                warn!(%peer, len, "dropping oversized datagram");
+                warn!(%peer, len, "refusing oversized datagram");
+                let error = SipError::TooLarge {
+                    len,
+                    max: transports.max_message(),
+                };
+                if let Some(resp) = validate::answer_head(data, &error) {
+                    let _ = transports.send(&Target::udp(peer), Bytes::from(resp.to_bytes()));
+                }
                 continue;
             }
             if !ingest(&transports, data, Target::udp(peer)).await {

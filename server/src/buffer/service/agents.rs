@@ -149,7 +149,7 @@ impl Buffer {
             .header("From")
             .and_then(|f| NameAddr::parse(f).ok())
             .and_then(|a| a.sip_uri().ok())
-            .and_then(|u| u.user)
+            .and_then(|u| u.user_unescaped())
             .unwrap_or_default();
         if self.registrar.get(&agent).is_none() {
             self.respond(tx, msg, 403, now);

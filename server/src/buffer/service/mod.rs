@@ -19,7 +19,7 @@ use crate::handoff::{Mode, RouteTable};
 use crate::ids;
 use crate::media::bridge::BridgeEvent;
 use crate::sip::transaction::{self, TransactionLayer, TxEvent, TxId};
-use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind};
+use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind, validate};
 
 mod agents;
 mod api;
@@ -356,6 +356,12 @@ impl Buffer {
         let Some(method) = msg.method().cloned() else {
             return;
         };
+        // We are the UAS of every request that reaches us (a B2BUA answers for itself): an
+        // option tag in Require that we do not support is refused (RFC 3261 §8.2.2.3).
+        if let Some(refusal) = validate::unsupported(&msg, validate::AS_UAS) {
+            let _ = self.layer.send_response(tx, refusal, now);
+            return;
+        }
         let in_dialog = msg.to_tag().is_some();
         let routed = msg.call_id().and_then(|c| self.calls.lookup(c));
         match (method, routed) {

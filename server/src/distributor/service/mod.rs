@@ -40,7 +40,7 @@ use crate::app::status::Status;
 use crate::config::{DistributorConfig, SipConfig};
 use crate::ids;
 use crate::sip::transaction::{self, TransactionLayer, TxEvent, TxId};
-use crate::sip::{ConnId, Method, SipMessage, Target};
+use crate::sip::{ConnId, Method, SipMessage, Target, validate};
 
 /// The distributor core: a record-routing proxy and the ACD, with no sockets and no clock
 /// reads (see [`crate::driver::Core`] for the rule its caller follows).
@@ -298,7 +298,24 @@ impl Distributor {
         now: Instant,
     ) {
         let in_dialog = msg.to_tag().is_some();
-        match (tx, msg.method().cloned()) {
+        let method = msg.method().cloned();
+        // Option tags (RFC 3261 §8.2.2.3, §16.3): as a proxy we check Proxy-Require; for what
+        // we answer ourselves, Require. A new call is both: we proxy it, but only ever to our
+        // own buffer servers, whose UAS supports what we do, so a Require we cannot meet
+        // would fail at every agent; refusing it here keeps the ACD from trying each one.
+        let checks: &[&[&str]] = match (&method, in_dialog) {
+            (Some(Method::Invite), false) => &[validate::AS_PROXY, validate::AS_UAS],
+            (_, true) => &[validate::AS_PROXY],
+            (Some(Method::Options | Method::Register), false) => &[validate::AS_UAS],
+            _ => &[],
+        };
+        if let Some(tx) = tx
+            && let Some(refusal) = checks.iter().find_map(|h| validate::unsupported(&msg, h))
+        {
+            let _ = self.layer.send_response(tx, refusal, now);
+            return;
+        }
+        match (tx, method) {
             (Some(tx), Some(Method::Invite)) if !in_dialog => self.new_call(tx, msg, from, now),
             (tx, Some(_)) if in_dialog => self.proxy_to_edge(tx, msg, &from, now),
             (Some(tx), Some(Method::Options)) => self.respond(tx, &msg, 200, now),
