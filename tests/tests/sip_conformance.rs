@@ -1,6 +1,7 @@
 //! RFC 3261 conformance at the edges of the system, table-driven: each row is a raw request
 //! and the status a strict peer must get for it from the distributor's and the buffer
-//! server's SIP ports, over UDP and over TCP. Requests the grammar allows (folding, white
+//! server's SIP ports, over UDP and over TCP, and from the buffer server's SIP over secure
+//! WebSocket (`/sip`, one SIP message per WebSocket message). Requests the grammar allows (folding, white
 //! space around separators, escapes) are answered like their plain forms; broken ones get the
 //! status that says why (400 with a reason naming the problem, 416, 420 with `Unsupported`,
 //! 505), never silence.
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_edge_tests::{System, issue_token};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 /// How long a row waits for its answer: well beyond a loopback round trip, so "no answer"
 /// means none was sent.
@@ -30,8 +32,9 @@ struct Row {
     reason: &'static str,
     /// The `Unsupported` header a 420 must carry, when not empty.
     unsupported: &'static str,
-    /// Only over UDP (a stream frames by Content-Length, so the rule cannot arise).
-    udp_only: bool,
+    /// Only where a message arrives whole (a UDP datagram, a WebSocket message): a stream
+    /// frames by Content-Length, so there the rule cannot arise.
+    whole_only: bool,
 }
 
 const fn row(name: &'static str, request: &'static str, distributor: u16, buffer: u16) -> Row {
@@ -42,7 +45,7 @@ const fn row(name: &'static str, request: &'static str, distributor: u16, buffer
         buffer,
         reason: "",
         unsupported: "",
-        udp_only: false,
+        whole_only: false,
     }
 }
 
@@ -57,8 +60,8 @@ impl Row {
         self
     }
 
-    const fn udp_only(mut self) -> Row {
-        self.udp_only = true;
+    const fn whole_only(mut self) -> Row {
+        self.whole_only = true;
         self
     }
 }
@@ -222,6 +225,15 @@ const ROWS: &[Row] = &[
     )
     .unsupported("precondition"),
     row(
+        "Require on a method we do not serve: 405 comes first (§8.2.1)",
+        "SUBSCRIBE sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{T} {host}:{lport};branch=z9hG4bK-c{n}\n\
+         From: <sip:tester@127.0.0.1>;tag=f{n}\nTo: <sip:support@127.0.0.1>\nCall-ID: conf-{n}\n\
+         CSeq: 1 SUBSCRIBE\nEvent: presence\nContact: <sip:tester@{host}:{lport}>\nRequire: foo\n\
+         Max-Forwards: 70\nContent-Length: 0\n\n",
+        405,
+        405,
+    ),
+    row(
         "Proxy-Require on an INVITE the distributor proxies",
         "INVITE sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{T} {host}:{lport};branch=z9hG4bK-c{n}\n\
          From: <sip:tester@127.0.0.1>;tag=f{n}\nTo: <sip:support@127.0.0.1>\nCall-ID: conf-{n}\n\
@@ -258,7 +270,7 @@ const ROWS: &[Row] = &[
         400,
     )
     .reason("Content-Length")
-    .udp_only(),
+    .whole_only(),
     row(
         "two Call-ID headers",
         "OPTIONS sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{T} {host}:{lport};branch=z9hG4bK-c{n}\n\
@@ -442,6 +454,26 @@ const ROWS: &[Row] = &[
 enum Transport {
     Udp,
     Tcp,
+    /// SIP over secure WebSocket (RFC 7118): the buffer server's `/sip` only.
+    Wss,
+}
+
+type Wss = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// A WebSocket to the buffer server's `/sip`, offering subprotocol sip as agents do.
+fn wss(sys: &System) -> Wss {
+    let config = certs::client_config(&sys.path().join("certs").join("ca.pem")).unwrap();
+    let tcp = TcpStream::connect(sys.buffer_https).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut request = format!("wss://127.0.0.1:{}/sip", sys.buffer_https.port())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    let (ws, _) = tungstenite::client(request, rustls::StreamOwned::new(conn, tcp)).unwrap();
+    ws
 }
 
 /// What came back for one request.
@@ -480,6 +512,7 @@ fn render(template: &str, transport: Transport, local: SocketAddr, token: &str) 
     let t = match transport {
         Transport::Udp => "UDP",
         Transport::Tcp => "TCP",
+        Transport::Wss => "WSS",
     };
     template
         .replace('\n', "\r\n")
@@ -518,10 +551,47 @@ fn ack_for(request: &str, answer: &Answer) -> Option<String> {
     ))
 }
 
+/// Sends one request over a fresh WebSocket and returns its final answer.
+fn exchange_wss(sys: &System, template: &str, token: &str) -> Option<Answer> {
+    let mut ws = wss(sys);
+    let local = ws.get_ref().sock.local_addr().unwrap();
+    let request = render(template, Transport::Wss, local, token);
+    ws.send(Message::text(request.clone())).unwrap();
+    ws.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + ANSWER_WAIT;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                if let Some(answer) = Answer::parse(&text)
+                    && answer.status >= 200
+                {
+                    if let Some(ack) = ack_for(&request, &answer) {
+                        let _ = ws.send(Message::text(ack));
+                    }
+                    return Some(answer);
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                if Instant::now() > deadline {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Sends one request and returns its final answer (1xx skipped), or None when nothing came
 /// within [`ANSWER_WAIT`].
 fn exchange(to: SocketAddr, transport: Transport, template: &str, token: &str) -> Option<Answer> {
     match transport {
+        Transport::Wss => unreachable!("WebSocket probes go through exchange_wss"),
         Transport::Udp => {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             let request = render(template, transport, socket.local_addr().unwrap(), token);
@@ -630,35 +700,48 @@ fn mismatch(row: &Row, want: u16, answer: Option<&Answer>) -> Option<String> {
     None
 }
 
-/// Every row against both SIP ports over one transport; all mismatches are reported at once.
+/// Every row against the SIP ports of one transport (the distributor's and the buffer
+/// server's for UDP and TCP, the buffer server's `/sip` for WSS); all mismatches are
+/// reported at once.
 fn every_row(transport: Transport) {
     let sys = System::start("");
     let token = issue_token(sys.path(), "alice");
-    let (dist, buffer) = match transport {
-        Transport::Udp => (sys.dist_udp, sys.buffer_udp),
-        Transport::Tcp => (sys.dist_tcp, sys.buffer_tcp),
+    let ports = match transport {
+        Transport::Udp => vec![
+            ("distributor", Some(sys.dist_udp)),
+            ("buffer", Some(sys.buffer_udp)),
+        ],
+        Transport::Tcp => vec![
+            ("distributor", Some(sys.dist_tcp)),
+            ("buffer", Some(sys.buffer_tcp)),
+        ],
+        Transport::Wss => vec![("buffer", None)],
     };
     let mut failures = Vec::new();
     let mut checked = 0;
     for row in ROWS {
-        if row.udp_only && transport != Transport::Udp {
+        if row.whole_only && transport == Transport::Tcp {
             continue;
         }
-        for (port, want, addr) in [
-            ("distributor", row.distributor, dist),
-            ("buffer", row.buffer, buffer),
-        ] {
+        for &(port, addr) in &ports {
+            let want = match port {
+                "distributor" => row.distributor,
+                _ => row.buffer,
+            };
             if want == 0 {
                 continue;
             }
             checked += 1;
-            let answer = exchange(addr, transport, row.request, &token);
+            let answer = match addr {
+                Some(addr) => exchange(addr, transport, row.request, &token),
+                None => exchange_wss(&sys, row.request, &token),
+            };
             if let Some(why) = mismatch(row, want, answer.as_ref()) {
                 failures.push(format!("{transport:?} {port}: {}: {why}", row.name));
             }
         }
     }
-    assert!(checked > 40, "only {checked} probes ran");
+    assert!(checked > 35, "only {checked} probes ran");
     assert!(
         failures.is_empty(),
         "{} of {checked} probes got the wrong answer:\n  {}\n{}",
@@ -676,4 +759,9 @@ fn every_rule_over_udp() {
 #[test]
 fn every_rule_over_tcp() {
     every_row(Transport::Tcp);
+}
+
+#[test]
+fn every_rule_over_secure_websocket() {
+    every_row(Transport::Wss);
 }

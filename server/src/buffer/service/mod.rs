@@ -356,13 +356,19 @@ impl Buffer {
         let Some(method) = msg.method().cloned() else {
             return;
         };
+        let in_dialog = msg.to_tag().is_some();
         // We are the UAS of every request that reaches us (a B2BUA answers for itself): an
-        // option tag in Require that we do not support is refused (RFC 3261 §8.2.2.3).
-        if let Some(refusal) = validate::unsupported(&msg, validate::AS_UAS) {
+        // option tag in Require that we do not support is refused (RFC 3261 §8.2.2.3), after
+        // the method (§8.2.1: one we never serve out of a dialog gets its 405 below).
+        let served = in_dialog
+            || matches!(
+                method,
+                Method::Invite | Method::Register | Method::Options | Method::Message
+            );
+        if served && let Some(refusal) = validate::unsupported(&msg, validate::AS_UAS) {
             let _ = self.layer.send_response(tx, refusal, now);
             return;
         }
-        let in_dialog = msg.to_tag().is_some();
         let routed = msg.call_id().and_then(|c| self.calls.lookup(c));
         match (method, routed) {
             (Method::Register, _) if !self.is_distributor(&from) => {
