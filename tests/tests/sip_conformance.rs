@@ -262,7 +262,7 @@ const ROWS: &[Row] = &[
     ),
     // ---- 400: the request is broken, and the reason says how ----
     row(
-        "Content-Length beyond the end of the datagram (§18.3)",
+        "Content-Length beyond the end of the datagram or WebSocket message (§18.3)",
         "OPTIONS sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{T} {host}:{lport};branch=z9hG4bK-c{n}\n\
          From: <sip:tester@127.0.0.1>;tag=f{n}\nTo: <sip:support@127.0.0.1>\nCall-ID: conf-{n}\n\
          CSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Type: text/plain\nContent-Length: 200\n\nhello",

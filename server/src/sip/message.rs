@@ -124,6 +124,17 @@ pub(crate) struct Parsed {
     pub defect: Option<SipError>,
 }
 
+impl Parsed {
+    /// The message, if nothing was wrong with it.
+    fn strict(self) -> Result<SipMessage, SipError> {
+        match (self.version, self.defect) {
+            (Some(version), _) => Err(SipError::Version(version)),
+            (None, Some(defect)) => Err(defect),
+            (None, None) => Ok(self.msg),
+        }
+    }
+}
+
 /// The parts of the CSeq header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CSeq {
@@ -219,25 +230,13 @@ impl SipMessage {
     /// broken request instead of dropping it, use [`SipMessage::parse_checked`] (or
     /// [`super::validate`]), which parses leniently and says what was wrong.
     pub fn parse(buf: &[u8]) -> Result<SipMessage, SipError> {
-        let parsed = Self::parse_lenient(buf, true)?;
-        if let Some(version) = parsed.version {
-            return Err(SipError::Version(version));
-        }
-        match parsed.defect {
-            Some(defect) => Err(defect),
-            None => Ok(parsed.msg),
-        }
+        Self::parse_lenient(buf, true)?.strict()
     }
 
     /// Parses the start line and headers only, for answering a message whose body will never
     /// be read (an oversized one). The body is left empty.
     pub fn parse_head(buf: &[u8]) -> Result<SipMessage, SipError> {
-        let parsed = Self::parse_lenient(buf, false)?;
-        match (parsed.version, parsed.defect) {
-            (Some(version), _) => Err(SipError::Version(version)),
-            (None, Some(defect)) => Err(defect),
-            (None, None) => Ok(parsed.msg),
-        }
+        Self::parse_lenient(buf, false)?.strict()
     }
 
     /// Parses as far as the grammar lets a server answer: an error only when there is no
