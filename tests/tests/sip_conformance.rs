@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_edge_tests::{System, issue_token};
+use agent_edge_tests::{Edge, System, issue_token, test_dir, write_config};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 /// How long a row waits for its answer: well beyond a loopback round trip, so "no answer"
@@ -121,6 +121,14 @@ const ROWS: &[Row] = &[
         "quoted display names with escaped quotes and commas",
         "OPTIONS sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{T} {host}:{lport};branch=z9hG4bK-c{n}\n\
          From: \"Doe, \\\"J\\\" <x>\" <sip:tester@127.0.0.1>;tag=f{n}\nTo: \"Support, Inc\" <sip:support@127.0.0.1>\n\
+         Call-ID: conf-{n}\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
+        200,
+        200,
+    ),
+    row(
+        "a comma in an unquoted display name is not a second value",
+        "OPTIONS sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{T} {host}:{lport};branch=z9hG4bK-c{n}\n\
+         From: Doe, John <sip:tester@127.0.0.1>;tag=f{n}\nTo: <sip:support@127.0.0.1>\n\
          Call-ID: conf-{n}\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
         200,
         200,
@@ -698,6 +706,34 @@ fn mismatch(row: &Row, want: u16, answer: Option<&Answer>) -> Option<String> {
         ));
     }
     None
+}
+
+/// A datagram over `[sip] max_message_bytes` is answered 513 when its head is a request
+/// (it used to be dropped without a word).
+#[test]
+fn an_oversized_datagram_gets_513() {
+    let dir = test_dir();
+    let config = write_config(dir.path(), "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[sip]\nmax_message_bytes = 2048\n{text}")).unwrap();
+    let mut edge = Edge::start(&[], &config, &dir.path().join("agent-edge.log"));
+    let dist = edge.addr("distributor.udp");
+    let buffer = edge.addr("buffer.udp");
+    let big = format!(
+        "OPTIONS sip:support@127.0.0.1 SIP/2.0\nVia: SIP/2.0/{{T}} {{host}}:{{lport}};branch=z9hG4bK-c{{n}}\n\
+         From: <sip:tester@127.0.0.1>;tag=f{{n}}\nTo: <sip:support@127.0.0.1>\nCall-ID: conf-{{n}}\n\
+         CSeq: 1 OPTIONS\nMax-Forwards: 70\nX-Padding: {}\nContent-Length: 0\n\n",
+        "a".repeat(3000)
+    );
+    for (port, addr) in [("distributor", dist), ("buffer", buffer)] {
+        let answer = exchange(addr, Transport::Udp, &big, "");
+        assert_eq!(
+            answer.as_ref().map(|a| a.status),
+            Some(513),
+            "{port}: {answer:?}\n{}",
+            edge.log_tail()
+        );
+    }
 }
 
 /// Every row against the SIP ports of one transport (the distributor's and the buffer

@@ -126,7 +126,13 @@ pub fn request(msg: &SipMessage) -> Result<(), SipError> {
     }
     for name in ["From", "To"] {
         let value = msg.header(name).unwrap_or_default();
-        if split_list(value).len() > 1 {
+        // Two addresses are two values; a comma in an unquoted display name (`Doe, John
+        // <sip:…>`, which phones send though the grammar wants it quoted) is not.
+        let addresses = split_list(value)
+            .into_iter()
+            .filter(|v| NameAddr::parse(v).is_ok())
+            .count();
+        if addresses > 1 {
             return Err(SipError::bad_request(format!(
                 "more than one value in {name}"
             )));
@@ -382,6 +388,11 @@ Max-Forwards: 70\nContent-Length: 0\n\n";
                 "From: \"a \\\" <b>, c\" <sip:tester@127.0.0.1>",
             ),
             ("lower-case version", "SIP/2.0\n", "sip/2.0\n"),
+            (
+                "a comma in an unquoted display name",
+                "From: <sip:tester@127.0.0.1>",
+                "From: Doe, John <sip:tester@127.0.0.1>",
+            ),
             ("compact headers", "Call-ID: c1", "i: c1"),
         ];
         for (name, from, to) in rows {
@@ -436,6 +447,13 @@ Max-Forwards: 70\nContent-Length: 0\n\n";
                 "From list",
                 "From: <sip:tester@127.0.0.1>;tag=f1",
                 "From: <sip:tester@127.0.0.1>;tag=f1, <sip:x@y>",
+                400,
+                "From",
+            ),
+            (
+                "From list of addr-specs",
+                "From: <sip:tester@127.0.0.1>;tag=f1",
+                "From: sip:tester@127.0.0.1, sip:x@y;tag=f1",
                 400,
                 "From",
             ),
