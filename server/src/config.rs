@@ -56,12 +56,34 @@ pub struct LimitsConfig {
     /// listener: the distributor's public one and the edge's own. Agents behind one office
     /// NAT share an address, so this is generous by default.
     pub connections_per_ip: usize,
+    /// Seconds a client of an HTTPS listener has to send a request's headers, after the
+    /// handshake or between requests on a kept-alive connection.
+    pub header_read_s: u64,
+    /// Seconds a SIP stream peer (TCP, TLS) has to finish a message it has begun.
+    pub message_s: u64,
+    /// Seconds a SIP WebSocket may stay silent after its upgrade (a page registers at once).
+    pub ws_first_message_s: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             connections_per_ip: 1024,
+            header_read_s: 10,
+            message_s: 10,
+            ws_first_message_s: 30,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The deadlines the transports apply.
+    pub fn deadlines(&self) -> crate::transport::Deadlines {
+        use std::time::Duration;
+        crate::transport::Deadlines {
+            header_read: Duration::from_secs(self.header_read_s),
+            message: Duration::from_secs(self.message_s),
+            ws_first_message: Duration::from_secs(self.ws_first_message_s),
         }
     }
 }
@@ -439,8 +461,17 @@ impl Config {
         if self.shutdown.grace_s > 3600 || !(1..=60).contains(&self.shutdown.bye_wait_s) {
             return invalid("shutdown.grace_s must be at most 3600 and bye_wait_s 1-60 seconds");
         }
-        if self.limits.connections_per_ip == 0 {
+        let l = &self.limits;
+        if l.connections_per_ip == 0 {
             return invalid("limits.connections_per_ip must be at least 1");
+        }
+        if [l.header_read_s, l.message_s, l.ws_first_message_s]
+            .iter()
+            .any(|s| !(1..=3600).contains(s))
+        {
+            return invalid(
+                "limits.header_read_s, message_s and ws_first_message_s must be 1-3600",
+            );
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -283,4 +284,83 @@ fn an_address_holding_its_limit_of_connections_gets_no_more_until_one_closes() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether the server ends `stream` within `limit` while we send nothing (or, with
+/// `trickle`, one header byte every 200 ms).
+fn server_closes<S: Read + Write>(stream: &mut S, limit: Duration, trickle: bool) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if trickle
+            && stream
+                .write_all(b"X")
+                .and_then(|()| stream.flush())
+                .is_err()
+        {
+            return true;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn peers_that_hold_a_connection_without_finishing_are_cut_at_their_deadline() {
+    let deadlines = "\n[limits]\nheader_read_s = 2\nmessage_s = 2\nws_first_message_s = 2";
+    let mut sys = System::start_with("", deadlines);
+    let public = sys.edge.addr("distributor.public");
+    let limit = Duration::from_secs(6);
+    let poll = Some(Duration::from_millis(200));
+    for (what, addr) in [
+        ("buffer.https", sys.buffer_https),
+        ("distributor.public", public),
+    ] {
+        // Silent after the handshake.
+        let mut silent = https::tls(sys.path(), addr);
+        while silent.conn.is_handshaking() {
+            silent.conn.complete_io(&mut silent.sock).unwrap();
+        }
+        silent.sock.set_read_timeout(poll).unwrap();
+        assert!(server_closes(&mut silent, limit, false), "{what}: silent");
+        // Headers that never end, a byte at a time.
+        let mut trickling = https::tls(sys.path(), addr);
+        trickling.sock.set_read_timeout(poll).unwrap();
+        trickling.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+        assert!(
+            server_closes(&mut trickling, limit, true),
+            "{what}: trickling"
+        );
+        // A request in time is still served.
+        assert_eq!(https::get(sys.path(), addr, "/edge/edge-1/").status, 404);
+    }
+
+    // SIP over TCP: a message begun and never finished.
+    let mut half = TcpStream::connect(sys.dist_tcp).unwrap();
+    half.set_read_timeout(poll).unwrap();
+    half.write_all(b"OPTIONS sip:support@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKhalf\r\n")
+        .unwrap();
+    assert!(
+        server_closes(&mut half, limit, false),
+        "SIP over TCP: half a message"
+    );
+
+    // A SIP WebSocket that says nothing is closed; one that registered is not.
+    let mut mute = wss(&sys);
+    assert!(closed_within(&mut mute, limit), "a silent SIP WebSocket");
+    let token = issue_token(sys.path(), "alice");
+    let mut agent = wss(&sys);
+    assert_eq!(
+        sip_status(&register(&mut agent, "alice", Some(&token), 0)),
+        200
+    );
+    assert!(
+        !closed_within(&mut agent, Duration::from_secs(4)),
+        "an agent's WebSocket is not cut by the first-message deadline"
+    );
 }

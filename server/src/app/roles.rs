@@ -81,7 +81,11 @@ pub(super) async fn start_distributor(
     let d = &config.distributor;
     let tls = certs::server_config(&tls_files(config)?).context(|| "loading TLS".into())?;
     let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
-    let transports = Transports::new(sip_tx, config.sip.max_message_bytes);
+    let transports = Transports::new(
+        sip_tx,
+        config.sip.max_message_bytes,
+        config.limits.deadlines(),
+    );
     let udp = transport::udp::listen(&transports, d.udp)
         .await
         .context(|| format!("binding distributor UDP {}", d.udp))?;
@@ -93,13 +97,15 @@ pub(super) async fn start_distributor(
         .context(|| format!("binding distributor TLS {}", d.tls))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
     let edges = edge_token_issuer(config, ring);
-    let exposures = Exposures::new(config.sip.max_message_bytes);
+    let deadlines = config.limits.deadlines();
+    let exposures = Exposures::new(config.sip.max_message_bytes, deadlines.ws_first_message);
     let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
         .merge(transport::exposure::routes(exposures));
     let per_ip = PerSource::new(config.limits.connections_per_ip, "distributor.public");
-    let public_addr = transport::public::listen(d.public, tls, routes, per_ip)
-        .await
-        .context(|| format!("binding the public listener {}", d.public))?;
+    let public_addr =
+        transport::public::listen(d.public, tls, routes, per_ip, deadlines.header_read)
+            .await
+            .context(|| format!("binding the public listener {}", d.public))?;
     let issuer = token_issuer(config, ring);
     let identity =
         serde_json::to_string(&issuer.verifier_settings()).context(|| "token keys".into())?;
@@ -184,7 +190,11 @@ pub(super) async fn start_buffer(
     let client_tls: Arc<rustls::ClientConfig> =
         certs::client_config(&ca).context(|| format!("loading the CA {}", ca.display()))?;
     let (sip_tx, sip_rx) = mpsc::channel(EVENT_QUEUE);
-    let transports = Transports::new(sip_tx, config.sip.max_message_bytes);
+    let transports = Transports::new(
+        sip_tx,
+        config.sip.max_message_bytes,
+        config.limits.deadlines(),
+    );
     let udp = transport::udp::listen(&transports, b.udp)
         .await
         .context(|| format!("binding buffer UDP {}", b.udp))?;

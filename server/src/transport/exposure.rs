@@ -55,6 +55,8 @@ struct Inner {
     max_message: usize,
     /// Frames from edges for connections or requests that are not theirs or not open.
     dropped: AtomicU64,
+    /// How long a browser's SIP WebSocket may stay silent after its upgrade.
+    ws_first_message: Duration,
 }
 
 #[derive(Debug)]
@@ -74,13 +76,14 @@ enum PagePart {
 }
 
 impl Exposures {
-    pub fn new(max_sip_message: usize) -> Exposures {
+    pub fn new(max_sip_message: usize, ws_first_message: Duration) -> Exposures {
         let tunnel_room = proto_tunnel::Limits::default().max_frame - FRAME_OVERHEAD;
         Exposures {
             inner: Arc::new(Inner {
                 edges: Mutex::new(HashMap::new()),
                 max_message: max_sip_message.min(tunnel_room),
                 dropped: AtomicU64::new(0),
+                ws_first_message,
             }),
         }
     }
@@ -377,7 +380,8 @@ async fn serve_virtual(exposures: Exposures, edge: String, socket: WebSocket, pe
         // The edge closed it, or its tunnel went: the page's reconnecting logic takes over.
         let _ = sink.send(Message::Close(None)).await;
     };
-    let read = read_messages(&mut stream, |data| {
+    let first_within = exposures.inner.ws_first_message;
+    let read = read_messages(&mut stream, first_within, |data| {
         let relay = &relay;
         async move { relay.send(Frame::WsMessage { conn, data }).await.is_ok() }
     });
@@ -394,7 +398,7 @@ mod tests {
     use super::*;
 
     fn exposed(edge: &str, tunnel: u64) -> (Exposures, mpsc::Receiver<Frame>) {
-        let exposures = Exposures::new(65_535);
+        let exposures = Exposures::new(65_535, Duration::from_secs(30));
         let (relay, rx) = mpsc::channel(8);
         exposures.expose(edge, ConnId(tunnel), relay);
         (exposures, rx)

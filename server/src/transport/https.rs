@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -14,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tracing::debug;
+
+use tracing::{debug, warn};
 
 use super::agent_page;
 use super::per_source::PerSource;
@@ -41,12 +43,8 @@ pub async fn listen(
     let app = page
         .route("/sip", get(sip_upgrade))
         .with_state(transports.clone());
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<PeerAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!(error = %e, "HTTPS server stopped");
-        }
-    });
+    let header_read = transports.deadlines().header_read;
+    super::serve::spawn(listener, app, "buffer.https", header_read);
     Ok(local)
 }
 
@@ -110,7 +108,8 @@ async fn serve_sip_socket(transports: Transports, socket: WebSocket, peer: Socke
         }
     };
     // RFC 7118 §5: one WebSocket message is one whole SIP message.
-    let read = read_messages(&mut stream, |data| {
+    let first_within = transports.deadlines().ws_first_message;
+    let read = read_messages(&mut stream, first_within, |data| {
         let (transports, from) = (&transports, from.clone());
         async move { ingest(transports, &data, from).await }
     });
@@ -132,24 +131,63 @@ pub(crate) fn ws_message(bytes: Bytes) -> Message {
 }
 
 /// Hands each data message read from a WebSocket to `each` until the peer closes, the socket
-/// fails or `each` says stop; pings are answered by the WebSocket layer itself.
-pub(crate) async fn read_messages<S, F, Fut>(stream: &mut S, mut each: F)
-where
+/// fails, `each` says stop or nothing comes within `first_within` of the start (an agent's
+/// page registers at once; a socket that says nothing is only holding a place); pings are
+/// answered by the WebSocket layer itself.
+pub(crate) async fn read_messages<S, F, Fut>(
+    stream: &mut S,
+    first_within: std::time::Duration,
+    mut each: F,
+) where
     S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
     F: FnMut(Bytes) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    while let Some(Ok(msg)) = stream.next().await {
-        let data: Bytes = match msg {
-            Message::Text(t) => Bytes::from(t),
-            Message::Binary(b) => b,
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => continue,
+    let mut first = true;
+    loop {
+        let next = if first {
+            match tokio::time::timeout(first_within, next_data(stream)).await {
+                Ok(next) => next,
+                Err(_) => {
+                    static SAID: AtomicBool = AtomicBool::new(false);
+                    if super::first_time(&SAID) {
+                        warn!(
+                            ?first_within,
+                            "closing a SIP WebSocket that sent nothing (said once)"
+                        );
+                    } else {
+                        debug!("closing a SIP WebSocket that sent nothing");
+                    }
+                    return;
+                }
+            }
+        } else {
+            next_data(stream).await
         };
+        let Some(data) = next else {
+            return;
+        };
+        first = false;
         if !each(data).await {
-            break;
+            return;
         }
     }
+}
+
+/// The next data message; `None` when the peer closed or the socket failed.
+async fn next_data<S>(stream: &mut S) -> Option<Bytes>
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    while let Some(Ok(msg)) = stream.next().await {
+        match msg {
+            Message::Text(t) => return Some(Bytes::from(t)),
+            Message::Binary(b) => return Some(b),
+            Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+    None
 }
 
 /// The answer to a WebSocket upgrade that does not offer SIP.

@@ -10,6 +10,7 @@ pub mod exposure;
 pub mod https;
 pub mod per_source;
 pub mod public;
+mod serve;
 pub mod stream;
 pub mod tls_listener;
 pub mod tunnel;
@@ -69,6 +70,17 @@ pub enum SendError {
     },
 }
 
+/// How long peers may take, so a silent or trickling one does not hold a socket for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// For a request's headers on an HTTPS listener.
+    pub header_read: std::time::Duration,
+    /// For a SIP stream message begun to be finished.
+    pub message: std::time::Duration,
+    /// For a SIP WebSocket's first message.
+    pub ws_first_message: std::time::Duration,
+}
+
 /// The sending half shared by a role and its listeners.
 #[derive(Clone, Debug)]
 pub struct Transports {
@@ -81,6 +93,7 @@ struct Inner {
     conns: Mutex<HashMap<ConnId, Conn>>,
     events: mpsc::Sender<TransportEvent>,
     max_message: usize,
+    deadlines: Deadlines,
 }
 
 #[derive(Debug)]
@@ -91,19 +104,28 @@ struct Conn {
 }
 
 impl Transports {
-    pub fn new(events: mpsc::Sender<TransportEvent>, max_message: usize) -> Transports {
+    pub fn new(
+        events: mpsc::Sender<TransportEvent>,
+        max_message: usize,
+        deadlines: Deadlines,
+    ) -> Transports {
         Transports {
             inner: Arc::new(Inner {
                 udp: Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
                 events,
                 max_message,
+                deadlines,
             }),
         }
     }
 
     pub fn max_message(&self) -> usize {
         self.inner.max_message
+    }
+
+    pub fn deadlines(&self) -> Deadlines {
+        self.inner.deadlines
     }
 
     pub(crate) fn events(&self) -> &mpsc::Sender<TransportEvent> {
@@ -209,6 +231,12 @@ impl Transports {
             kind => Err(SendError::NoTransport(kind)),
         }
     }
+}
+
+/// Whether this is the first time `said` is asked: the first refusal of a kind is logged as a
+/// warning and the rest at debug, so a flood of them cannot flood the log.
+pub(crate) fn first_time(said: &std::sync::atomic::AtomicBool) -> bool {
+    !said.swap(true, Ordering::Relaxed)
 }
 
 /// A poisoned lock only means another task panicked while holding it; the map itself is

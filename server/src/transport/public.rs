@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use super::per_source::PerSource;
-use super::tls_listener::{PeerAddr, TlsListener};
+use super::tls_listener::TlsListener;
 
 /// Binds the public listener and serves `routes` on it in the background.
 pub async fn listen(
@@ -16,14 +16,10 @@ pub async fn listen(
     tls: Arc<rustls::ServerConfig>,
     routes: Router,
     per_source: PerSource,
+    header_read: std::time::Duration,
 ) -> std::io::Result<SocketAddr> {
     let listener = TlsListener::bind(addr, tls, per_source).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
-    tokio::spawn(async move {
-        let service = routes.into_make_service_with_connect_info::<PeerAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!(error = %e, "public listener stopped");
-        }
-    });
+    super::serve::spawn(listener, routes, "distributor.public", header_read);
     Ok(local)
 }

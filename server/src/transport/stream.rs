@@ -191,6 +191,10 @@ async fn read_loop<R>(
 {
     let max = transports.max_message();
     let mut buf = BytesMut::with_capacity(4096);
+    // A message begun must be finished within `[limits] message_s` (a peer trickling bytes
+    // or stopping half-way holds a socket and a buffer); between messages it may idle.
+    let within = transports.deadlines().message;
+    let mut started: Option<tokio::time::Instant> = None;
     loop {
         loop {
             match next_frame(&buf, max) {
@@ -212,7 +216,29 @@ async fn read_loop<R>(
                 }
             }
         }
-        match reader.read_buf(&mut buf).await {
+        if buf.is_empty() {
+            started = None;
+        } else if started.is_none() {
+            started = Some(tokio::time::Instant::now());
+        }
+        let read = reader.read_buf(&mut buf);
+        let read = match started {
+            Some(at) => match tokio::time::timeout_at(at + within, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if super::first_time(&SAID) {
+                        warn!(peer = %from.addr, ?within, "closing stream connections whose message is unfinished (said once)");
+                    } else {
+                        debug!(peer = %from.addr, "closing a stream connection: message unfinished");
+                    }
+                    return;
+                }
+            },
+            None => read.await,
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

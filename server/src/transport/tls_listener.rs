@@ -137,14 +137,7 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// The client's address, for handlers behind a [`TlsListener`].
+/// The client's address, for handlers behind a [`TlsListener`] (put on each request by
+/// `serve.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
