@@ -23,6 +23,10 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 need_pkg sipp sip-tester
 need_pkg chromium chromium
 need_pkg chromedriver chromium-driver
+# The network-namespace tests (tests/src/netns.rs) build their network with these.
+need_pkg ip iproute2
+need_pkg nft nftables
+need_pkg sysctl procps
 # The agent page is bundled by server/build.rs with npm (Node.js comes with the machine).
 command -v npm >/dev/null || { echo "npm is needed to build the agent page" >&2; exit 1; }
 

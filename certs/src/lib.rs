@@ -66,8 +66,19 @@ const CA_KEY: &str = "ca-key.pem";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server-key.pem";
 
+/// The names every generated server certificate covers.
+pub const DEV_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
 /// Returns the development certificates in `dir`, generating all of them when any is missing.
 pub fn ensure_dev_certs(dir: &Path) -> Result<TlsFiles, CertError> {
+    ensure_dev_certs_for(dir, &[])
+}
+
+/// [`ensure_dev_certs`] whose server certificate, when generated, also covers `extra_names`
+/// (host names, or IP addresses written out: a development host on a public address, such as
+/// a test's distributor in a network namespace). Certificates already in `dir` are kept as
+/// they are, whatever names they cover.
+pub fn ensure_dev_certs_for(dir: &Path, extra_names: &[&str]) -> Result<TlsFiles, CertError> {
     let files = TlsFiles {
         cert: dir.join(SERVER_CERT),
         key: dir.join(SERVER_KEY),
@@ -97,8 +108,12 @@ pub fn ensure_dev_certs(dir: &Path) -> Result<TlsFiles, CertError> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params =
-        CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    let names: Vec<String> = DEV_NAMES
+        .iter()
+        .chain(extra_names)
+        .map(|n| (*n).to_owned())
+        .collect();
+    let mut params = CertificateParams::new(names)?;
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, "agent-edge development server");
     params.distinguished_name = name;
@@ -243,6 +258,18 @@ mod tests {
         let client = client_config(&files.ca).unwrap();
         handshake(server.clone(), client.clone(), "localhost").unwrap();
         handshake(server, client, "127.0.0.1").unwrap();
+    }
+
+    #[test]
+    fn extra_names_are_covered_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ensure_dev_certs_for(dir.path(), &["203.0.113.10", "edge.test"]).unwrap();
+        let server = server_config(&files).unwrap();
+        let client = client_config(&files.ca).unwrap();
+        for name in ["203.0.113.10", "edge.test", "127.0.0.1"] {
+            handshake(server.clone(), client.clone(), name).unwrap();
+        }
+        assert!(handshake(server, client, "203.0.113.11").is_err());
     }
 
     #[cfg(unix)]

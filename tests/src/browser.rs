@@ -1,15 +1,22 @@
 //! Debian's Chromium driven through chromedriver (WebDriver, via fantoccini): headless, a fake
 //! microphone, autoplay allowed, the development certificate accepted. Screenshots go under
 //! `target/browser-screenshots/`.
+//!
+//! [`Browser::start_in`] runs chromedriver, and so Chromium and all its traffic, inside a
+//! network namespace. chromedriver listens on that namespace's loopback only, and the test
+//! reaches it through a [`Forwarder`] on the root namespace's loopback that opens each
+//! connection from inside the namespace: no extra interface, route or `--allowed-ips` that
+//! the browser could use or that would widen what chromedriver accepts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
+use crate::netns::{Forwarder, command_in};
 use crate::{WAIT, free_port};
 
 /// A browser session and the chromedriver serving it (ended by its pid when dropped).
@@ -18,6 +25,8 @@ pub struct Browser {
     pub client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
+    /// Into the namespace chromedriver runs in, for a browser started with `start_in`.
+    _forwarder: Option<Forwarder>,
 }
 
 /// Where screenshots are written: `target/browser-screenshots` of the workspace.
@@ -29,22 +38,34 @@ pub fn screenshot_dir() -> PathBuf {
 
 impl Browser {
     pub async fn start() -> Browser {
+        Browser::start_in(None).await
+    }
+
+    /// A browser whose chromedriver and Chromium run in network namespace `netns` (the root
+    /// one for `None`).
+    pub async fn start_in(netns: Option<&str>) -> Browser {
         let port = free_port();
-        let driver = Command::new("chromedriver")
+        let driver = command_in(netns, "chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver is not installed: scripts/test.sh installs chromium-driver");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let listening = || match netns {
+            Some(ns) => Forwarder::target_ready(ns, target),
+            None => std::net::TcpStream::connect(target).is_ok(),
+        };
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(addr).is_err() {
+        while !listening() {
             assert!(
                 Instant::now() < deadline,
-                "chromedriver never listened on {addr}"
+                "chromedriver never listened on {target} (namespace {netns:?})"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let forwarder = netns.map(|ns| Forwarder::start(ns, target));
+        let addr = forwarder.as_ref().map_or(target, Forwarder::addr);
         let profile = tempfile::tempdir().unwrap();
         let mut caps = serde_json::Map::new();
         caps.insert("acceptInsecureCerts".into(), json!(true));
@@ -81,6 +102,7 @@ impl Browser {
             client,
             driver,
             _profile: profile,
+            _forwarder: forwarder,
         }
     }
 
@@ -103,9 +125,19 @@ impl Browser {
         self.wait_data("acd", state, shot).await;
     }
 
+    /// [`Browser::wait_state`] with a longer or shorter wait than [`WAIT`] (the page's own
+    /// reconnection back-off grows to 30 s).
+    pub async fn wait_state_within(&self, state: &str, shot: &str, timeout: Duration) {
+        self.wait_data_within("state", state, shot, timeout).await;
+    }
+
     async fn wait_data(&self, key: &str, state: &str, shot: &str) {
+        self.wait_data_within(key, state, shot, WAIT).await;
+    }
+
+    async fn wait_data_within(&self, key: &str, state: &str, shot: &str, timeout: Duration) {
         let script = format!("return document.body.dataset.{key} || ''");
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + timeout;
         loop {
             let now = self
                 .client

@@ -6,10 +6,11 @@
 pub mod browser;
 pub mod https;
 pub mod load;
+pub mod netns;
 pub mod webrtc_agent;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -68,12 +69,28 @@ pub fn free_port() -> u16 {
 /// A config file with every listener on port 0 and certificates in `dir`, plus `extra` TOML
 /// lines appended to the named sections (`[distributor]` lines go in `distributor_extra`).
 pub fn write_config(dir: &Path, distributor_extra: &str, buffer_extra: &str) -> PathBuf {
+    write_config_on(dir, LOOPBACK, LOOPBACK, distributor_extra, buffer_extra)
+}
+
+/// Loopback, where every listener of a one-host test binds.
+pub const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// [`write_config`] with the distributor's listeners on `distributor` and the buffer server's
+/// on `buffer` (a test across network namespaces); the admin API stays on loopback.
+pub fn write_config_on(
+    dir: &Path,
+    distributor: IpAddr,
+    buffer: IpAddr,
+    distributor_extra: &str,
+    buffer_extra: &str,
+) -> PathBuf {
     let path = dir.join("agent-edge.toml");
+    let (d, b) = (distributor, buffer);
     let text = format!(
         "[identity]\nkeys_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ndb = \"{}\"\n\
-         key_file = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n\
-         tls = \"127.0.0.1:0\"\npublic = \"127.0.0.1:0\"\nearly_media = \"127.0.0.1:0\"\n{distributor_extra}\n\n[buffer]\n\
-         udp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nmedia = \"127.0.0.1:0\"\n{buffer_extra}\n",
+         key_file = \"{}\"\n\n[tls]\ndir = \"{}\"\n\n[distributor]\nudp = \"{d}:0\"\ntcp = \"{d}:0\"\n\
+         tls = \"{d}:0\"\npublic = \"{d}:0\"\nearly_media = \"{d}:0\"\n{distributor_extra}\n\n[buffer]\n\
+         udp = \"{b}:0\"\ntcp = \"{b}:0\"\nhttps = \"{b}:0\"\nmedia = \"{b}:0\"\n{buffer_extra}\n",
         dir.join("keys").display(),
         dir.join("agent-edge.db").display(),
         dir.join("admin-key").display(),
@@ -174,8 +191,19 @@ impl Edge {
 
     /// The same, with extra environment variables (an edge's credential).
     pub fn start_with_env(args: &[&str], config: &Path, log: &Path, env: &[(&str, &str)]) -> Edge {
+        Edge::start_in(None, args, config, log, env)
+    }
+
+    /// [`Edge::start_with_env`] inside network namespace `netns` (see [`netns::command_in`]).
+    pub fn start_in(
+        netns: Option<&str>,
+        args: &[&str],
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Edge {
         let stderr = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(binary())
+        let mut child = netns::command_in(netns, binary())
             .env_remove("AGENT_EDGE_EDGE_TOKEN")
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
@@ -286,6 +314,8 @@ pub struct Sipp {
     args: Vec<String>,
     name: String,
     dir: PathBuf,
+    /// The network namespace it runs in (`None`: the root one).
+    netns: Option<String>,
 }
 
 /// What a finished SIPp run left behind.
@@ -346,12 +376,22 @@ impl Sipp {
             args,
             name: name.to_owned(),
             dir: dir.to_owned(),
+            netns: None,
         }
     }
 
     /// Adds raw SIPp arguments.
     pub fn arg(mut self, args: &[&str]) -> Sipp {
         self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Runs inside network namespace `netns`, bound to `ip` there instead of loopback.
+    pub fn in_netns(mut self, netns: &str, ip: IpAddr) -> Sipp {
+        if let Some(i) = self.args.iter().position(|a| a == "-i") {
+            self.args[i + 1] = ip.to_string();
+        }
+        self.netns = Some(netns.to_owned());
         self
     }
 
@@ -382,7 +422,7 @@ impl Sipp {
     /// Starts in the background (a UAS waiting for calls).
     pub fn spawn(self) -> RunningSipp {
         let out = self.dir.join(format!("{}.out", self.name));
-        let child = Command::new("sipp")
+        let child = netns::command_in(self.netns.as_deref(), "sipp")
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
@@ -740,14 +780,31 @@ pub fn admin_key(dir: &Path) -> String {
 /// The distributor alone (`agent-edge distributor`), its tunnel on `tunnel_port`: returns it
 /// and its SIP UDP address.
 pub fn start_distributor(dir: &Path, tunnel_port: u16) -> (Edge, SocketAddr) {
-    let config = write_config(dir, "", "");
+    start_distributor_in(dir, None, LOOPBACK, tunnel_port)
+}
+
+/// [`start_distributor`] inside network namespace `netns` (when given), every listener on
+/// `ip` and its public listener on `ip:public_port`.
+pub fn start_distributor_in(
+    dir: &Path,
+    netns: Option<&str>,
+    ip: IpAddr,
+    public_port: u16,
+) -> (Edge, SocketAddr) {
+    let config = write_config_on(dir, ip, LOOPBACK, "", "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
-        "public = \"127.0.0.1:0\"",
-        &format!("public = \"127.0.0.1:{tunnel_port}\""),
+        &format!("public = \"{ip}:0\""),
+        &format!("public = \"{}\"", SocketAddr::new(ip, public_port)),
     );
     let config = dir.join("distributor.toml");
     std::fs::write(&config, text).unwrap();
-    let mut edge = Edge::start(&["distributor"], &config, &dir.join("distributor.log"));
+    let mut edge = Edge::start_in(
+        netns,
+        &["distributor"],
+        &config,
+        &dir.join("distributor.log"),
+        &[],
+    );
     let udp = edge.addr("distributor.udp");
     edge.addr("distributor.public");
     (edge, udp)
@@ -768,12 +825,27 @@ pub fn start_buffer_with(
     log: &str,
     buffer_extra: &str,
 ) -> Edge {
-    let config = write_config(dir, "", buffer_extra);
+    let public = SocketAddr::new(LOOPBACK, tunnel_port);
+    start_buffer_in(dir, None, LOOPBACK, public, https_port, log, buffer_extra)
+}
+
+/// [`start_buffer_with`] inside network namespace `netns` (when given), its listeners on
+/// `ip`, dialling `wss://<public>/tunnel`.
+pub fn start_buffer_in(
+    dir: &Path,
+    netns: Option<&str>,
+    ip: IpAddr,
+    public: SocketAddr,
+    https_port: Option<u16>,
+    log: &str,
+    buffer_extra: &str,
+) -> Edge {
+    let config = write_config_on(dir, LOOPBACK, ip, "", buffer_extra);
     let config = match https_port {
         Some(port) => {
             let text = std::fs::read_to_string(&config).unwrap().replace(
-                "https = \"127.0.0.1:0\"",
-                &format!("https = \"127.0.0.1:{port}\""),
+                &format!("https = \"{ip}:0\""),
+                &format!("https = \"{}\"", SocketAddr::new(ip, port)),
             );
             let path = dir.join("buffer.toml");
             std::fs::write(&path, text).unwrap();
@@ -781,9 +853,10 @@ pub fn start_buffer_with(
         }
         None => config,
     };
-    let url = format!("wss://127.0.0.1:{tunnel_port}/tunnel");
+    let url = format!("wss://{public}/tunnel");
     let token = issue_edge_token(dir, "edge-1");
-    Edge::start_with_env(
+    Edge::start_in(
+        netns,
         &["buffer", "--connect", &url],
         &config,
         &dir.join(log),
