@@ -93,11 +93,12 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Whether this machine lets a test build namespaces: root, `ip netns` and `nft`. `Err` says
+/// Whether this machine lets a test build namespaces: root, `ip netns` and `nft`. `Err` names
 /// what is missing.
 pub fn available() -> Result<(), String> {
-    if !rustix::process::geteuid().is_root() {
-        return Err("not root (network namespaces and nftables need it)".into());
+    let uid = rustix::process::geteuid();
+    if !uid.is_root() {
+        return Err(format!("root rights (running as uid {})", uid.as_raw()));
     }
     let works = |program: &str, args: &[&str]| {
         Command::new(program)
@@ -108,10 +109,10 @@ pub fn available() -> Result<(), String> {
             .is_ok_and(|s| s.success())
     };
     if !works("ip", &["netns", "list"]) {
-        return Err("`ip netns` does not work (scripts/test.sh installs iproute2)".into());
+        return Err("a working `ip netns` (iproute2: scripts/test.sh installs it)".into());
     }
     if !works("nft", &["--version"]) {
-        return Err("`nft` is missing (scripts/test.sh installs nftables)".into());
+        return Err("`nft` (nftables: scripts/test.sh installs it)".into());
     }
     Ok(())
 }
@@ -119,8 +120,10 @@ pub fn available() -> Result<(), String> {
 /// What the gateway's firewall counted since the topology was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters {
-    /// UDP packets from the LAN (edge or agent) toward the outside, dropped.
-    pub udp_out_dropped: u64,
+    /// UDP packets from the edge toward the outside, dropped.
+    pub udp_out_edge_dropped: u64,
+    /// UDP packets from the rest of the LAN (the agent) toward the outside, dropped.
+    pub udp_out_lan_dropped: u64,
     /// Packets opening a connection (or a UDP flow) from the outside into the LAN, dropped.
     pub inbound_new_dropped: u64,
     /// Packets opening a connection from the outside that reached the LAN: must stay 0.
@@ -154,6 +157,13 @@ pub struct Topology {
     made: Vec<String>,
 }
 
+impl Counters {
+    /// UDP packets from the whole LAN toward the outside, dropped.
+    pub fn udp_out_dropped(&self) -> u64 {
+        self.udp_out_edge_dropped + self.udp_out_lan_dropped
+    }
+}
+
 impl Topology {
     /// Builds the topology, or returns `None` with a message on stderr when this machine
     /// cannot (not root, no `ip netns`, no `nft`). With `CI=true` that is a failure instead:
@@ -161,7 +171,7 @@ impl Topology {
     pub fn start() -> Option<Topology> {
         if let Err(why) = available() {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the network-namespace tests cannot run on CI: {why}");
+                panic!("the network-namespace tests cannot run on CI without {why}");
             }
             eprintln!("skipped: the network-namespace tests need {why}");
             return None;
@@ -283,7 +293,8 @@ impl Topology {
             };
             let packets = counter["packets"].as_u64().unwrap_or(0);
             match counter["name"].as_str().unwrap_or("") {
-                "udp_out_dropped" => c.udp_out_dropped = packets,
+                "udp_out_edge_dropped" => c.udp_out_edge_dropped = packets,
+                "udp_out_lan_dropped" => c.udp_out_lan_dropped = packets,
                 "inbound_new_dropped" => c.inbound_new_dropped = packets,
                 "inbound_new_accepted" => c.inbound_new_accepted = packets,
                 "tcp443_out_accepted" => c.tcp443_out_accepted = packets,
@@ -336,7 +347,8 @@ impl Drop for Topology {
 fn ruleset() -> String {
     format!(
         r#"table inet {TABLE} {{
-  counter udp_out_dropped {{ }}
+  counter udp_out_edge_dropped {{ }}
+  counter udp_out_lan_dropped {{ }}
   counter inbound_new_dropped {{ }}
   counter inbound_new_accepted {{ }}
   counter tcp443_out_accepted {{ }}
@@ -345,7 +357,8 @@ fn ruleset() -> String {
   chain forward_filter {{
     type filter hook forward priority filter; policy drop;
     jump outage
-    iifname "lan" oifname "wan" meta l4proto udp counter name udp_out_dropped drop
+    iifname "lan" oifname "wan" ip saddr {EDGE} meta l4proto udp counter name udp_out_edge_dropped drop
+    iifname "lan" oifname "wan" meta l4proto udp counter name udp_out_lan_dropped drop
     iifname "wan" oifname "lan" ct state new counter name inbound_new_dropped drop
     ct state established,related accept
     iifname "lan" oifname "wan" tcp dport 443 ct state new counter name tcp443_out_accepted accept
@@ -534,4 +547,85 @@ fn output(c: &mut Command, what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The system split across a [`Topology`]: `agent-edge distributor` in the distributor's
+/// namespace (SIP and every listener on [`DISTRIBUTOR`], its public listener on port 443) and
+/// `agent-edge buffer --connect wss://203.0.113.10:443/tunnel` with `expose = "tunnel"` in
+/// the edge's, listening on [`EDGE`]. Both read one test folder; its development certificate
+/// also covers the public address, so the edge's tunnel verifies it.
+#[derive(Debug)]
+pub struct Exposed {
+    /// The distributor's process.
+    pub distributor: crate::Edge,
+    /// The buffer server's process.
+    pub buffer: crate::Edge,
+    /// The distributor's SIP over UDP, where callers call.
+    pub sip: SocketAddr,
+    /// The distributor's public listener.
+    pub public: SocketAddr,
+    /// The edge's own HTTPS listener (on its LAN).
+    pub buffer_https: SocketAddr,
+    /// Config, keys, certificates, logs and SIPp traces (last: removed after the processes).
+    pub dir: tempfile::TempDir,
+}
+
+impl Exposed {
+    /// Starts both roles and waits until the distributor serves the edge's page, as seen from
+    /// the agent's namespace.
+    pub fn start(net: &Topology) -> Exposed {
+        let dir = crate::test_dir();
+        let d = dir.path();
+        certs::ensure_dev_certs_for(&d.join("certs"), &[&DISTRIBUTOR.to_string()]).unwrap();
+        let public = SocketAddr::new(DISTRIBUTOR, 443);
+        let (distributor, sip) =
+            crate::start_distributor_in(d, Some(&net.distributor), DISTRIBUTOR, public.port());
+        let mut buffer = crate::start_buffer_in(
+            d,
+            Some(&net.edge),
+            EDGE,
+            public,
+            None,
+            "buffer.log",
+            "expose = \"tunnel\"",
+        );
+        let buffer_https = buffer.addr("buffer.https");
+        buffer.wait_line("tunnel-up edge-1", crate::WAIT);
+        let sys = Exposed {
+            distributor,
+            buffer,
+            sip,
+            public,
+            buffer_https,
+            dir,
+        };
+        sys.wait_exposed(net);
+        sys
+    }
+
+    /// Waits until the distributor serves the edge's page to the agent's namespace.
+    pub fn wait_exposed(&self, net: &Topology) {
+        let deadline = std::time::Instant::now() + crate::WAIT;
+        let (dir, public) = (self.dir.path(), self.public);
+        while in_netns(&net.agent, || {
+            crate::https::get(dir, public, "/edge/edge-1/").status
+        }) != 200
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "edge-1 never exposed on {public}\n{}",
+                self.buffer.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent page through the distributor, signing in with `token`.
+    pub fn page(&self, token: &str) -> String {
+        format!("https://{}/edge/edge-1/?token={token}", DISTRIBUTOR)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
 }

@@ -6,9 +6,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use agent_edge_tests::netns::{self, DISTRIBUTOR, EDGE, GATEWAY_WAN, Topology};
+use agent_edge_tests::browser::Browser;
+use agent_edge_tests::netns::{self, CALLER, DISTRIBUTOR, EDGE, Exposed, GATEWAY_WAN, Topology};
+use agent_edge_tests::{WAIT, caller, issue_token};
 
 /// The namespaces of topology `id` that still exist.
 fn left_over(id: &str) -> Vec<String> {
@@ -82,7 +84,8 @@ fn the_gateway_lets_the_edge_out_on_tcp_443_only_and_nothing_in() {
 
     let c = net.counters();
     assert_eq!(c.tcp443_out_accepted, 1, "{c:?}");
-    assert_eq!(c.udp_out_dropped, 3, "{c:?}");
+    assert_eq!(c.udp_out_edge_dropped, 3, "{c:?}");
+    assert_eq!(c.udp_out_lan_dropped, 0, "{c:?}");
     assert!(c.inbound_new_dropped >= 2, "{c:?}");
     assert_eq!(c.inbound_new_accepted, 0, "{c:?}");
     assert!(c.other_dropped >= 1, "the SYN to port 5061: {c:?}");
@@ -94,4 +97,140 @@ fn the_gateway_lets_the_edge_out_on_tcp_443_only_and_nothing_in() {
         Vec::<String>::new(),
         "namespaces left behind"
     );
+}
+
+/// The system across the namespaces, and agent alice's page in Chromium in the agent's
+/// namespace, loaded from the distributor's public address and registered.
+async fn signed_in(net: &Topology) -> (Exposed, Browser) {
+    let mut sys = Exposed::start(net);
+    let token = issue_token(sys.path(), "alice");
+    let browser = Browser::start_in(Some(&net.agent)).await;
+    browser.client.goto(&sys.page(&token)).await.unwrap();
+    browser.wait_state("registered", "netns-signed-in").await;
+    sys.distributor.wait_line("agent-up alice edge-1", WAIT);
+    (sys, browser)
+}
+
+/// One call from SIPp in the caller's namespace to the distributor's public SIP address,
+/// answered on the page; SIPp's scenario must complete.
+async fn answered_call(
+    net: &Topology,
+    sys: &Exposed,
+    browser: &Browser,
+    scenario: &'static str,
+    name: &str,
+) {
+    let (dir, sip, ns) = (sys.path().to_owned(), sys.sip, net.caller.clone());
+    let name = name.to_owned();
+    let what = format!("{name}: the caller's call");
+    let call = tokio::task::spawn_blocking(move || {
+        caller(scenario, &dir, &name, sip)
+            .in_netns(&ns, CALLER)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    browser.wait_state("ringing", "netns-ringing").await;
+    browser.click("#answer").await;
+    browser.wait_state("in-call", "netns-in-call").await;
+    call.await.unwrap().assert_ok(&what);
+    browser.wait_state("registered", "netns-after-call").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_reaches_an_agent_on_an_edge_that_accepts_nothing_inbound() {
+    let Some(net) = Topology::start() else { return };
+    let started = Instant::now();
+    let (sys, browser) = signed_in(&net).await;
+
+    // The edge's own page is on its LAN: the internet cannot open it.
+    assert!(
+        !netns::tcp_connects(&net.caller, sys.buffer_https, Duration::from_secs(2)),
+        "the caller's namespace reached the edge's own HTTPS listener"
+    );
+
+    // The caller plays audio to the address the edge's SDP answer gives (the edge's LAN
+    // address, which the internet here routes to the gateway): the firewall drops it, as it
+    // must. The caller media relay through the distributor is not built yet, so no audio is
+    // asserted; the page's microphone goes to the caller from the edge's own UDP port and is
+    // dropped on the way out too (counted in udp_out_edge_dropped).
+    answered_call(&net, &sys, &browser, "caller_pcap_audio.xml", "pcap-caller").await;
+
+    let c = net.counters();
+    eprintln!(
+        "gateway counters after one call: {c:?} ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.inbound_new_accepted, 0,
+        "a connection got into the LAN: {c:?}"
+    );
+    assert!(
+        c.inbound_new_dropped >= 2,
+        "the probe's SYN and the caller's RTP were dropped: {c:?}"
+    );
+    assert_eq!(
+        c.udp_out_lan_dropped, 0,
+        "the browser's WebRTC stays on the edge's LAN: {c:?}"
+    );
+    assert!(
+        c.tcp443_out_accepted >= 2,
+        "the tunnel and the page's connections went out on 443: {c:?}"
+    );
+    browser.close().await;
+    drop(sys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_through_the_distributor_after_the_edges_tunnel_is_cut() {
+    let Some(net) = Topology::start() else { return };
+    let (mut sys, browser) = signed_in(&net).await;
+
+    // The gateway loses the edge's connections for 5 s (and until the distributor has
+    // noticed, which its next heartbeat does within about 5 s): the edge's packets are
+    // dropped, the distributor's answered with a reset, as by a gateway without the NAT
+    // state. The agent's own connection to the distributor is untouched: the page goes to
+    // "reconnecting" because the distributor closes every browser socket of a tunnel that
+    // went down.
+    let cut = Instant::now();
+    net.cut_edge_tcp();
+    browser
+        .wait_state_within(
+            "connecting",
+            "netns-cut-reconnecting",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        browser.text("#banner").await.contains("reconnecting"),
+        "the page says it is reconnecting"
+    );
+    sys.distributor.wait_line("agent-down alice edge-1", WAIT);
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed())).await;
+    net.restore_edge_tcp();
+    let outage = cut.elapsed();
+
+    // The edge dials again, the page registers again through the distributor by itself
+    // (JsSIP's back-off grows to 30 s), and the next call is answered.
+    sys.buffer
+        .wait_line("tunnel-down edge-1", Duration::from_secs(30));
+    sys.buffer
+        .wait_line("tunnel-up edge-1", Duration::from_secs(30));
+    browser
+        .wait_state_within("registered", "netns-cut-back", Duration::from_secs(60))
+        .await;
+    sys.distributor.wait_line("agent-up alice edge-1", WAIT);
+    let back = cut.elapsed();
+    answered_call(&net, &sys, &browser, "caller_call_hangup.xml", "after-cut").await;
+
+    let c = net.counters();
+    eprintln!(
+        "tunnel cut for {outage:?}, page registered again {back:?} after the cut; \
+         gateway counters: {c:?}"
+    );
+    assert_eq!(
+        c.inbound_new_accepted, 0,
+        "a connection got into the LAN: {c:?}"
+    );
+    browser.close().await;
+    drop(sys);
 }
