@@ -52,9 +52,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Connections one address may hold open (TLS handshakes included) on each HTTPS
-    /// listener: the distributor's public one and the edge's own. Agents behind one office
-    /// NAT share an address, so this is generous by default.
+    /// Connections one address may hold open (TLS handshakes included) on each listener
+    /// that accepts them: HTTPS (the distributor's public one, the edge's own) and SIP over
+    /// TCP and TLS. Agents behind one office NAT share an address, so this is generous.
     pub connections_per_ip: usize,
     /// Seconds a client of an HTTPS listener has to send a request's headers, after the
     /// handshake or between requests on a kept-alive connection.

@@ -284,6 +284,26 @@ fn an_address_holding_its_limit_of_connections_gets_no_more_until_one_closes() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // SIP over TCP: the fifth connection is closed at once; the four held stay open.
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(sys.dist_tcp).unwrap())
+        .collect();
+    let mut fifth = TcpStream::connect(sys.dist_tcp).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        server_closes(&mut fifth, Duration::from_secs(3), false),
+        "distributor.tcp: a fifth connection was kept"
+    );
+    for mut c in held {
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            !server_closes(&mut c, Duration::from_millis(500), false),
+            "distributor.tcp: a held connection was closed"
+        );
+    }
 }
 
 /// Whether the server ends `stream` within `limit` while we send nothing (or, with
@@ -363,4 +383,34 @@ fn peers_that_hold_a_connection_without_finishing_are_cut_at_their_deadline() {
         !closed_within(&mut agent, Duration::from_secs(4)),
         "an agent's WebSocket is not cut by the first-message deadline"
     );
+}
+
+#[test]
+fn the_demo_link_lives_an_hour_and_only_a_system_on_loopback_prints_one() {
+    let mut sys = System::start("");
+    let line = sys.edge.wait_line("demo agent: https://", WAIT);
+    let token = line.split("?token=").nth(1).unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(
+        (60..=3600).contains(&lifetime),
+        "the demo token lives {lifetime} s: {claims}"
+    );
+
+    // The same system with one listener on every address: no link, and the line says why.
+    let dir = agent_edge_tests::test_dir();
+    let config = agent_edge_tests::write_config(dir.path(), "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "[buffer]\nudp = \"127.0.0.1:0\"",
+        "[buffer]\nudp = \"0.0.0.0:0\"",
+        1,
+    );
+    assert!(text.contains("udp = \"0.0.0.0:0\""), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let mut open = agent_edge_tests::Edge::start(&[], &config, &dir.path().join("open.log"));
+    let line = open.wait_line("demo agent: ", WAIT);
+    assert!(line.starts_with("demo agent: none"), "{line}");
+    assert!(!line.contains("token="), "{line}");
 }

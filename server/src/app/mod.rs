@@ -167,6 +167,20 @@ pub fn run(
     })
 }
 
+/// How long the all-in-one demo agent's sign-in link works: enough to try the system.
+const DEMO_TOKEN_TTL_S: u64 = 3600;
+
+/// Whether every address the system listens on is a loopback one.
+fn everything_on_loopback(d: &DistributorAddrs, b: &BufferAddrs) -> bool {
+    let addrs = [
+        d.udp, d.tcp, d.tls, d.public, d.admin, b.udp, b.tcp, b.https, b.media,
+    ];
+    addrs
+        .iter()
+        .chain(d.early_media.iter())
+        .all(|a| a.ip().is_loopback())
+}
+
 /// The started roles' command channels, for the drain.
 struct Started {
     distributor: Option<mpsc::Sender<distributor::service::Command>>,
@@ -196,15 +210,22 @@ async fn start(
                 .issue(&config.buffer.id, None, config.identity.edge_token_ttl_s)
                 .context(|| "issuing the edge's credential".into())?;
             let b = roles::start_buffer(config, url, Some(token), status).await?;
-            // Something to try at once: a sign-in link for a demo agent.
-            let demo = identity::token_issuer(config, &ring)
-                .issue("demo", Some("Demo agent"), config.identity.token_ttl_s)
-                .context(|| "issuing the demo agent's token".into())?;
-            let page =
-                (b.exposed_page.clone()).unwrap_or_else(|| format!("https://{}/", b.addrs.https));
-            status.emit(Status::DemoAgent {
-                url: format!("{page}?token={demo}"),
-            });
+            // Something to try at once: a sign-in link for a demo agent, short-lived, and only
+            // where nobody else can reach the system (a link in a shared terminal or a log is a
+            // credential).
+            if everything_on_loopback(&d.addrs, &b.addrs) {
+                let ttl = DEMO_TOKEN_TTL_S.min(config.identity.token_ttl_s);
+                let demo = identity::token_issuer(config, &ring)
+                    .issue("demo", Some("Demo agent"), ttl)
+                    .context(|| "issuing the demo agent's token".into())?;
+                let page = (b.exposed_page.clone())
+                    .unwrap_or_else(|| format!("https://{}/", b.addrs.https));
+                status.emit(Status::DemoAgent {
+                    url: format!("{page}?token={demo}"),
+                });
+            } else {
+                status.emit(Status::NoDemoAgent);
+            }
             (addrs.distributor, addrs.buffer) = (Some(d.addrs), Some(b.addrs));
             (started.distributor, started.buffer) = (Some(d.commands), Some(b.commands));
         }

@@ -89,23 +89,29 @@ pub(super) async fn start_distributor(
     let udp = transport::udp::listen(&transports, d.udp)
         .await
         .context(|| format!("binding distributor UDP {}", d.udp))?;
-    let tcp = transport::stream::listen_tcp(&transports, d.tcp)
+    let per_ip = |what| PerSource::new(config.limits.connections_per_ip, what);
+    let tcp = transport::stream::listen_tcp(&transports, d.tcp, per_ip("distributor.tcp"))
         .await
         .context(|| format!("binding distributor TCP {}", d.tcp))?;
-    let tls_addr = transport::stream::listen_tls(&transports, d.tls, tls.clone())
-        .await
-        .context(|| format!("binding distributor TLS {}", d.tls))?;
+    let tls_addr =
+        transport::stream::listen_tls(&transports, d.tls, tls.clone(), per_ip("distributor.tls"))
+            .await
+            .context(|| format!("binding distributor TLS {}", d.tls))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelServerEvent>(EVENT_QUEUE);
     let edges = edge_token_issuer(config, ring);
     let deadlines = config.limits.deadlines();
     let exposures = Exposures::new(config.sip.max_message_bytes, deadlines.ws_first_message);
     let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
         .merge(transport::exposure::routes(exposures));
-    let per_ip = PerSource::new(config.limits.connections_per_ip, "distributor.public");
-    let public_addr =
-        transport::public::listen(d.public, tls, routes, per_ip, deadlines.header_read)
-            .await
-            .context(|| format!("binding the public listener {}", d.public))?;
+    let public_addr = transport::public::listen(
+        d.public,
+        tls,
+        routes,
+        per_ip("distributor.public"),
+        deadlines.header_read,
+    )
+    .await
+    .context(|| format!("binding the public listener {}", d.public))?;
     let issuer = token_issuer(config, ring);
     let identity =
         serde_json::to_string(&issuer.verifier_settings()).context(|| "token keys".into())?;
@@ -198,11 +204,11 @@ pub(super) async fn start_buffer(
     let udp = transport::udp::listen(&transports, b.udp)
         .await
         .context(|| format!("binding buffer UDP {}", b.udp))?;
-    let tcp = transport::stream::listen_tcp(&transports, b.tcp)
+    let per_ip = |what| PerSource::new(config.limits.connections_per_ip, what);
+    let tcp = transport::stream::listen_tcp(&transports, b.tcp, per_ip("buffer.tcp"))
         .await
         .context(|| format!("binding buffer TCP {}", b.tcp))?;
-    let per_ip = PerSource::new(config.limits.connections_per_ip, "buffer.https");
-    let https = transport::https::listen(&transports, b.https, tls, per_ip)
+    let https = transport::https::listen(&transports, b.https, tls, per_ip("buffer.https"))
         .await
         .context(|| format!("binding buffer HTTPS {}", b.https))?;
     let (tunnel_tx, tunnel_rx) = mpsc::channel::<TunnelClientEvent>(EVENT_QUEUE);

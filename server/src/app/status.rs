@@ -23,6 +23,8 @@ pub enum Status {
     AgentPage { url: String },
     /// The all-in-one run's sign-in link for a demo agent.
     DemoAgent { url: String },
+    /// No demo link, because a listener is reachable from beyond this host.
+    NoDemoAgent,
     /// An edge connected to the distributor (tunnel, or its first plain-SIP REGISTER).
     EdgeUp { edge: String, handoff: &'static str },
     /// The distributor learnt that an agent is reachable through an edge.
@@ -47,6 +49,10 @@ impl fmt::Display for Status {
             Status::Listening { name, addr } => write!(f, "listening {name} {addr}"),
             Status::AgentPage { url } => write!(f, "agent page: {url}"),
             Status::DemoAgent { url } => write!(f, "demo agent: {url}"),
+            Status::NoDemoAgent => write!(
+                f,
+                "demo agent: none (a listener is not on loopback); issue tokens with `agent-edge token issue --agent ID`"
+            ),
             Status::EdgeUp { edge, handoff } => write!(f, "edge-up {edge} {handoff}"),
             Status::AgentUp { agent, edge } => write!(f, "agent-up {agent} {edge}"),
             Status::AgentDown { agent, edge } => write!(f, "agent-down {agent} {edge}"),

@@ -11,12 +11,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::per_source::{Admitted, PerSource};
 use super::{Transports, ingest};
 use crate::sip::framing::{Frame, next_frame};
 use crate::sip::{ConnId, SipError, Target, TransportKind, validate};
 
-/// Binds a TCP listener for SIP and spawns its accept loop.
-pub async fn listen_tcp(transports: &Transports, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// Binds a TCP listener for SIP and spawns its accept loop; an address holding the most
+/// connections `per_source` allows gets no more.
+pub async fn listen_tcp(
+    transports: &Transports,
+    addr: SocketAddr,
+    per_source: PerSource,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let transports = transports.clone();
@@ -24,8 +30,11 @@ pub async fn listen_tcp(transports: &Transports, addr: SocketAddr) -> std::io::R
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    let Some(place) = per_source.admit(peer.ip()) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    spawn_conn(&transports, stream, TransportKind::Tcp, peer, None);
+                    spawn_conn(&transports, stream, TransportKind::Tcp, peer, place);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -38,11 +47,13 @@ pub async fn listen_tcp(transports: &Transports, addr: SocketAddr) -> std::io::R
     Ok(local)
 }
 
-/// Binds a TLS listener for SIP (callers on 5061) and spawns its accept loop.
+/// Binds a TLS listener for SIP (callers on 5061) and spawns its accept loop, with the same
+/// per-address limit as TCP (handshakes included).
 pub async fn listen_tls(
     transports: &Transports,
     addr: SocketAddr,
     config: Arc<rustls::ServerConfig>,
+    per_source: PerSource,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -58,6 +69,9 @@ pub async fn listen_tls(
                     continue;
                 }
             };
+            let Some(place) = per_source.admit(peer.ip()) else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let transports = transports.clone();
             tokio::spawn(async move {
@@ -68,7 +82,7 @@ pub async fn listen_tls(
                 );
                 match handshake.await {
                     Ok(Ok(tls)) => {
-                        spawn_conn(&transports, tls, TransportKind::Tls, peer, None);
+                        spawn_conn(&transports, tls, TransportKind::Tls, peer, place);
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -113,20 +127,22 @@ pub fn connect_tcp(transports: Transports, addr: SocketAddr, first: Bytes) {
     });
 }
 
+/// Serves an accepted connection, holding its `place` among its address's connections.
 fn spawn_conn<S>(
     transports: &Transports,
     stream: S,
     kind: TransportKind,
     peer: SocketAddr,
-    first: Option<Bytes>,
-) -> ConnId
-where
+    place: Admitted,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (id, rx) = transports.add_conn(kind, peer);
     let transports = transports.clone();
-    tokio::spawn(run_conn(transports, stream, kind, peer, id, rx, first));
-    id
+    tokio::spawn(async move {
+        run_conn(transports, stream, kind, peer, id, rx, None).await;
+        drop(place);
+    });
 }
 
 async fn run_conn<S>(
