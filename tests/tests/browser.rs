@@ -454,9 +454,27 @@ async fn hold_and_resume_from_the_page_reach_the_caller() {
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     page.click("#hangup").await;
     page.wait_state("registered", "hold-after").await;
-    call.await
-        .unwrap()
-        .assert_ok("the caller was held, resumed, then hung up on");
+    let run = call.await.unwrap();
+    run.assert_ok("the caller was held, resumed, then hung up on");
+    // Each new description the caller got (the answer, then the hold and resume offers)
+    // carries a higher `o=` version (RFC 3264 §8), or phones that honour it ignore the change.
+    let mut distinct: Vec<&String> = Vec::new();
+    for m in &run.received {
+        // A retransmission is the same message again.
+        if !distinct.contains(&m) {
+            distinct.push(m);
+        }
+    }
+    let versions: Vec<u64> = distinct
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("o=agent-edge ")))
+        .map(|o| o.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(versions.len(), 3, "answer, hold, resume: {versions:?}");
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "the o= version must go up: {versions:?}"
+    );
     page.close().await;
 }
 

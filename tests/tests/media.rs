@@ -285,3 +285,76 @@ async fn a_caller_without_g711_gets_488_and_the_agent_stays_available() {
     let live: serde_json::Value = serde_json::from_str(&live.1).unwrap();
     assert_eq!(live["agents"][0]["state"], "available", "{live}");
 }
+
+/// g711a.pcap with every other packet moved to a second SSRC whose timestamps start half the
+/// clock away: a caller mixing two streams.
+fn two_stream_pcap(dir: &Path) -> std::path::PathBuf {
+    let mut data = std::fs::read("/usr/share/sip-tester/g711a.pcap").unwrap();
+    let (mut pos, mut n) = (24, 0);
+    while pos + 16 <= data.len() {
+        let caplen = u32::from_le_bytes(data[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        let frame = pos + 16;
+        let ihl = usize::from(data[frame + 14] & 0x0f) * 4;
+        let rtp = frame + 14 + ihl + 8;
+        if rtp + 12 <= frame + caplen && data[rtp] >> 6 == 2 {
+            if n % 2 == 1 {
+                data[rtp + 8..rtp + 12].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
+                let ts = u32::from_be_bytes(data[rtp + 4..rtp + 8].try_into().unwrap());
+                data[rtp + 4..rtp + 8].copy_from_slice(&ts.wrapping_add(1 << 31).to_be_bytes());
+            }
+            n += 1;
+        }
+        pos = frame + caplen;
+    }
+    assert!(n > 100, "{n} RTP packets in the pcap");
+    let path = dir.join("two_streams.pcap");
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_mixing_two_ssrcs_gets_a_sane_jitter_figure() {
+    let _one_at_a_time = AUDIO.lock().await;
+    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+        .await
+        .unwrap();
+    let admin = sys.edge.addr("distributor.admin");
+    let key = admin_key(sys.path());
+    let dir = sys.path().to_owned();
+    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
+        .await
+        .unwrap();
+    let ca = sys.path().join("certs").join("ca.pem");
+    let mut agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    let pcap = two_stream_pcap(sys.path());
+    let scenario = std::fs::read_to_string(agent_edge_tests::scenario("caller_pcap_audio.xml"))
+        .unwrap()
+        .replace(
+            "/usr/share/sip-tester/g711a.pcap",
+            &pcap.display().to_string(),
+        );
+    let scenario_path = sys.path().join("caller_two_streams.xml");
+    std::fs::write(&scenario_path, scenario).unwrap();
+    let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
+    let call = tokio::task::spawn_blocking(move || {
+        caller(&scenario_path.display().to_string(), &dir, "caller", dist)
+            .arg(&["-m", "1"])
+            .run()
+    });
+    let invite = agent.wait_invite().await;
+    let media = agent.answer(&invite, agent_payloads(150)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let live = tokio::task::spawn_blocking(move || http(admin, "GET", "/live", Some(&key), None))
+        .await
+        .unwrap();
+    let live: serde_json::Value = serde_json::from_str(&live.1).unwrap();
+    let from_caller = &live["calls"][0]["media"]["from_caller"];
+    assert!(from_caller["packets"].as_u64().unwrap() > 20, "{live}");
+    // Each stream arrives every 40 ms like clockwork: jitter is a few ms at most, not the
+    // distance between the two streams' clocks.
+    let jitter = from_caller["jitter_ms"].as_u64().unwrap();
+    assert!(jitter < 50, "jitter of {jitter} ms: {from_caller}");
+    agent.wait_bye().await;
+    call.await.unwrap().assert_ok("the caller");
+    drop(media);
+}

@@ -105,8 +105,20 @@ struct Receiver {
     base_seq: Option<u64>,
     max_seq: u64,
     rebase: Rebase,
-    /// Last (arrival in RTP units, RTP timestamp) for jitter.
-    last_transit: Option<i64>,
+    /// Jitter of each stream (RFC 3550 A.8 is per source): a caller that switches or mixes
+    /// SSRCs has timestamps on unrelated clocks, which one running estimate would read as
+    /// hours of jitter. At most [`MAX_STREAMS`], the oldest forgotten.
+    streams: Vec<StreamJitter>,
+}
+
+/// Streams (SSRCs) one direction's jitter is kept for.
+const MAX_STREAMS: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+struct StreamJitter {
+    ssrc: u32,
+    /// Arrival (in RTP units) minus the RTP timestamp of the stream's last packet.
+    last_transit: i64,
     jitter: f64,
 }
 
@@ -119,14 +131,29 @@ impl Receiver {
         self.max_seq = self.max_seq.max(ext);
         let expected = self.max_seq - base + 1;
         self.stats.lost = expected.saturating_sub(self.stats.packets);
+        // G.711's clock: 8 units per millisecond.
         let arrival_units = (arrival.saturating_duration_since(t0).as_micros() * 8 / 1000) as i64;
         let transit = arrival_units - i64::from(ts);
-        if let Some(last) = self.last_transit {
-            let d = (transit - last).abs() as f64;
-            self.jitter += (d - self.jitter) / 16.0;
-            self.stats.jitter_ms = (self.jitter / 8.0) as u32;
-        }
-        self.last_transit = Some(transit);
+        let stream = match self.streams.iter().position(|j| j.ssrc == ssrc) {
+            Some(i) => &mut self.streams[i],
+            None => {
+                if self.streams.len() == MAX_STREAMS {
+                    self.streams.remove(0);
+                }
+                self.streams.push(StreamJitter {
+                    ssrc,
+                    last_transit: transit,
+                    jitter: 0.0,
+                });
+                let last = self.streams.len() - 1;
+                &mut self.streams[last]
+            }
+        };
+        let d = (transit - stream.last_transit).abs() as f64;
+        stream.jitter += (d - stream.jitter) / 16.0;
+        stream.last_transit = transit;
+        // The stream now arriving is the one reported.
+        self.stats.jitter_ms = (stream.jitter / 8.0) as u32;
     }
 }
 
@@ -157,6 +184,31 @@ struct Session {
     last_media: Instant,
     timeout: Instant,
     created: Instant,
+    /// The `o=` version of our SDP to the caller and what it last said (our address, the
+    /// direction), so the version goes up exactly when the description changes.
+    caller_sdp: (u64, Option<(SocketAddr, Direction)>),
+}
+
+impl Session {
+    /// Our SDP to the caller (an answer, or an offer of our own) from `local` with
+    /// `direction`. RFC 3264 §8: its `o=` version goes up whenever the description changes,
+    /// and stays the same when it does not; phones that honour it ignore a change without.
+    fn caller_sdp(&mut self, id: SessionId, local: SocketAddr, direction: Direction) -> String {
+        let said = Some((local, direction));
+        let (version, last) = &mut self.caller_sdp;
+        if last.is_some() && *last != said {
+            *version = version.wrapping_add(1);
+        }
+        *last = said;
+        sdp::rtp_answer(
+            local,
+            self.caller_pt,
+            self.caller_te,
+            direction,
+            id,
+            *version,
+        )
+    }
 }
 
 /// Everything the bridge decided that the service must act on.
@@ -231,18 +283,13 @@ impl Bridge {
 
     /// The caller's SDP answer once its media socket is known (`caller_local`, as announced).
     pub fn caller_answer(
-        &self,
+        &mut self,
         id: SessionId,
         caller_local: SocketAddr,
     ) -> Result<String, BridgeError> {
-        let s = self.sessions.get(&id).ok_or(BridgeError::Unknown(id))?;
-        Ok(sdp::rtp_answer(
-            caller_local,
-            s.caller_pt,
-            s.caller_te,
-            s.caller_direction.answer(),
-            id,
-        ))
+        let s = self.sessions.get_mut(&id).ok_or(BridgeError::Unknown(id))?;
+        let direction = s.caller_direction.answer();
+        Ok(s.caller_sdp(id, caller_local, direction))
     }
 
     /// A new call, before its caller-side socket exists: takes the caller's offer and makes
@@ -314,6 +361,7 @@ impl Bridge {
             last_media: now,
             timeout: now,
             created: now,
+            caller_sdp: (id, None),
         };
         self.timers.insert((now, id));
         self.next_sweep.get_or_insert(now + INACTIVITY_SWEEP);
@@ -377,13 +425,7 @@ impl Bridge {
         } else {
             None
         };
-        let answer = sdp::rtp_answer(
-            caller_local,
-            s.caller_pt,
-            s.caller_te,
-            o.direction.answer(),
-            id,
-        );
+        let answer = s.caller_sdp(id, caller_local, o.direction.answer());
         self.drain(id, now);
         Ok((answer, agent_offer))
     }
@@ -409,7 +451,7 @@ impl Bridge {
         let direction = sdp::audio_direction(offer);
         s.agent_direction = direction;
         s.last_media = now;
-        let caller_offer = sdp::rtp_answer(caller_local, s.caller_pt, s.caller_te, direction, id);
+        let caller_offer = s.caller_sdp(id, caller_local, direction);
         let answer = answer.to_sdp_string();
         self.drain(id, now);
         Ok((answer, caller_offer))

@@ -450,3 +450,69 @@ fn hold_and_resume_reach_the_other_side() {
         .unwrap();
     run(&mut bridge, &mut b, &mut to_caller, &mut now, 10);
 }
+
+/// The version in an SDP's `o=` line.
+fn sdp_version(sdp: &str) -> u64 {
+    let o = sdp.lines().find(|l| l.starts_with("o=")).unwrap();
+    o.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_callers_sdp_version_goes_up_when_it_changes_and_only_then() {
+    let now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (first, offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let (_, answer) = browser(&offer, now);
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    let v0 = sdp_version(&first);
+    let hold = OFFER.replace(
+        "m=audio 4000 RTP/AVP 8 0 101\r\n",
+        "m=audio 4000 RTP/AVP 8 0 101\r\na=sendonly\r\n",
+    );
+    let (held, _) = bridge
+        .caller_reoffer(1, hold.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert_eq!(sdp_version(&held), v0 + 1, "recvonly is a change: {held}");
+    let (again, _) = bridge
+        .caller_reoffer(1, hold.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert_eq!(
+        sdp_version(&again),
+        v0 + 1,
+        "the same answer keeps its version"
+    );
+    let (resumed, _) = bridge
+        .caller_reoffer(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    assert_eq!(sdp_version(&resumed), v0 + 2, "{resumed}");
+}
+
+#[test]
+fn jitter_is_kept_per_stream_so_two_ssrcs_on_unrelated_clocks_do_not_read_as_hours() {
+    let t0 = Instant::now();
+    let mut rx = Receiver::default();
+    // Two streams interleaved, each regular: 20 ms apart, 160 timestamp units apart, their
+    // timestamps from unrelated random starts.
+    for i in 0..100u32 {
+        let arrival = t0 + Duration::from_millis(u64::from(i) * 10);
+        let (ssrc, base, n) = if i % 2 == 0 {
+            (0x1111, 7u32, i / 2)
+        } else {
+            (0x2222, 0x9000_0000, i / 2)
+        };
+        let seq = u16::try_from(n).unwrap();
+        rx.record(ssrc, seq, base + n * 160, 172, arrival, t0);
+    }
+    assert!(rx.stats.jitter_ms <= 1, "{:?}", rx.stats);
+
+    // One stream whose packets arrive 0 or 30 ms late: jitter shows.
+    let mut late = Receiver::default();
+    for n in 0..100u32 {
+        let delay = if n % 2 == 0 { 0 } else { 30 };
+        let arrival = t0 + Duration::from_millis(u64::from(n) * 20 + delay);
+        late.record(9, u16::try_from(n).unwrap(), n * 160, 172, arrival, t0);
+    }
+    assert!(late.stats.jitter_ms >= 10, "{:?}", late.stats);
+}

@@ -142,19 +142,21 @@ pub fn audio_offer(body: &[u8]) -> Option<AudioOffer> {
     })
 }
 
-/// The bridge's answer to a caller: G.711 `pt` (and telephone-event `te`) at `from`.
+/// The bridge's SDP to a caller: G.711 `pt` (and telephone-event `te`) at `from`, version
+/// `version` of session `session_id` (the `o=` line).
 pub fn rtp_answer(
     from: SocketAddr,
     pt: u8,
     te: Option<u8>,
     direction: Direction,
     session_id: u64,
+    version: u64,
 ) -> String {
     let ip = from.ip();
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let name = if pt == 8 { "PCMA" } else { "PCMU" };
     let mut sdp = format!(
-        "v=0\r\no=agent-edge {session_id} {session_id} IN {family} {ip}\r\ns=-\r\n\
+        "v=0\r\no=agent-edge {session_id} {version} IN {family} {ip}\r\ns=-\r\n\
          c=IN {family} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {pt}",
         from.port()
     );
