@@ -123,8 +123,22 @@ pub fn websocket_status(
 /// its bearer credential, padded with `padding` bytes of an extension header; returns the
 /// answer.
 pub fn register(ws: &mut Ws, agent: &str, token: Option<&str>, padding: usize) -> String {
+    register_for(ws, agent, token, padding, 600)
+}
+
+/// An un-REGISTER (Expires: 0) for `agent` over `ws`, with `token` when given.
+pub fn unregister(ws: &mut Ws, agent: &str, token: Option<&str>) -> String {
+    register_for(ws, agent, token, 0, 0)
+}
+
+fn register_for(
+    ws: &mut Ws,
+    agent: &str,
+    token: Option<&str>,
+    padding: usize,
+    expires: u32,
+) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tungstenite::Message;
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let auth = token
@@ -139,8 +153,15 @@ pub fn register(ws: &mut Ws, agent: &str, token: Option<&str>, padding: usize) -
         "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS agent.invalid;branch=z9hG4bKws{n}\r\n\
          From: <sip:{agent}@127.0.0.1>;tag=w{n}\r\nTo: <sip:{agent}@127.0.0.1>\r\n\
          Call-ID: ws-{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{agent}@agent.invalid;transport=ws>\r\n\
-         Expires: 600\r\nMax-Forwards: 70\r\n{auth}{pad}Content-Length: 0\r\n\r\n"
+         Expires: {expires}\r\nMax-Forwards: 70\r\n{auth}{pad}Content-Length: 0\r\n\r\n"
     );
+    sip_request(ws, msg)
+}
+
+/// Sends one SIP request over `ws` and returns its answer, skipping the requests the server
+/// sends meanwhile (the agent's state).
+pub fn sip_request(ws: &mut Ws, msg: String) -> String {
+    use tungstenite::Message;
     ws.send(Message::text(msg)).unwrap();
     loop {
         match ws.read().unwrap() {
@@ -148,6 +169,22 @@ pub fn register(ws: &mut Ws, agent: &str, token: Option<&str>, padding: usize) -
             _ => {}
         }
     }
+}
+
+/// The page's presence MESSAGE for `agent` (`{"state": state}`), without a token.
+pub fn presence(ws: &mut Ws, agent: &str, state: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let body = format!(r#"{{"state":"{state}","reason":"lunch"}}"#);
+    let msg = format!(
+        "MESSAGE sip:presence@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS agent.invalid;branch=z9hG4bKpr{n}\r\n\
+         From: <sip:{agent}@127.0.0.1>;tag=p{n}\r\nTo: <sip:presence@127.0.0.1>\r\n\
+         Call-ID: pr-{n}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n\
+         Content-Type: application/vnd.agent-edge.presence+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sip_request(ws, msg)
 }
 
 /// The status code of a SIP response.

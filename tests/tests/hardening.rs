@@ -414,3 +414,50 @@ fn the_demo_link_lives_an_hour_and_only_a_system_on_loopback_prints_one() {
     assert!(line.starts_with("demo agent: none"), "{line}");
     assert!(!line.contains("token="), "{line}");
 }
+
+/// alice's state in the distributor's live view.
+fn acd_state(admin: std::net::SocketAddr, key: &str) -> Option<String> {
+    let (_, live) = http(admin, "GET", "/live", Some(key), None);
+    let live: serde_json::Value = serde_json::from_str(&live).unwrap();
+    live["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "alice")
+        .map(|a| a["state"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn the_connection_an_agent_registered_on_may_set_presence_and_sign_out_without_the_token() {
+    // As SIP.js does: its presence MESSAGEs and its un-REGISTER carry no token.
+    let mut sys = System::start("");
+    let admin = sys.edge.addr("distributor.admin");
+    let key = admin_key(sys.path());
+    let token = issue_token(sys.path(), "alice");
+    let mut own = wss(&sys);
+    assert_eq!(
+        sip_status(&register(&mut own, "alice", Some(&token), 0)),
+        200
+    );
+    sys.edge.wait_line("agent-up alice edge-1", WAIT);
+
+    // Another connection without the token is not her.
+    let mut stranger = wss(&sys);
+    let answer = https::presence(&mut stranger, "alice", "away");
+    assert_eq!(sip_status(&answer), 401, "{answer}");
+    let answer = https::unregister(&mut stranger, "alice", None);
+    assert_eq!(sip_status(&answer), 401, "{answer}");
+    assert_eq!(acd_state(admin, &key).as_deref(), Some("available"));
+
+    // Her own connection is.
+    let answer = https::presence(&mut own, "alice", "away");
+    assert_eq!(sip_status(&answer), 200, "{answer}");
+    let deadline = Instant::now() + WAIT;
+    while acd_state(admin, &key).as_deref() != Some("away") {
+        assert!(Instant::now() < deadline, "alice never went away");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = https::unregister(&mut own, "alice", None);
+    assert_eq!(sip_status(&answer), 200, "{answer}");
+    sys.edge.wait_line("agent-down alice edge-1", WAIT);
+}

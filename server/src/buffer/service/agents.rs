@@ -31,12 +31,17 @@ impl Buffer {
                 return;
             }
         };
-        let token = match self.authenticate(msg, request.agent()) {
-            Ok(token) => token,
-            Err(refusal) => {
-                let _ = self.layer.send_response(tx, *refusal, now);
-                return;
-            }
+        let own = self.on_own_connection(msg, request.agent(), from);
+        let token = match (&request, own) {
+            // SIP.js signs out without its token, on the connection it registered on.
+            (RegisterRequest::Unbind { .. }, true) => None,
+            _ => match self.authenticate(msg, request.agent(), "registration") {
+                Ok(token) => Some(token),
+                Err(refusal) => {
+                    let _ = self.layer.send_response(tx, *refusal, now);
+                    return;
+                }
+            },
         };
         let mut resp = msg.response(200, Some(&ids::tag()));
         match request {
@@ -45,6 +50,9 @@ impl Buffer {
                 contact,
                 expires,
             } => {
+                let Some(token) = token else {
+                    return;
+                };
                 let target = register::target_for(&contact, from);
                 resp.push_header("Contact", format!("<{contact}>;expires={expires}"));
                 let before = self.registrar.get(&agent).map(|b| b.token.jti.clone());
@@ -81,16 +89,35 @@ impl Buffer {
         let _ = self.layer.send_response(tx, resp, now);
     }
 
-    /// RFC 8898: a REGISTER carries `Authorization: Bearer <token>` whose subject is the agent
-    /// it registers. Returns the token (and its id), or the refusal to send.
-    fn authenticate(&self, msg: &SipMessage, agent: &str) -> Result<AgentToken, Box<SipMessage>> {
+    /// A request without a token on the very connection `agent` registered on with one
+    /// (SIP.js sends its un-REGISTER and presence MESSAGEs so): that connection was
+    /// authenticated by the token, as a session is, and revoking the token closes it. Never
+    /// for UDP, whose source anyone can forge.
+    fn on_own_connection(&self, msg: &SipMessage, agent: &str, from: &Target) -> bool {
+        msg.header("Authorization").is_none()
+            && from.conn.is_some()
+            && self
+                .registrar
+                .get(agent)
+                .is_some_and(|b| b.target.conn == from.conn && b.target.kind == from.kind)
+    }
+
+    /// RFC 8898: a REGISTER (or the page's presence, `what`) carries
+    /// `Authorization: Bearer <token>` whose subject is the agent it names. Returns the token
+    /// (and its id), or the refusal to send.
+    fn authenticate(
+        &self,
+        msg: &SipMessage,
+        agent: &str,
+        what: &str,
+    ) -> Result<AgentToken, Box<SipMessage>> {
         let refuse = |code: u16, why: &str, challenge: Option<String>| {
             let mut resp = msg.response(code, Some(&ids::tag()));
             resp.set_reason(why);
             if let Some(c) = challenge {
                 resp.push_header("WWW-Authenticate", c);
             }
-            info!(%agent, code, reason = %why, "registration refused");
+            info!(%agent, code, reason = %why, "{what} refused");
             Box::new(resp)
         };
         let Some(verifier) = &self.verifier else {
@@ -134,10 +161,17 @@ impl Buffer {
         }
     }
 
-    /// An agent's page sets its presence: a MESSAGE with the agent's bearer token, whose body
+    /// An agent's page sets its presence: a MESSAGE with the agent's bearer token (or on the
+    /// connection it registered on), whose body
     /// is `{"state": "available"}` or `{"state": "away", "reason": "…"}`. Passed to the
     /// distributor, whose ACD owns agents' states.
-    pub(super) fn on_agent_presence(&mut self, tx: TxId, msg: &SipMessage, now: Instant) {
+    pub(super) fn on_agent_presence(
+        &mut self,
+        tx: TxId,
+        msg: &SipMessage,
+        from: &Target,
+        now: Instant,
+    ) {
         let is_presence = msg
             .header("Content-Type")
             .is_some_and(|t| t.trim().eq_ignore_ascii_case(PRESENCE_TYPE));
@@ -155,7 +189,9 @@ impl Buffer {
             self.respond(tx, msg, 403, now);
             return;
         }
-        if let Err(refusal) = self.authenticate(msg, &agent) {
+        if !self.on_own_connection(msg, &agent, from)
+            && let Err(refusal) = self.authenticate(msg, &agent, "presence")
+        {
             let _ = self.layer.send_response(tx, *refusal, now);
             return;
         }

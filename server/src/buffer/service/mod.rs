@@ -387,7 +387,7 @@ impl Buffer {
             }
             (Method::Options, None) if !in_dialog => self.respond(tx, &msg, 200, now),
             (Method::Message, None) if !in_dialog && !self.is_distributor(&from) => {
-                self.on_agent_presence(tx, &msg, now);
+                self.on_agent_presence(tx, &msg, &from, now);
             }
             (_, _) if in_dialog => self.respond(tx, &msg, 481, now),
             (Method::Invite, Some(_)) => self.respond(tx, &msg, 482, now),
