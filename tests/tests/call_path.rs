@@ -547,3 +547,14 @@ async fn websocket_without_subprotocol_sip_is_refused() {
         .unwrap();
     assert_eq!(line, "agent-up bob edge-1");
 }
+
+#[test]
+fn a_caller_that_ignores_record_route_is_routed_by_the_distributors_dialog_state() {
+    // Its ACK and BYE name neither our route nor the edge: the distributor finds the edge
+    // from the call's Call-ID, as trunk-facing elements do.
+    System::start("").one_call(
+        "agent_answer.xml",
+        "caller_ignores_record_route.xml",
+        "no-record-route",
+    );
+}

@@ -79,7 +79,8 @@ impl Distributor {
         let edge_id = msg
             .request_uri()
             .and_then(|u| SipUri::parse(u).ok())
-            .and_then(|u| u.param(EDGE_PARAM).flatten().map(str::to_owned));
+            .and_then(|u| u.param(EDGE_PARAM).flatten().map(str::to_owned))
+            .or_else(|| self.edge_of_dialog(&msg));
         let conn = edge_id.as_ref().and_then(|e| self.edge_ids.get(e)).copied();
         let (Some(edge_id), Some(conn)) = (edge_id, conn) else {
             if let Some(tx) = tx {
@@ -97,6 +98,15 @@ impl Distributor {
         let target = self.edge_target(conn);
         self.prepare_forward(&mut msg, target.kind);
         self.forward(tx, msg, target, Some(from.kind), edge_id, now);
+    }
+
+    /// The edge of the call a request's Call-ID names, for a caller that ignored our
+    /// Record-Route and Contact (its in-dialog request names neither our route nor the
+    /// edge): trunk-facing elements route such requests by their own dialog state.
+    fn edge_of_dialog(&self, msg: &SipMessage) -> Option<String> {
+        let agent = self.acd.agent_of(msg.call_id()?)?;
+        let conn = self.agents.edge_of(agent)?;
+        self.edges.get(&conn).map(|e| e.id.clone())
     }
 
     /// Sends a proxied request on: statefully when it has a server transaction (its answers
