@@ -312,6 +312,9 @@ pub struct BufferConfig {
     /// Seconds without media either way (and not on hold) after which a call is ended with
     /// BYE on both legs.
     pub media_timeout_s: u64,
+    /// Seconds a SIP WebSocket has, from its first message, to register an agent; one that
+    /// talks without registering is closed then.
+    pub ws_register_s: u64,
 }
 
 impl Default for BufferConfig {
@@ -331,6 +334,7 @@ impl Default for BufferConfig {
             media: SocketAddr::from(([127, 0, 0, 1], 16100)),
             media_public_ip: None,
             media_timeout_s: 60,
+            ws_register_s: 30,
         }
     }
 }
@@ -472,6 +476,9 @@ impl Config {
             return invalid(
                 "limits.header_read_s, message_s and ws_first_message_s must be 1-3600",
             );
+        }
+        if !(1..=3600).contains(&self.buffer.ws_register_s) {
+            return invalid("buffer.ws_register_s must be 1-3600 seconds");
         }
         if self.buffer.max_expires < 60 {
             return invalid("buffer.max_expires must be at least 60 seconds");

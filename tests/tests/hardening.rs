@@ -461,3 +461,48 @@ fn the_connection_an_agent_registered_on_may_set_presence_and_sign_out_without_t
     assert_eq!(sip_status(&answer), 200, "{answer}");
     sys.edge.wait_line("agent-down alice edge-1", WAIT);
 }
+
+#[test]
+fn a_websocket_that_talks_without_registering_is_closed_at_its_deadline() {
+    let mut sys = System::start_with("", "ws_register_s = 2");
+    let mut chatty = wss(&sys);
+    let token = issue_token(sys.path(), "alice");
+    let mut agent = wss(&sys);
+    assert_eq!(
+        sip_status(&register(&mut agent, "alice", Some(&token), 0)),
+        200
+    );
+    sys.edge.wait_line("agent-up alice edge-1", WAIT);
+    // OPTIONS every 300 ms, never a REGISTER: answered, then cut.
+    let started = Instant::now();
+    let mut n = 0;
+    let cut = loop {
+        let options = format!(
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WSS chatty.invalid;branch=z9hG4bKopt{n}\r\n\
+             From: <sip:nobody@127.0.0.1>;tag=o{n}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: opt-{n}\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        n += 1;
+        if chatty
+            .send(tokio_tungstenite::tungstenite::Message::text(options))
+            .is_err()
+        {
+            break true;
+        }
+        if closed_within(&mut chatty, Duration::from_millis(300)) {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+    };
+    assert!(
+        cut,
+        "a WebSocket that never registered is still open after {n} OPTIONS"
+    );
+    // The agent's own connection, registered, stays.
+    assert_eq!(
+        sip_status(&register(&mut agent, "alice", Some(&token), 0)),
+        200
+    );
+}

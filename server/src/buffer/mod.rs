@@ -8,3 +8,4 @@ pub mod registrar;
 pub mod routing_table;
 pub mod service;
 pub mod shell;
+pub mod unregistered;

@@ -155,6 +155,11 @@ impl Registrar {
         Revoked { agents, conns }
     }
 
+    /// Whether a token registered an agent on this WebSocket connection.
+    pub fn has_conn(&self, conn: ConnId) -> bool {
+        self.ws_tokens.contains_key(&conn)
+    }
+
     /// A WebSocket agent lives only as long as its socket: its binding goes with it. TCP
     /// bindings stay (the agent's Contact can be dialled again) but forget the connection.
     pub fn connection_closed(&mut self, conn: ConnId) -> Vec<String> {

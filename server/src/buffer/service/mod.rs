@@ -6,7 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::tokens::TokenVerifier;
 use crate::app::status::Status;
@@ -14,6 +14,7 @@ use crate::buffer::media::CallMedia;
 use crate::buffer::readdress::LocalAddr;
 use crate::buffer::registrar::Registrar;
 use crate::buffer::routing_table::{CallKey, CallState};
+use crate::buffer::unregistered::Unregistered;
 use crate::config::{BufferConfig, SipConfig};
 use crate::handoff::{Mode, RouteTable};
 use crate::ids;
@@ -66,6 +67,9 @@ pub struct Buffer {
     media: Option<CallMedia>,
     /// When the bridged calls' media statistics next go to the distributor.
     stats_at: Instant,
+    /// WebSocket connections that talk without having registered, with their deadline.
+    unregistered: Unregistered,
+    said_unregistered: bool,
     /// Which slice of the calls reports next.
     stats_slice: u64,
     /// What to do, in order; drained by [`crate::driver::Core::poll_output`].
@@ -96,8 +100,16 @@ impl crate::driver::Core for Buffer {
             Input::Sip { msg, from } if self.is_distributor(&from) => {
                 self.on_distributor_msg(msg, None, from, now);
             }
-            Input::Sip { msg, from } => self.layer.handle_message(msg, from, now),
+            Input::Sip { msg, from } => {
+                if let (TransportKind::Wss, Some(conn)) = (from.kind, from.conn)
+                    && !self.registrar.has_conn(conn)
+                {
+                    self.unregistered.seen(conn, now);
+                }
+                self.layer.handle_message(msg, from, now);
+            }
             Input::Closed { conn } => {
+                self.unregistered.forget(conn);
                 self.layer.connection_closed(conn);
                 for agent in self.registrar.connection_closed(conn) {
                     self.agent_gone(&agent, now);
@@ -134,6 +146,7 @@ impl crate::driver::Core for Buffer {
             self.calls.any_bridged().then_some(self.stats_at),
             self.registrar.next_expiry(),
             self.routes.next_expiry(),
+            self.unregistered.next_deadline(),
             self.link_refresh,
         ]
         .into_iter()
@@ -154,6 +167,7 @@ impl Buffer {
         now: Instant,
     ) -> Buffer {
         let mode = config.handoff;
+        let ws_register_s = config.ws_register_s;
         Buffer {
             id: config.id.clone(),
             config,
@@ -177,6 +191,8 @@ impl Buffer {
             routes: RouteTable::new(),
             media,
             stats_at: now + STATS_EVERY / STATS_SLICES,
+            unregistered: Unregistered::new(Duration::from_secs(ws_register_s)),
+            said_unregistered: false,
             stats_slice: 0,
             out: VecDeque::new(),
             draining: false,
@@ -239,6 +255,22 @@ impl Buffer {
         let expired = self.routes.expire(now);
         if expired > 0 {
             info!(expired, "route entries expired without their INVITE");
+        }
+        for conn in self.unregistered.expire(now) {
+            if self.registrar.has_conn(conn) {
+                continue;
+            }
+            if !self.said_unregistered {
+                self.said_unregistered = true;
+                warn!(
+                    ?conn,
+                    "closing WebSockets that talk without registering (said once)"
+                );
+            } else {
+                debug!(?conn, "closing a WebSocket that never registered");
+            }
+            self.layer.connection_closed(conn);
+            self.out.push_back(Output::Close { conn });
         }
     }
 
