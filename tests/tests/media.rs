@@ -23,21 +23,28 @@ fn agent_payloads(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
-    let _one_at_a_time = AUDIO.lock().await;
-    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
+/// A system (`buffer_extra` lines in its `[buffer]` section) with agent bob signed in as a
+/// WebRTC agent over WSS.
+async fn bob_signed_in(buffer_extra: &'static str) -> (System, WebRtcAgent) {
+    let sys = tokio::task::spawn_blocking(move || System::start_with("", buffer_extra))
         .await
         .unwrap();
-    let admin = sys.edge.addr("distributor.admin");
-    let media_port = sys.edge.addr("buffer.media");
-    let key = admin_key(sys.path());
     let dir = sys.path().to_owned();
     let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
         .await
         .unwrap();
     let ca = sys.path().join("certs").join("ca.pem");
-    let mut agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    let agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    (sys, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
+    let _one_at_a_time = AUDIO.lock().await;
+    let (mut sys, mut agent) = bob_signed_in("").await;
+    let admin = sys.edge.addr("distributor.admin");
+    let media_port = sys.edge.addr("buffer.media");
+    let key = admin_key(sys.path());
     // The caller plays a pcap of PCMA and one of DTMF, and echoes what it receives.
     let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
     let call = tokio::task::spawn_blocking(move || {
@@ -140,15 +147,7 @@ async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_media_stops_is_hung_up_on_both_legs() {
-    let sys = tokio::task::spawn_blocking(|| System::start_with("", "media_timeout_s = 5"))
-        .await
-        .unwrap();
-    let dir = sys.path().to_owned();
-    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
-        .await
-        .unwrap();
-    let ca = sys.path().join("certs").join("ca.pem");
-    let mut agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    let (sys, mut agent) = bob_signed_in("media_timeout_s = 5").await;
     // Neither side sends audio: after five seconds the buffer server ends the call.
     let (dir, dist) = (sys.path().to_owned(), sys.dist_udp);
     let call = tokio::task::spawn_blocking(move || {
@@ -249,17 +248,9 @@ async fn fifty_concurrent_bridged_calls_share_one_port_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_without_g711_gets_488_and_the_agent_stays_available() {
-    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
-        .await
-        .unwrap();
+    let (mut sys, _agent) = bob_signed_in("").await;
     let admin = sys.edge.addr("distributor.admin");
     let key = admin_key(sys.path());
-    let dir = sys.path().to_owned();
-    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
-        .await
-        .unwrap();
-    let ca = sys.path().join("certs").join("ca.pem");
-    let _agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
     // A caller offering G.729 only, expecting 488.
     let scenario = sys.path().join("caller_g729.xml");
     let text =
@@ -315,17 +306,9 @@ fn two_stream_pcap(dir: &Path) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_mixing_two_ssrcs_gets_a_sane_jitter_figure() {
     let _one_at_a_time = AUDIO.lock().await;
-    let mut sys = tokio::task::spawn_blocking(|| System::start(""))
-        .await
-        .unwrap();
+    let (mut sys, mut agent) = bob_signed_in("").await;
     let admin = sys.edge.addr("distributor.admin");
     let key = admin_key(sys.path());
-    let dir = sys.path().to_owned();
-    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
-        .await
-        .unwrap();
-    let ca = sys.path().join("certs").join("ca.pem");
-    let mut agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
     let pcap = two_stream_pcap(sys.path());
     let scenario = std::fs::read_to_string(agent_edge_tests::scenario("caller_pcap_audio.xml"))
         .unwrap()
