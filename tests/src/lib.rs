@@ -7,6 +7,7 @@ pub mod browser;
 pub mod https;
 pub mod load;
 pub mod netns;
+pub mod tunnel;
 pub mod webrtc_agent;
 
 use std::io::{BufRead, BufReader};

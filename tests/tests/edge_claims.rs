@@ -5,22 +5,19 @@
 //! sign-out, leaving) changes nothing. A real registration on another edge does move her.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_edge_tests::load::{LoadAgents, LoadOptions};
+use agent_edge_tests::tunnel::{Ws, next_frame, send, tunnel};
 use agent_edge_tests::{
     Edge, System, WAIT, admin_key, caller, http, issue_edge_token, issue_token,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use proto_tunnel::{Frame, Limits};
-use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-type Ws = tungstenite::WebSocket<Tls>;
+use proto_tunnel::Frame;
 
 /// The agent the load agent registers (prefix `alice`, one agent).
 const ALICE: &str = "alice-00000";
@@ -41,68 +38,6 @@ fn load_options() -> LoadOptions {
         prefix: "alice".into(),
         answer_after_ms: 50,
         hold_ms: 300,
-    }
-}
-
-/// A tunnel to the distributor with `credential`, as edge `edge_id` would open it: welcomed.
-fn tunnel(dir: &Path, addr: SocketAddr, credential: &str, edge_id: &str) -> Ws {
-    let config = certs::client_config(&dir.join("certs").join("ca.pem")).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
-    let mut request = format!("wss://{addr}/tunnel")
-        .into_client_request()
-        .unwrap();
-    let headers = request.headers_mut();
-    headers.insert(
-        "Sec-WebSocket-Protocol",
-        proto_tunnel::SUBPROTOCOL.parse().unwrap(),
-    );
-    headers.insert(
-        "Authorization",
-        format!("Bearer {credential}").parse().unwrap(),
-    );
-    let (mut ws, _) = tungstenite::client(request, tls).unwrap();
-    send(
-        &mut ws,
-        &Frame::Hello {
-            version: proto_tunnel::PROTOCOL_VERSION,
-            edge_id: edge_id.into(),
-            handoffs: vec!["tunnel".into()],
-        },
-    );
-    let welcome = next_frame(&mut ws, WAIT).expect("no answer to Hello");
-    assert!(matches!(welcome, Frame::Welcome { .. }), "{welcome:?}");
-    ws
-}
-
-fn send(ws: &mut Ws, frame: &Frame) {
-    ws.send(Message::Binary(proto_tunnel::encode(frame)))
-        .unwrap();
-}
-
-/// The next frame from the distributor within `limit` (Pings answered on the way).
-fn next_frame(ws: &mut Ws, limit: Duration) -> Option<Frame> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => match proto_tunnel::decode(&b, &Limits::default()).unwrap() {
-                Frame::Ping { nonce } => send(ws, &Frame::Pong { nonce }),
-                frame => return Some(frame),
-            },
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("tunnel: {e}"),
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
     }
 }
 

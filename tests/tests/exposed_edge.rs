@@ -8,9 +8,17 @@ use std::time::{Duration, Instant};
 
 use agent_edge_tests::browser::Browser;
 use agent_edge_tests::https::{self, closed_within, register, sip_status, websocket};
+use agent_edge_tests::tunnel::{send, tunnel};
 use agent_edge_tests::{System, WAIT, admin_key, http, issue_token};
+use proto_tunnel::Frame;
 
 const EXPOSED: &str = "expose = \"tunnel\"";
+
+/// The distributor's live view.
+fn live(admin: SocketAddr, key: &str) -> serde_json::Value {
+    let (_, body) = http(admin, "GET", "/live", Some(key), None);
+    serde_json::from_str(&body).unwrap()
+}
 
 /// Waits until the distributor serves the edge's page: the edge asks to be exposed right
 /// after its tunnel is welcomed.
@@ -135,6 +143,10 @@ fn a_websocket_through_the_distributor_registers_with_a_token_and_revocation_clo
     let answer = register(&mut ws, "alice", Some(token), 0);
     assert_eq!(sip_status(&answer), 200, "{answer}");
     sys.edge.wait_line("agent-up alice edge-1", WAIT);
+    // The live view counts the virtual connection.
+    let live = live(admin, &key);
+    assert_eq!(live["exposed"]["edges"][0]["edge"], "edge-1", "{live}");
+    assert_eq!(live["exposed"]["edges"][0]["connections"], 1, "{live}");
 
     agent_edge_tests::revoke(admin, &key, jti);
     sys.edge.wait_line("agent-down alice edge-1", WAIT);
@@ -279,4 +291,51 @@ async fn the_page_reconnects_through_the_distributor_when_the_edge_comes_back() 
         .assert_ok("the call after the edge came back");
     page.close().await;
     drop((buffer, dist));
+}
+
+#[test]
+fn an_edge_cannot_reach_connections_that_are_not_its_own_and_is_counted_trying() {
+    let mut sys = System::start_with("", EXPOSED);
+    let public = sys.edge.addr("distributor.public");
+    let admin = sys.edge.addr("distributor.admin");
+    wait_exposed(&sys, public);
+    let dir = sys.path().to_owned();
+    let key = admin_key(&dir);
+    let token = issue_token(&dir, "bob");
+    let mut bob = websocket(&dir, public, "/edge/edge-1/sip", Some("sip")).unwrap();
+    assert_eq!(sip_status(&register(&mut bob, "bob", Some(&token), 0)), 200);
+
+    // edge-9, exposed on a tunnel of its own, writes to connection numbers it never got
+    // (edge-1's browser is connection 1 or 2 of edge-1's tunnel), and tries to open one.
+    let credential = agent_edge_tests::issue_edge_token(&dir, "edge-9");
+    let mut edge_9 = tunnel(&dir, public, &credential, "edge-9");
+    send(&mut edge_9, &Frame::Expose);
+    for conn in 0..4 {
+        let data = b"SIP/2.0 200 OK\r\n\r\n".to_vec().into();
+        send(&mut edge_9, &Frame::WsMessage { conn, data });
+    }
+    let open = Frame::WsOpen {
+        conn: 1,
+        peer: "192.0.2.1:5060".into(),
+    };
+    send(&mut edge_9, &open);
+    let deadline = Instant::now() + WAIT;
+    let view = loop {
+        let view = live(admin, &key);
+        if view["exposed"]["dropped_frames"].as_u64() >= Some(5) {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "frames not counted: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let edges: Vec<&str> = view["exposed"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["edge"].as_str().unwrap())
+        .collect();
+    assert_eq!(edges, ["edge-1", "edge-9"], "{view}");
+    assert_eq!(view["exposed"]["edges"][0]["connections"], 1, "{view}");
+    // bob's connection heard nothing of it, and still works.
+    assert_eq!(sip_status(&register(&mut bob, "bob", Some(&token), 0)), 200);
 }

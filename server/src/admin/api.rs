@@ -30,6 +30,8 @@ pub struct AdminState {
     pub token_ttl_s: u64,
     pub admin_key: Arc<str>,
     pub commands: mpsc::Sender<Command>,
+    /// The edges exposed on the distributor's public listener, for the live view.
+    pub exposures: crate::transport::exposure::Exposures,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -343,7 +345,14 @@ async fn live(State(state): State<AdminState>) -> Response {
         );
     }
     match answer.await {
-        Ok(view) => Json(view).into_response(),
+        Ok(view) => {
+            let mut view = serde_json::to_value(view).unwrap_or_default();
+            if let Some(object) = view.as_object_mut() {
+                let exposed = serde_json::to_value(state.exposures.view()).unwrap_or_default();
+                object.insert("exposed".into(), exposed);
+            }
+            Json(view).into_response()
+        }
         Err(_) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the distributor is stopping",

@@ -102,7 +102,7 @@ pub(super) async fn start_distributor(
     let deadlines = config.limits.deadlines();
     let exposures = Exposures::new(config.sip.max_message_bytes, deadlines.ws_first_message);
     let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
-        .merge(transport::exposure::routes(exposures));
+        .merge(transport::exposure::routes(exposures.clone()));
     let public_addr = transport::public::listen(
         d.public,
         tls,
@@ -157,6 +157,7 @@ pub(super) async fn start_distributor(
         token_ttl_s: config.identity.token_ttl_s,
         admin_key: admin_key(config)?.into(),
         commands: commands.clone(),
+        exposures,
     };
     let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
         .await

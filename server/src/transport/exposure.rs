@@ -69,6 +69,24 @@ struct Exposed {
     next: u64,
 }
 
+/// The exposed edges in the live view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExposureView {
+    pub edges: Vec<ExposedEdgeView>,
+    /// Frames from edges for connections or requests not open on their tunnel, or opening
+    /// what only the distributor opens.
+    pub dropped_frames: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExposedEdgeView {
+    pub edge: String,
+    /// Browsers' SIP WebSockets carried over its tunnel now.
+    pub connections: usize,
+    /// Page requests waiting for its answer.
+    pub page_requests: usize,
+}
+
 #[derive(Debug)]
 enum PagePart {
     Head { status: u16, content_type: String },
@@ -91,6 +109,24 @@ impl Exposures {
     /// Frames from edges that named a connection or request not open on their tunnel.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// What the live view shows: each exposed edge with its open virtual connections, and the
+    /// frames dropped.
+    pub fn view(&self) -> ExposureView {
+        let mut edges: Vec<ExposedEdgeView> = lock(&self.inner.edges)
+            .iter()
+            .map(|(edge, e)| ExposedEdgeView {
+                edge: edge.clone(),
+                connections: e.conns.len(),
+                page_requests: e.pages.len(),
+            })
+            .collect();
+        edges.sort_by(|a, b| a.edge.cmp(&b.edge));
+        ExposureView {
+            edges,
+            dropped_frames: self.dropped(),
+        }
     }
 
     /// The edge on `tunnel` asked to be exposed; frames for it go to `relay`. A previous
