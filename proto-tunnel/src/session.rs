@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use crate::Frame;
 
-/// Version of this protocol; a Hello with another one is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol; a Hello with another one is refused, so an edge and a
+/// distributor of different versions are told so at once instead of tripping over a frame.
+/// 2: `AgentUp` carries the agent's token; exposed edges (`Expose`, `Http*`, `Ws*`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The WebSocket subprotocol of the tunnel; the distributor refuses clients without it.
 pub const SUBPROTOCOL: &str = "agent-edge-tunnel.v1";
 
@@ -309,12 +311,12 @@ mod tests {
             handoffs: vec!["tunnel".into()],
         };
         assert_eq!(
-            check_hello(&hello(1)),
+            check_hello(&hello(2)),
             Ok(("edge-1".into(), vec!["tunnel".into()]))
         );
         assert_eq!(
-            check_hello(&hello(2)),
-            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 2 })
+            check_hello(&hello(1)),
+            Err(HandshakeError::VersionMismatch { ours: 2, theirs: 1 })
         );
         assert_eq!(
             check_hello(&Frame::Ping { nonce: 1 }),
