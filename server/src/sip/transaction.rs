@@ -753,12 +753,13 @@ impl<N: Clone> TransactionLayer<N> {
                 if let Some(tx) = self.txs.get_mut(&id) {
                     tx.timers.remove(&timer);
                 }
-                self.fire(id, timer, now);
+                self.fire(id, timer, at, now);
             }
         }
     }
 
-    fn fire(&mut self, id: TxId, timer: Timer, now: Instant) {
+    /// Timer `timer` of `id`, due at `due`, handled at `now` (later when the owner was busy).
+    fn fire(&mut self, id: TxId, timer: Timer, due: Instant, now: Instant) {
         let t = self.t();
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
@@ -767,7 +768,7 @@ impl<N: Clone> TransactionLayer<N> {
             // Timer A doubles without a cap (RFC 3261 §17.1.1.2).
             (Timer::Retransmit, Kind::ClientInvite, State::Calling) => {
                 tx.interval *= 2;
-                self.resend(id, Timer::Retransmit, now);
+                self.resend(id, Timer::Retransmit, due, now);
             }
             // Timer E doubles up to T2, and stays at T2 once a provisional came.
             (Timer::Retransmit, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
@@ -776,7 +777,7 @@ impl<N: Clone> TransactionLayer<N> {
                 } else {
                     t.t2
                 };
-                self.resend(id, Timer::Retransmit, now);
+                self.resend(id, Timer::Retransmit, due, now);
             }
             (Timer::Timeout, Kind::ClientInvite, State::Calling)
             | (Timer::Timeout, Kind::ClientNonInvite, State::Trying | State::Proceeding) => {
@@ -800,7 +801,7 @@ impl<N: Clone> TransactionLayer<N> {
                     return;
                 }
                 tx.interval = (tx.interval * 2).min(t.t2);
-                self.resend(id, Timer::ResponseRetransmit, now);
+                self.resend(id, Timer::ResponseRetransmit, due, now);
             }
             (Timer::WaitAck, Kind::ServerInvite, State::Completed) => {
                 self.events.push_back(TxEvent::Timeout { tx: id });
@@ -818,12 +819,17 @@ impl<N: Clone> TransactionLayer<N> {
     }
 
     /// Sends the transaction's stored message again and schedules the next resend one
-    /// (already updated) interval from now.
-    fn resend(&mut self, id: TxId, timer: Timer, now: Instant) {
+    /// (already updated) interval after this one was due, so a late wake-up does not shift
+    /// every later retransmission (RFC 3261's timers count from when each was set); one
+    /// missed altogether is skipped rather than sent in a burst.
+    fn resend(&mut self, id: TxId, timer: Timer, due: Instant, now: Instant) {
         let Some(tx) = self.txs.get(&id) else {
             return;
         };
-        let next = now + tx.interval;
+        let mut next = due + tx.interval;
+        if next <= now {
+            next = now + tx.interval;
+        }
         self.transmits.push_back(Transmit {
             to: tx.peer.clone(),
             bytes: tx.wire.clone(),

@@ -530,3 +530,24 @@ proptest! {
         let _ = Bytes::new();
     }
 }
+
+#[test]
+fn a_late_wake_up_does_not_shift_the_retransmissions_after_it() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    l.send_request(request("INVITE", "z9hG4bKlate", 1), udp_peer(), t0);
+    drain_transmits(&mut l);
+    // Timer A is due at 0.5 s; the owner gets to it 100 ms late.
+    assert_eq!(l.poll_timeout(), Some(t0 + 500 * MS));
+    l.handle_timeout(t0 + 600 * MS);
+    assert_eq!(drain_transmits(&mut l).len(), 1);
+    assert_eq!(
+        l.poll_timeout(),
+        Some(t0 + 1500 * MS),
+        "the next one is 1 s after the one that was due, not after the late wake-up"
+    );
+    // Asleep past a whole interval: the missed one is not sent in a burst.
+    l.handle_timeout(t0 + 4000 * MS);
+    assert_eq!(drain_transmits(&mut l).len(), 1);
+    assert_eq!(l.poll_timeout(), Some(t0 + 6000 * MS));
+}
