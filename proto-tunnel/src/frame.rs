@@ -160,3 +160,19 @@ pub enum Frame {
         reason: String,
     },
 }
+
+impl Frame {
+    /// Whether the frame belongs to an exposed edge's page or virtual connections, which the
+    /// tunnel's ends handle themselves and never hand to the roles.
+    pub fn is_exposure(&self) -> bool {
+        matches!(
+            self,
+            Frame::HttpRequest { .. }
+                | Frame::HttpHead { .. }
+                | Frame::HttpBody { .. }
+                | Frame::WsOpen { .. }
+                | Frame::WsMessage { .. }
+                | Frame::WsClose { .. }
+        )
+    }
+}

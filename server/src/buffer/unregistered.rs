@@ -60,14 +60,6 @@ impl Unregistered {
         }
         due
     }
-
-    pub fn len(&self) -> usize {
-        self.deadlines.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.deadlines.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -87,7 +79,7 @@ mod tests {
         assert!(u.expire(t0 + 9 * S).is_empty());
         assert_eq!(u.expire(t0 + 10 * S), vec![ConnId(1)]);
         assert_eq!(u.expire(t0 + 20 * S), vec![ConnId(2)]);
-        assert!(u.is_empty());
+        assert!(u.deadlines.is_empty() && u.by_deadline.is_empty());
     }
 
     #[test]

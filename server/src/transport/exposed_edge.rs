@@ -39,18 +39,8 @@ impl ExposedEdge {
         }
     }
 
-    /// Whether `frame` is about the exposure (so it is this module's, not the role's).
-    pub fn claims(frame: &Frame) -> bool {
-        matches!(
-            frame,
-            Frame::HttpRequest { .. }
-                | Frame::WsOpen { .. }
-                | Frame::WsMessage { .. }
-                | Frame::WsClose { .. }
-        )
-    }
-
-    /// Handles one frame from the distributor. Returns false when the role has stopped
+    /// Handles one exposure frame from the distributor ([`Frame::is_exposure`]; the answers'
+    /// frames, which only an edge sends, are ignored). Returns false when the role has stopped
     /// listening. Never waits on the tunnel's own queue: this runs inside the tunnel's reader,
     /// which is also what drains it.
     pub async fn handle(&self, frame: Frame) -> bool {

@@ -74,11 +74,6 @@ impl PerSource {
             ip,
         })
     }
-
-    /// Connections open from `ip`.
-    pub fn open(&self, ip: IpAddr) -> usize {
-        lock(&self.inner.open).get(&ip).map_or(0, |c| c.open)
-    }
 }
 
 impl Drop for Admitted {
@@ -122,7 +117,6 @@ mod tests {
     fn the_table_forgets_an_address_with_nothing_open() {
         let limits = PerSource::new(1, "test");
         drop(limits.admit(A).unwrap());
-        assert_eq!(limits.open(A), 0);
         assert!(lock(&limits.inner.open).is_empty());
     }
 }

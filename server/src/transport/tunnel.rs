@@ -235,12 +235,7 @@ async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr, cre
             async move {
                 match frame {
                     Frame::Expose => exposures.expose(&edge, conn, relay),
-                    Frame::HttpRequest { .. }
-                    | Frame::HttpHead { .. }
-                    | Frame::HttpBody { .. }
-                    | Frame::WsOpen { .. }
-                    | Frame::WsMessage { .. }
-                    | Frame::WsClose { .. } => exposures.edge_frame(&edge, conn, frame),
+                    frame if frame.is_exposure() => exposures.edge_frame(&edge, conn, frame),
                     frame => {
                         return events
                             .send(TunnelServerEvent::Frame { conn, frame })
@@ -539,7 +534,7 @@ async fn dial_once(
             let events = events.clone();
             let exposed = exposed.clone();
             async move {
-                if ExposedEdge::claims(&frame) {
+                if frame.is_exposure() {
                     return match exposed {
                         Some(exposed) => exposed.handle(frame).await,
                         None => {
