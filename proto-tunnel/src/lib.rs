@@ -8,6 +8,7 @@
 
 mod codec;
 mod frame;
+pub mod media;
 mod session;
 
 pub use codec::{DecodeError, Limits, MAX_TOKEN, decode, encode, encode_into, valid_id};

@@ -63,6 +63,9 @@ pub struct LimitsConfig {
     pub message_s: u64,
     /// Seconds a SIP WebSocket may stay silent after its upgrade (a page registers at once).
     pub ws_first_message_s: u64,
+    /// Milliseconds of delay, beyond the quickest packet's, after which relayed caller
+    /// media is dropped by its receiver (distributor and exposed edge).
+    pub relay_max_age_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -72,6 +75,7 @@ impl Default for LimitsConfig {
             header_read_s: 10,
             message_s: 10,
             ws_first_message_s: 30,
+            relay_max_age_ms: 250,
         }
     }
 }
@@ -244,6 +248,11 @@ pub struct DistributorConfig {
     /// UDP address queue announcements are played from (early media), bound only when a
     /// queue has `ringback = "183"`. Its address is the one announced in SDP.
     pub early_media: SocketAddr,
+    /// UDP ports the caller media relay takes for exposed edges' calls, `LOW-HIGH`; any free
+    /// port when unset.
+    pub media_ports: Option<PortRange>,
+    /// The address announced to relayed callers instead of the public listener's.
+    pub media_public_ip: Option<std::net::IpAddr>,
     /// Calls at once for an agent the admin store does not describe (its `max_calls`
     /// otherwise).
     pub agent_max_calls: u32,
@@ -265,6 +274,8 @@ impl Default for DistributorConfig {
             tls: SocketAddr::from(([127, 0, 0, 1], 5061)),
             public: SocketAddr::from(([127, 0, 0, 1], 7443)),
             early_media: SocketAddr::from(([127, 0, 0, 1], 16000)),
+            media_ports: None,
+            media_public_ip: None,
             agent_max_calls: 1,
             default_queue: "default".into(),
             call_types: Vec::new(),
@@ -347,6 +358,29 @@ pub enum Expose {
     Direct,
     /// Also through the distributor, over the edge's tunnel.
     Tunnel,
+}
+
+/// A range of UDP ports, written `LOW-HIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<PortRange, String> {
+        let bad = || format!("{text:?} is not LOW-HIGH with 1 <= LOW <= HIGH <= 65535");
+        let (low, high) = text.split_once('-').ok_or_else(bad)?;
+        let low: u16 = low.trim().parse().map_err(|_| bad())?;
+        let high: u16 = high.trim().parse().map_err(|_| bad())?;
+        if low == 0 || low > high {
+            return Err(bad());
+        }
+        Ok(PortRange { low, high })
+    }
 }
 
 /// Where an edge without a tunnel reaches its distributor over plain SIP: written
@@ -477,6 +511,9 @@ impl Config {
                 "limits.header_read_s, message_s and ws_first_message_s must be 1-3600",
             );
         }
+        if !(20..=5000).contains(&l.relay_max_age_ms) {
+            return invalid("limits.relay_max_age_ms must be 20-5000");
+        }
         if !(1..=3600).contains(&self.buffer.ws_register_s) {
             return invalid("buffer.ws_register_s must be 1-3600 seconds");
         }
@@ -522,6 +559,18 @@ mod tests {
             c.admin.listen,
         ] {
             assert!(addr.ip().is_loopback(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_port_range_is_read_and_checked() {
+        let c = Config::parse("[distributor]\nmedia_ports = \"40000-40009\"\n").unwrap();
+        let range = c.distributor.media_ports.unwrap();
+        assert_eq!((range.low, range.high), (40000, 40009));
+        for bad in ["40009-40000", "0-10", "40000", "a-b", "1-70000"] {
+            let text = format!("[distributor]\nmedia_ports = \"{bad}\"\n");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("LOW-HIGH"), "{bad}: {err}");
         }
     }
 

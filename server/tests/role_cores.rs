@@ -231,7 +231,7 @@ impl Sim {
                         }
                     }
                     buffer::Output::Status(s) => self.status.push(s),
-                    buffer::Output::OpenCallerPort { call } => {
+                    buffer::Output::OpenCallerPort { call, .. } => {
                         let result = Ok(addr("198.51.100.2:30000"));
                         let input = buffer::Input::CallerPort { call, result };
                         self.edge.handle(input, self.now);

@@ -73,3 +73,56 @@ pub fn next_frame(ws: &mut Ws, limit: Duration) -> Option<Frame> {
         }
     }
 }
+
+/// A raw media connection to the distributor's caller media relay (`/media`), as an edge
+/// dials it, with `credential` and `subprotocol` when given; a refused handshake comes back
+/// as the error.
+pub fn media(
+    dir: &Path,
+    addr: SocketAddr,
+    credential: Option<&str>,
+    subprotocol: Option<&str>,
+) -> Result<Ws, tungstenite::Error> {
+    let mut request = format!("wss://{addr}/media").into_client_request()?;
+    let headers = request.headers_mut();
+    if let Some(p) = subprotocol {
+        headers.insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    if let Some(c) = credential {
+        headers.insert("Authorization", format!("Bearer {c}").parse().unwrap());
+    }
+    tungstenite::client(request, crate::https::tls(dir, addr))
+        .map(|(ws, _)| {
+            ws.get_ref()
+                .sock
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            ws
+        })
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => {
+                tungstenite::Error::Io(std::io::ErrorKind::WouldBlock.into())
+            }
+        })
+}
+
+/// The next media frame from the distributor within `limit`.
+pub fn next_media(ws: &mut Ws, limit: Duration) -> Option<proto_tunnel::media::MediaFrame> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return Some(proto_tunnel::media::decode_media(&b).unwrap()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("media connection: {e}"),
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+    }
+}

@@ -96,8 +96,19 @@ fn response(request: &str, code: &str, sdp: Option<&str>) -> String {
 impl WebRtcAgent {
     /// Connects to `wss://https/sip` (trusting `ca`) and registers `agent` with `token`.
     pub async fn register(https: SocketAddr, ca: &Path, agent: &str, token: &str) -> WebRtcAgent {
+        WebRtcAgent::register_at(https, "/sip", ca, agent, token).await
+    }
+
+    /// The same at another path: `/edge/<id>/sip` on the distributor, for an exposed edge.
+    pub async fn register_at(
+        https: SocketAddr,
+        path: &str,
+        ca: &Path,
+        agent: &str,
+        token: &str,
+    ) -> WebRtcAgent {
         let tls = certs::client_config(ca).unwrap();
-        let mut request = format!("wss://127.0.0.1:{}/sip", https.port())
+        let mut request = format!("wss://127.0.0.1:{}{path}", https.port())
             .into_client_request()
             .unwrap();
         request

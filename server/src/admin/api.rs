@@ -32,6 +32,8 @@ pub struct AdminState {
     pub commands: mpsc::Sender<Command>,
     /// The edges exposed on the distributor's public listener, for the live view.
     pub exposures: crate::transport::exposure::Exposures,
+    /// The caller media relay of exposed edges, for the live view.
+    pub relay: crate::transport::media_relay::MediaRelay,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -350,6 +352,8 @@ async fn live(State(state): State<AdminState>) -> Response {
             if let Some(object) = view.as_object_mut() {
                 let exposed = serde_json::to_value(state.exposures.view()).unwrap_or_default();
                 object.insert("exposed".into(), exposed);
+                let relay = serde_json::to_value(state.relay.view()).unwrap_or_default();
+                object.insert("media_relay".into(), relay);
             }
             Json(view).into_response()
         }

@@ -16,6 +16,7 @@ use crate::config::Expose;
 use crate::config::{Config, DistributorConfig};
 use crate::media::early::EarlyMedia;
 use crate::transport::exposure::Exposures;
+use crate::transport::media_relay::{MediaRelay, RelaySettings};
 use crate::transport::per_source::PerSource;
 use crate::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
 use crate::transport::{self, Transports};
@@ -25,6 +26,14 @@ use crate::{buffer, distributor};
 const EVENT_QUEUE: usize = 8192;
 /// Room for the admin API's and the shutdown's requests to a role.
 const COMMAND_QUEUE: usize = 64;
+/// Calls one exposed edge's media connection may have relayed at once.
+const MAX_RELAYED_PER_EDGE: usize = 4096;
+/// Room for the relay's answers to an exposed edge's requests for callers' ports.
+const PORT_ANSWERS: usize = 1024;
+
+fn relay_max_age(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_millis(config.limits.relay_max_age_ms)
+}
 
 /// A started distributor.
 pub(super) struct Distributor {
@@ -101,8 +110,19 @@ pub(super) async fn start_distributor(
     let edges = edge_token_issuer(config, ring);
     let deadlines = config.limits.deadlines();
     let exposures = Exposures::new(config.sip.max_message_bytes, deadlines.ws_first_message);
+    let relay = MediaRelay::new(
+        RelaySettings {
+            bind_ip: d.public.ip(),
+            public_ip: d.media_public_ip,
+            ports: d.media_ports.map(|r| (r.low, r.high)),
+            max_age: relay_max_age(config),
+            max_flows: MAX_RELAYED_PER_EDGE,
+        },
+        edge_token_issuer(config, ring),
+    );
     let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
-        .merge(transport::exposure::routes(exposures.clone()));
+        .merge(transport::exposure::routes(exposures.clone()))
+        .merge(transport::media_relay::routes(relay.clone()));
     let public_addr = transport::public::listen(
         d.public,
         tls,
@@ -158,6 +178,7 @@ pub(super) async fn start_distributor(
         admin_key: admin_key(config)?.into(),
         commands: commands.clone(),
         exposures,
+        relay,
     };
     let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
         .await
@@ -242,9 +263,25 @@ pub(super) async fn start_buffer(
         None => None,
     };
     let linked = link.is_some();
-    let (sockets, media_rx) = buffer::media_io::MediaSockets::bind(b.media, b.media_public_ip)
+    let (mut sockets, media_rx) = buffer::media_io::MediaSockets::bind(b.media, b.media_public_ip)
         .await
         .context(|| format!("binding buffer media {}", b.media))?;
+    let (ports_tx, ports_rx) = mpsc::channel(PORT_ANSWERS);
+    if b.expose == Expose::Tunnel {
+        // Callers' RTP goes through the distributor's relay, beside the tunnel.
+        let dial = buffer::relay_link::RelayDial {
+            url: beside_tunnel(&connect, "/media")?,
+            tls: client_tls.clone(),
+            token: token.clone(),
+            edge_id: b.id.clone(),
+            max_age: relay_max_age(config),
+            status: status.clone(),
+        };
+        let link = buffer::relay_link::RelayLink::spawn(dial, sockets.media_sender(), ports_tx);
+        sockets.relay_through(link);
+    } else {
+        drop(ports_tx);
+    }
     let media_addr = sockets.webrtc_addr();
     let media = buffer::media::CallMedia::new(
         media_addr,
@@ -263,6 +300,7 @@ pub(super) async fn start_buffer(
         sip: sip_rx,
         tunnel: tunnel_rx,
         media: media_rx,
+        ports: ports_rx,
         commands: command_rx,
     };
     let exposed = (b.expose == Expose::Tunnel).then(|| transports.clone());
@@ -314,11 +352,20 @@ pub(super) async fn start_buffer(
 /// Where the distributor serves an exposed edge's page: its public listener is the host the
 /// edge dials (`wss://HOST:PORT/tunnel` → `https://HOST:PORT/edge/<id>/`).
 fn exposed_page_url(connect: &str, edge: &str) -> Result<String, StartError> {
+    Ok(format!("https://{}/edge/{edge}/", tunnel_host(connect)?))
+}
+
+/// Another endpoint of the distributor's public listener the edge dials (`/media`).
+fn beside_tunnel(connect: &str, path: &str) -> Result<String, StartError> {
+    Ok(format!("wss://{}{path}", tunnel_host(connect)?))
+}
+
+fn tunnel_host(connect: &str) -> Result<String, StartError> {
     let uri: axum::http::Uri = connect
         .parse()
         .map_err(|_| StartError::msg(&format!("buffer.connect {connect} is not a URL")))?;
     let host = uri
         .authority()
         .ok_or_else(|| StartError::msg(&format!("buffer.connect {connect} names no host")))?;
-    Ok(format!("https://{host}/edge/{edge}/"))
+    Ok(host.to_string())
 }

@@ -37,6 +37,11 @@ pub enum Status {
     TunnelDown { edge: String },
     /// The distributor refused an edge's tunnel, once per distinct reason.
     TunnelRefused { edge: String, reason: String },
+    /// An exposed edge's media connection to the distributor's caller media relay is up:
+    /// its callers' audio can be relayed.
+    MediaRelayUp { edge: String },
+    /// It dropped; calls wanting a port are refused until it is back.
+    MediaRelayDown { edge: String },
     /// A shutdown was asked for: new calls are refused, calls in progress run on.
     Draining { calls: usize },
     /// Everything is closed.
@@ -59,6 +64,8 @@ impl fmt::Display for Status {
             Status::TunnelUp { edge } => write!(f, "tunnel-up {edge}"),
             Status::TunnelDown { edge } => write!(f, "tunnel-down {edge}"),
             Status::TunnelRefused { edge, reason } => write!(f, "tunnel-refused {edge} {reason}"),
+            Status::MediaRelayUp { edge } => write!(f, "media-relay-up {edge}"),
+            Status::MediaRelayDown { edge } => write!(f, "media-relay-down {edge}"),
             Status::Draining { calls } => write!(f, "draining {calls} calls"),
             Status::Stopped => write!(f, "stopped"),
         }

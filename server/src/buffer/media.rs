@@ -57,6 +57,11 @@ impl CallMedia {
         self.bridge.open(id, caller_offer, now)
     }
 
+    /// Where the call's media to the caller goes now (its SDP's address before latching).
+    pub fn caller_destination(&self, id: SessionId) -> Option<SocketAddr> {
+        self.bridge.caller_destination(id)
+    }
+
     /// The call's caller socket is open at `local` (as announced): the caller's SDP answer.
     pub fn caller_port(&mut self, id: SessionId, local: SocketAddr) -> Result<String, BridgeError> {
         let answer = self.bridge.caller_answer(id, local)?;

@@ -1,6 +1,8 @@
 //! The media bridge's sockets, owned by the buffer server's shell: one shared UDP socket for
-//! every agent's WebRTC, one per call for the caller's RTP, and a reader task for each
-//! feeding the buffer's task. The decisions are the core's ([`super::media::CallMedia`]).
+//! every agent's WebRTC, and for the callers' RTP either one socket per call with a reader
+//! task each feeding the buffer's task, or, on an exposed edge, a flow per call on the
+//! distributor's relay ([`super::relay_link`]). The decisions are the core's
+//! ([`super::media::CallMedia`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::media::MediaIn;
+use super::relay_link::RelayLink;
 use crate::media::bridge::{SessionId, Via};
 
 /// Datagrams queued from the sockets to the buffer's task.
@@ -53,6 +56,8 @@ pub struct MediaSockets {
     bind_ip: IpAddr,
     public_ip: Option<IpAddr>,
     callers: HashMap<SessionId, (Arc<UdpSocket>, JoinHandle<()>)>,
+    /// On an exposed edge, where callers' ports are: no caller socket is opened here.
+    relay: Option<RelayLink>,
     tx: mpsc::Sender<MediaIn>,
     webrtc_reader: JoinHandle<()>,
     /// Datagrams not sent (socket full or gone).
@@ -80,6 +85,7 @@ impl MediaSockets {
             bind_ip: local.ip(),
             public_ip: public,
             callers: HashMap::new(),
+            relay: None,
             tx,
             webrtc_reader,
             send_failures: 0,
@@ -92,8 +98,30 @@ impl MediaSockets {
         self.webrtc_announced
     }
 
-    /// Opens a call's caller-side socket: its address as announced in SDP.
-    pub fn open(&mut self, id: SessionId) -> std::io::Result<SocketAddr> {
+    /// Where relayed callers' datagrams must go: into the bridge's input like a socket's.
+    pub fn media_sender(&self) -> mpsc::Sender<MediaIn> {
+        self.tx.clone()
+    }
+
+    /// From now on callers' ports are the relay's.
+    pub fn relay_through(&mut self, relay: RelayLink) {
+        self.relay = Some(relay);
+    }
+
+    /// Opens a call's caller-side port: its address as announced in SDP now, or `None` when
+    /// the relay answers later (as a [`super::relay_link::PortAnswer`]).
+    pub fn open(
+        &mut self,
+        id: SessionId,
+        remote: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, String> {
+        match &self.relay {
+            Some(relay) => relay.open(id, remote).map(|()| None),
+            None => self.open_socket(id).map(Some).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn open_socket(&mut self, id: SessionId) -> std::io::Result<SocketAddr> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, 0))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .and_then(UdpSocket::from_std)?;
@@ -111,18 +139,24 @@ impl MediaSockets {
     }
 
     pub fn close(&mut self, id: SessionId) {
+        if let Some(relay) = &self.relay {
+            relay.close(id);
+        }
         if let Some((_, reader)) = self.callers.remove(&id) {
             reader.abort();
         }
     }
 
     pub fn send(&mut self, via: Via, to: SocketAddr, bytes: &[u8]) {
-        let socket = match via {
-            Via::WebRtc => Some(&self.webrtc),
-            Via::Caller(id) => self.callers.get(&id).map(|c| &c.0),
+        let sent = match (via, &self.relay) {
+            (Via::Caller(id), Some(relay)) => relay.send(id, to, bytes),
+            (Via::WebRtc, _) => self.webrtc.try_send_to(bytes, to).is_ok(),
+            (Via::Caller(id), None) => self
+                .callers
+                .get(&id)
+                .is_some_and(|c| c.0.try_send_to(bytes, to).is_ok()),
         };
-        let sent = socket.map(|s| s.try_send_to(bytes, to));
-        if !matches!(sent, Some(Ok(_))) {
+        if !sent {
             self.send_failures += 1;
         }
     }

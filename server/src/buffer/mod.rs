@@ -5,6 +5,7 @@ pub mod media;
 pub mod media_io;
 pub mod readdress;
 pub mod registrar;
+pub mod relay_link;
 pub mod routing_table;
 pub mod service;
 pub mod shell;

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::media::MediaIn;
 use super::media_io::MediaSockets;
+use super::relay_link::PortAnswer;
 use super::service::{Buffer, Command, Input, Output};
 use crate::app::status::StatusSink;
 use crate::driver::Shell;
@@ -23,6 +24,7 @@ pub struct BufferShell {
     sip: mpsc::Receiver<TransportEvent>,
     tunnel: mpsc::Receiver<TunnelClientEvent>,
     media_in: mpsc::Receiver<MediaIn>,
+    ports: mpsc::Receiver<PortAnswer>,
     commands: mpsc::Receiver<Command>,
     /// The tunnel's writer while it is up.
     tunnel_tx: Option<(ConnId, mpsc::Sender<Frame>)>,
@@ -36,6 +38,8 @@ pub struct Sources {
     pub sip: mpsc::Receiver<TransportEvent>,
     pub tunnel: mpsc::Receiver<TunnelClientEvent>,
     pub media: mpsc::Receiver<MediaIn>,
+    /// The relay's answers for callers' ports (an exposed edge; closed otherwise).
+    pub ports: mpsc::Receiver<PortAnswer>,
     pub commands: mpsc::Receiver<Command>,
 }
 
@@ -51,6 +55,7 @@ impl BufferShell {
             sip: sources.sip,
             tunnel: sources.tunnel,
             media_in: sources.media,
+            ports: sources.ports,
             commands: sources.commands,
             tunnel_tx: None,
             media,
@@ -83,6 +88,9 @@ impl Shell<Buffer> for BufferShell {
                 TunnelClientEvent::Frame { conn, frame } => Input::Frame { conn, frame },
             }),
             Some(input) = self.media_in.recv() => Some(Input::Media(input)),
+            Some(PortAnswer { flow, result }) = self.ports.recv() => {
+                Some(Input::CallerPort { call: flow, result })
+            }
             Some(command) = self.commands.recv() => Some(Input::Command(command)),
         }
     }
@@ -102,9 +110,18 @@ impl Shell<Buffer> for BufferShell {
                 _ => debug!("tunnel down; frame to the distributor dropped"),
             },
             Output::Close { conn } => self.transports.close(conn),
-            Output::OpenCallerPort { call } => {
-                let result = self.media.open(call).map_err(|e| e.to_string());
-                return Some(Input::CallerPort { call, result });
+            Output::OpenCallerPort { call, remote } => {
+                return match self.media.open(call, remote) {
+                    Ok(Some(addr)) => Some(Input::CallerPort {
+                        call,
+                        result: Ok(addr),
+                    }),
+                    Ok(None) => None,
+                    Err(e) => Some(Input::CallerPort {
+                        call,
+                        result: Err(e),
+                    }),
+                };
             }
             Output::CloseCallerPort { call } => self.media.close(call),
             Output::Datagram(d) => self.media.send(d.via, d.to, &d.bytes),

@@ -517,6 +517,12 @@ impl Bridge {
         }
     }
 
+    /// Where the call's media to the caller goes now: its SDP's address until its RTP shows
+    /// another.
+    pub fn caller_destination(&self, id: SessionId) -> Option<SocketAddr> {
+        self.sessions.get(&id).map(|s| s.caller_to)
+    }
+
     /// A datagram on a call's caller-leg socket.
     pub fn from_caller(&mut self, id: SessionId, bytes: &[u8], from: SocketAddr, now: Instant) {
         let Some(s) = self.sessions.get_mut(&id) else {

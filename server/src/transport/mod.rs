@@ -5,9 +5,11 @@
 
 pub mod agent_page;
 mod boundary;
+pub mod drop_oldest;
 pub mod exposed_edge;
 pub mod exposure;
 pub mod https;
+pub mod media_relay;
 pub mod per_source;
 pub mod public;
 mod serve;

@@ -110,25 +110,9 @@ async fn tunnel_upgrade(
 ) -> Response {
     // The credential is checked before the upgrade: nothing unauthenticated ever holds a
     // tunnel, let alone passes SIP through it.
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let verifier = TokenVerifier::new(&state.edges.verifier_settings());
-    let credential = tokens::bearer(authorization).and_then(|t| verifier.verify(t));
-    let edge = match credential {
-        Ok(claims) => claims.sub,
-        Err(e) => {
-            info!(%peer, error = %e, "refusing tunnel without a valid edge credential");
-            let challenge = format!(
-                "Bearer realm=\"agent-edge-tunnel\", error=\"invalid_token\", error_description=\"{e}\""
-            );
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, challenge)],
-                "an edge credential is required: agent-edge token issue --edge ID\n",
-            )
-                .into_response();
-        }
+    let edge = match edge_credential(&state.edges, &headers, peer, "agent-edge-tunnel") {
+        Ok(edge) => edge,
+        Err(refusal) => return *refusal,
     };
     // One tunnel frame is one WebSocket message; a WebSocket frame is buffered whole before
     // the message limit applies, so both are capped.
@@ -145,6 +129,37 @@ async fn tunnel_upgrade(
             .into_response();
     }
     ws.on_upgrade(move |socket| serve_edge(state, socket, peer, edge))
+}
+
+/// The edge an upgrade request's bearer credential proves, or the 401 that refuses it; read
+/// with the issuer's keys of the moment, so a key rotation applies at once.
+pub(super) fn edge_credential(
+    edges: &TokenIssuer,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    realm: &str,
+) -> Result<String, Box<Response>> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let verifier = TokenVerifier::new(&edges.verifier_settings());
+    match tokens::bearer(authorization).and_then(|t| verifier.verify(t)) {
+        Ok(claims) => Ok(claims.sub),
+        Err(e) => {
+            info!(%peer, realm, error = %e, "refusing an edge without a valid edge credential");
+            let challenge = format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
+            );
+            Err(Box::new(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                    "an edge credential is required: agent-edge token issue --edge ID\n",
+                )
+                    .into_response(),
+            ))
+        }
+    }
 }
 
 async fn serve_edge(state: ServerState, socket: WebSocket, peer: SocketAddr, credential: String) {

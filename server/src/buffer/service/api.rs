@@ -93,9 +93,14 @@ pub enum Output {
     Frame { conn: ConnId, frame: Frame },
     /// Close an agent's connection (its token was revoked).
     Close { conn: ConnId },
-    /// Open a bridged call's caller-side UDP socket; the answer comes back as
-    /// [`Input::CallerPort`].
-    OpenCallerPort { call: SessionId },
+    /// Open a bridged call's caller-side port (a UDP socket of the edge's, or one of the
+    /// distributor's relay when the edge is exposed); the answer comes back as
+    /// [`Input::CallerPort`], at once or later. `remote`: where the caller's SDP says it
+    /// receives.
+    OpenCallerPort {
+        call: SessionId,
+        remote: Option<SocketAddr>,
+    },
     /// Close it: the call ended.
     CloseCallerPort { call: SessionId },
     /// A media datagram, from the shared WebRTC socket or a call's caller socket.

@@ -63,6 +63,9 @@ pub(super) struct Calls {
     /// The caller's SDP answer of each bridged call, sent with the agent's 2xx; apart from
     /// [`CallRecord`] because the statistics report walks the bridged calls alone.
     caller_answers: HashMap<CallKey, String>,
+    /// Bridged calls whose caller-side port is being opened, with the agent's 2xx if it
+    /// came first (it waits: the caller must get our SDP, never the agent's).
+    awaiting_port: HashMap<CallKey, Option<(TxId, SipMessage)>>,
     txs: HashMap<TxId, (CallKey, TxRole)>,
 }
 
@@ -109,6 +112,7 @@ impl Calls {
     pub fn remove(&mut self, key: CallKey) -> Option<CallEntry> {
         self.records.remove(&key);
         self.caller_answers.remove(&key);
+        self.awaiting_port.remove(&key);
         self.table.remove(key)
     }
 
@@ -174,6 +178,38 @@ impl Calls {
         if self.records.contains_key(&key) {
             self.caller_answers.insert(key, sdp);
         }
+    }
+
+    /// The call's caller-side port is asked for.
+    pub fn await_caller_port(&mut self, key: CallKey) {
+        if self.records.contains_key(&key) {
+            self.awaiting_port.insert(key, None);
+        }
+    }
+
+    /// Keeps the agent's 2xx of a call still waiting for its port; false when it need not
+    /// wait.
+    pub fn hold_for_caller_port(
+        &mut self,
+        key: CallKey,
+        client_tx: TxId,
+        resp: &SipMessage,
+    ) -> bool {
+        match self.awaiting_port.get_mut(&key) {
+            Some(slot) => {
+                // A retransmitted 2xx replaces the first: the same answer.
+                *slot = Some((client_tx, resp.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The port's answer came: the 2xx that waited for it, if any; none when the call was
+    /// not waiting (it ended meanwhile).
+    #[allow(clippy::option_option)]
+    pub fn caller_port_arrived(&mut self, key: CallKey) -> Option<Option<(TxId, SipMessage)>> {
+        self.awaiting_port.remove(&key)
     }
 
     pub fn caller_answer(&self, key: CallKey) -> Option<&str> {

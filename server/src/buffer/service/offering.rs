@@ -84,8 +84,13 @@ impl Buffer {
                 Ok(agent_offer) => {
                     out.set_header("Content-Type", "application/sdp");
                     out.body = Bytes::from(agent_offer);
-                    // The caller's answer follows once its socket is open.
-                    self.out.push_back(Output::OpenCallerPort { call: key.0 });
+                    // The caller's answer follows once its port is open.
+                    let remote = media.caller_destination(key.0);
+                    self.calls.await_caller_port(key);
+                    self.out.push_back(Output::OpenCallerPort {
+                        call: key.0,
+                        remote,
+                    });
                 }
                 Err(e) => {
                     info!(call = ?key, error = %e, "refusing the call's media");
@@ -115,13 +120,31 @@ impl Buffer {
             (Ok(_), None) => return,
             (Err(e), _) => Err(e),
         };
+        // The agent may have answered while the port was being opened (a relay's port takes
+        // a round trip to the distributor): its 2xx waited, and goes on now.
+        let Some(early_answer) = self.calls.caller_port_arrived(key) else {
+            return;
+        };
         match answer {
             Ok(answer) => {
                 self.calls.set_caller_answer(key, answer);
+                if let Some((client_tx, resp)) = early_answer {
+                    self.on_agent_invite_response(key, client_tx, resp, now);
+                }
             }
             Err(e) => {
-                warn!(call = ?key, error = %e, "no caller-side media socket: refusing the call");
-                self.refuse_offering(key, 503, "No media port for the caller", now);
+                warn!(call = ?key, error = %e, "no caller-side media port: refusing the call");
+                if let Some((client_tx, _)) = early_answer {
+                    // The agent's leg is confirmed, so it is hung up, not cancelled.
+                    if let Some(req) = self.layer.server_request(client_tx).cloned() {
+                        let mut out = req.response(503, Some(&ids::tag()));
+                        out.set_reason("No media port for the caller");
+                        let _ = self.layer.send_response(client_tx, out, now);
+                    }
+                    self.ack_and_bye_agent(key, now);
+                } else {
+                    self.refuse_offering(key, 503, "No media port for the caller", now);
+                }
             }
         }
     }
@@ -135,6 +158,9 @@ impl Buffer {
     ) {
         let code = resp.status().unwrap_or(500);
         if code == 100 {
+            return;
+        }
+        if (200..300).contains(&code) && self.calls.hold_for_caller_port(key, client_tx, &resp) {
             return;
         }
         let Some(entry) = self.calls.get_mut(key) else {
