@@ -591,6 +591,7 @@ impl Exposed {
         );
         let buffer_https = buffer.addr("buffer.https");
         buffer.wait_line("tunnel-up edge-1", crate::WAIT);
+        buffer.wait_line("media-relay-up edge-1", crate::WAIT);
         let sys = Exposed {
             distributor,
             buffer,

@@ -111,36 +111,83 @@ async fn signed_in(net: &Topology) -> (Exposed, Browser) {
     (sys, browser)
 }
 
-/// One call from SIPp in the caller's namespace to the distributor's public SIP address,
-/// answered on the page; SIPp's scenario must complete.
-async fn answered_call(
+fn start_call(
     net: &Topology,
     sys: &Exposed,
-    browser: &Browser,
     scenario: &'static str,
     name: &str,
-) {
+    args: &'static [&'static str],
+) -> tokio::task::JoinHandle<agent_edge_tests::SippRun> {
     let (dir, sip, ns) = (sys.path().to_owned(), sys.sip, net.caller.clone());
     let name = name.to_owned();
-    let what = format!("{name}: the caller's call");
-    let call = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         caller(scenario, &dir, &name, sip)
             .in_netns(&ns, CALLER)
             .arg(&["-m", "1"])
+            .arg(args)
             .run()
-    });
+    })
+}
+
+/// A call from SIPp playing G.711 from a pcap and echoing what it receives, answered on the
+/// page: `in_call` later the page's WebRTC statistics must show the caller's audio and the
+/// echo of its own (what SIPp received), then SIPp hangs up. The page's figures.
+async fn call_with_audio(
+    net: &Topology,
+    sys: &Exposed,
+    browser: &Browser,
+    name: &str,
+    in_call: Duration,
+) -> serde_json::Value {
+    let call = start_call(net, sys, "caller_pcap_10s.xml", name, &["-rtp_echo"]);
     browser.wait_state("ringing", "netns-ringing").await;
     browser.click("#answer").await;
     browser.wait_state("in-call", "netns-in-call").await;
-    call.await.unwrap().assert_ok(&what);
+    tokio::time::sleep(in_call).await;
+    let stats = browser.audio_stats().await;
+    let sent = stats["packetsSent"].as_u64().unwrap_or(0);
+    let received = stats["packetsReceived"].as_u64().unwrap_or(0);
+    // 50 packets a second each way: the page's microphone out, and back in the pcap (236
+    // packets) and the echo of the microphone.
+    let seconds = in_call.as_secs().saturating_sub(1);
+    assert!(
+        sent > 40 * seconds,
+        "{name}: the page sent its microphone: {stats}"
+    );
+    assert!(
+        received > 236 + 30 * seconds.saturating_sub(2),
+        "{name}: the caller's audio and the echo of the page's came in: {stats}"
+    );
+    assert!(
+        stats["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0,
+        "{name}: {stats}"
+    );
+    call.await
+        .unwrap()
+        .assert_ok(&format!("{name}: the caller's call"));
     browser.wait_state("registered", "netns-after-call").await;
+    stats
+}
+
+/// The distributor's relay figures for edge-1's media connection, read in its namespace;
+/// none while edge-1 has no media connection.
+fn relay_connection(net: &Topology, sys: &mut Exposed) -> Option<serde_json::Value> {
+    let admin = sys.distributor.addr("distributor.admin");
+    let key = agent_edge_tests::admin_key(sys.path());
+    let (_, body) = netns::in_netns(&net.distributor, || {
+        agent_edge_tests::http(admin, "GET", "/live", Some(&key), None)
+    });
+    let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+    live["media_relay"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["edge"] == "edge-1").cloned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_reaches_an_agent_on_an_edge_that_accepts_nothing_inbound() {
+async fn twenty_callers_have_audio_both_ways_with_an_edge_that_accepts_nothing_inbound() {
     let Some(net) = Topology::start() else { return };
     let started = Instant::now();
-    let (sys, browser) = signed_in(&net).await;
+    let (mut sys, browser) = signed_in(&net).await;
 
     // The edge's own page is on its LAN: the internet cannot open it.
     assert!(
@@ -148,33 +195,56 @@ async fn a_caller_reaches_an_agent_on_an_edge_that_accepts_nothing_inbound() {
         "the caller's namespace reached the edge's own HTTPS listener"
     );
 
-    // The caller plays audio to the address the edge's SDP answer gives (the edge's LAN
-    // address, which the internet here routes to the gateway): the firewall drops it, as it
-    // must. The caller media relay through the distributor is not built yet, so no audio is
-    // asserted; the page's microphone goes to the caller from the edge's own UDP port and is
-    // dropped on the way out too (counted in udp_out_edge_dropped).
-    answered_call(&net, &sys, &browser, "caller_pcap_audio.xml", "pcap-caller").await;
+    // Each caller's RTP goes to a port of the distributor's and crosses to the edge over its
+    // media WebSocket (out through the gateway on 443); the page's WebRTC stays on the LAN.
+    const CALLS: usize = 20;
+    for i in 0..CALLS {
+        let stats = call_with_audio(
+            &net,
+            &sys,
+            &browser,
+            &format!("relayed-{i}"),
+            Duration::from_secs(8),
+        )
+        .await;
+        eprintln!(
+            "call {i}: page sent {} received {} packets",
+            stats["packetsSent"], stats["packetsReceived"]
+        );
+    }
 
     let c = net.counters();
+    let relay = relay_connection(&net, &mut sys).expect("edge-1's media connection");
     eprintln!(
-        "gateway counters after one call: {c:?} ({:?})",
+        "after {CALLS} calls ({:?}): gateway {c:?}; relay {relay}",
         started.elapsed()
+    );
+    assert_eq!(
+        c.udp_out_edge_dropped + c.udp_out_lan_dropped,
+        0,
+        "UDP left the edge's namespace (the firewall drops and counts every datagram out): {c:?}"
     );
     assert_eq!(
         c.inbound_new_accepted, 0,
         "a connection got into the LAN: {c:?}"
     );
     assert!(
-        c.inbound_new_dropped >= 2,
-        "the probe's SYN and the caller's RTP were dropped: {c:?}"
-    );
-    assert_eq!(
-        c.udp_out_lan_dropped, 0,
-        "the browser's WebRTC stays on the edge's LAN: {c:?}"
+        c.inbound_new_dropped >= 1,
+        "the probe's SYN was dropped: {c:?}"
     );
     assert!(
-        c.tcp443_out_accepted >= 2,
-        "the tunnel and the page's connections went out on 443: {c:?}"
+        c.tcp443_out_accepted >= 3,
+        "the tunnel, the media relay and the page's connections went out on 443: {c:?}"
+    );
+    assert_eq!(relay["flows"], 0, "every call's port was closed: {relay}");
+    let per_call = 236 + 8 * 40;
+    assert!(
+        relay["packets_to_edge"].as_u64().unwrap() > (CALLS * per_call) as u64,
+        "{relay}"
+    );
+    assert!(
+        relay["packets_from_edge"].as_u64().unwrap() > (CALLS * 8 * 40) as u64,
+        "{relay}"
     );
     browser.close().await;
     drop(sys);
@@ -220,7 +290,14 @@ async fn the_page_reconnects_through_the_distributor_after_the_edges_tunnel_is_c
         .await;
     sys.distributor.wait_line("agent-up alice edge-1", WAIT);
     let back = cut.elapsed();
-    answered_call(&net, &sys, &browser, "caller_call_hangup.xml", "after-cut").await;
+    // Its media relay connection is up (the same one, if the cut left it alone, or a new
+    // one): the next call has audio both ways.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay_connection(&net, &mut sys).is_none() {
+        assert!(Instant::now() < deadline, "the media relay never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    call_with_audio(&net, &sys, &browser, "after-cut", Duration::from_secs(5)).await;
 
     let c = net.counters();
     eprintln!(

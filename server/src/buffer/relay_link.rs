@@ -4,7 +4,7 @@
 //! looks as if its datagrams came to a socket of the edge's own: the source address is the
 //! caller's as the distributor saw it, so symmetric RTP latching works unchanged.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,10 @@ const CONTROL_QUEUE: usize = 256;
 /// How often the edge pings the media connection and reports its drops.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the distributor has to answer a request for a port. Its answers never wait
+/// behind media, so a connection that keeps one waiting longer is taken for dead (a NAT
+/// that lost its state, a distributor gone without a reset) and dialled again.
+const PORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How the edge reaches the relay.
 #[derive(Debug, Clone)]
@@ -72,7 +76,8 @@ struct Shared {
 struct Connection {
     queue: DropOldest<Vec<u8>>,
     control: mpsc::Sender<Vec<u8>>,
-    pending: Mutex<HashSet<u64>>,
+    /// Flows asked for, by when the answer is due.
+    pending: Mutex<HashMap<u64, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,7 +118,7 @@ impl RelayLink {
         let conn = self
             .connection()
             .ok_or("the media relay to the distributor is not connected")?;
-        lock(&conn.pending).insert(flow);
+        lock(&conn.pending).insert(flow, Instant::now() + PORT_TIMEOUT);
         conn.control
             .try_send(encode_media(&MediaFrame::Open { flow, remote }))
             .map_err(|_| {
@@ -235,7 +240,7 @@ impl RelayLink {
         let conn = Arc::new(Connection {
             queue: DropOldest::new(TO_RELAY_QUEUE),
             control,
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
         });
         let writer = tokio::spawn(write_to_relay(
             sink,
@@ -249,7 +254,28 @@ impl RelayLink {
             edge: dial.edge_id.clone(),
         });
         let mut late = LateFilter::new(dial.max_age, LATE_WINDOW);
-        while let Ok(Some(Ok(message))) = tokio::time::timeout(SILENCE, stream.next()).await {
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        let mut heard = Instant::now();
+        loop {
+            let message = tokio::select! {
+                message = stream.next() => message,
+                _ = check.tick() => {
+                    if heard.elapsed() > SILENCE {
+                        warn!(url = %dial.url, "the media relay went silent");
+                        break;
+                    }
+                    let now = Instant::now();
+                    if lock(&conn.pending).values().any(|due| *due < now) {
+                        warn!(url = %dial.url, "the media relay did not answer a request for a port");
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(Ok(message)) = message else {
+                break;
+            };
+            heard = Instant::now();
             let bytes = match message {
                 tungstenite::Message::Binary(b) => b,
                 tungstenite::Message::Close(_) => break,
@@ -293,7 +319,7 @@ impl RelayLink {
         writer.abort();
         // Calls waiting for a port get none; calls with one lose their media, and the bridge's
         // inactivity timer ends them.
-        let pending: Vec<u64> = lock(&conn.pending).drain().collect();
+        let pending: Vec<u64> = lock(&conn.pending).drain().map(|(flow, _)| flow).collect();
         for flow in pending {
             let result = Err("the media relay connection was lost".to_owned());
             let _ = answers.send(PortAnswer { flow, result }).await;
@@ -312,7 +338,7 @@ impl RelayLink {
         flow: u64,
         result: Result<SocketAddr, String>,
     ) {
-        if lock(&conn.pending).remove(&flow) {
+        if lock(&conn.pending).remove(&flow).is_some() {
             let _ = answers.send(PortAnswer { flow, result }).await;
         }
     }
