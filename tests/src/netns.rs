@@ -319,6 +319,28 @@ impl Topology {
         );
     }
 
+    /// Changes the gateway for a measurement: `open_udp` lets UDP between the edge and the
+    /// internet through both ways (the direct path a caller's RTP would take to an edge with
+    /// a public address), and `uplink_loss` percent of the edge's packets out to the internet
+    /// are dropped at random (nftables `numgen`), before any other rule. Replaces what an
+    /// earlier call set, and [`Topology::cut_edge_tcp`].
+    pub fn impair(&self, open_udp: bool, uplink_loss: u32) {
+        let mut rules = format!("flush chain inet {TABLE} outage\n");
+        if uplink_loss > 0 {
+            rules.push_str(&format!(
+                "add rule inet {TABLE} outage iifname \"lan\" oifname \"wan\" ip saddr {EDGE} \
+                 numgen random mod 100 < {uplink_loss} drop\n"
+            ));
+        }
+        if open_udp {
+            rules.push_str(&format!(
+                "add rule inet {TABLE} outage iifname \"lan\" oifname \"wan\" ip saddr {EDGE} meta l4proto udp accept\n\
+                 add rule inet {TABLE} outage iifname \"wan\" oifname \"lan\" ip daddr {EDGE} meta l4proto udp accept\n"
+            ));
+        }
+        nft(&self.gateway, &rules);
+    }
+
     /// Ends [`Topology::cut_edge_tcp`].
     pub fn restore_edge_tcp(&self) {
         nft(&self.gateway, &format!("flush chain inet {TABLE} outage\n"));
@@ -574,9 +596,18 @@ impl Exposed {
     /// Starts both roles and waits until the distributor serves the edge's page, as seen from
     /// the agent's namespace.
     pub fn start(net: &Topology) -> Exposed {
+        Exposed::start_with(net, "expose = \"tunnel\"")
+    }
+
+    /// The same with `buffer_extra` in the edge's `[buffer]` section instead: with
+    /// `expose = "direct"` only the tunnel goes through the distributor (no page, no relay).
+    pub fn start_with(net: &Topology, buffer_extra: &str) -> Exposed {
+        let exposed = buffer_extra.contains("expose = \"tunnel\"");
         let dir = crate::test_dir();
         let d = dir.path();
-        certs::ensure_dev_certs_for(&d.join("certs"), &[&DISTRIBUTOR.to_string()]).unwrap();
+        // The edge's own listener is reached at its LAN address when it is not exposed.
+        let names = [DISTRIBUTOR.to_string(), EDGE.to_string()];
+        certs::ensure_dev_certs_for(&d.join("certs"), &[&names[0], &names[1]]).unwrap();
         let public = SocketAddr::new(DISTRIBUTOR, 443);
         let (distributor, sip) =
             crate::start_distributor_in(d, Some(&net.distributor), DISTRIBUTOR, public.port());
@@ -587,11 +618,13 @@ impl Exposed {
             public,
             None,
             "buffer.log",
-            "expose = \"tunnel\"",
+            buffer_extra,
         );
         let buffer_https = buffer.addr("buffer.https");
         buffer.wait_line("tunnel-up edge-1", crate::WAIT);
-        buffer.wait_line("media-relay-up edge-1", crate::WAIT);
+        if exposed {
+            buffer.wait_line("media-relay-up edge-1", crate::WAIT);
+        }
         let sys = Exposed {
             distributor,
             buffer,
@@ -600,7 +633,9 @@ impl Exposed {
             buffer_https,
             dir,
         };
-        sys.wait_exposed(net);
+        if exposed {
+            sys.wait_exposed(net);
+        }
         sys
     }
 

@@ -35,6 +35,10 @@ pub struct WebRtcAgent {
 #[derive(Debug)]
 pub struct CallMedia {
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// When each packet of `received` arrived (same order).
+    pub arrived: Arc<Mutex<Vec<Instant>>>,
+    /// When each payload given was sent (same order as the payloads).
+    pub sent_at: Arc<Mutex<Vec<Instant>>>,
     /// How many of the payloads given were sent.
     pub sent: Arc<Mutex<usize>>,
     pub connected: Arc<Mutex<bool>>,
@@ -108,7 +112,7 @@ impl WebRtcAgent {
         token: &str,
     ) -> WebRtcAgent {
         let tls = certs::client_config(ca).unwrap();
-        let mut request = format!("wss://127.0.0.1:{}{path}", https.port())
+        let mut request = format!("wss://{https}{path}")
             .into_client_request()
             .unwrap();
         request
@@ -170,7 +174,17 @@ impl WebRtcAgent {
     /// Answers `invite` with WebRTC and starts the media: `payloads` are sent as RTP of the
     /// negotiated G.711 type, one every 20 ms once connected.
     pub async fn answer(&mut self, invite: &str, payloads: Vec<Vec<u8>>) -> CallMedia {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The address towards the bridge's (its offer's candidate): loopback on one host,
+        // the agent's own address in a network namespace.
+        let bridge_ip: std::net::IpAddr = body(invite)
+            .lines()
+            .find_map(|l| l.strip_prefix("a=candidate:"))
+            .and_then(|c| c.split_whitespace().nth(4)?.parse().ok())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        probe.connect((bridge_ip, 9)).unwrap();
+        let own_ip = probe.local_addr().unwrap().ip();
+        let socket = UdpSocket::bind((own_ip, 0)).await.unwrap();
         let local = socket.local_addr().unwrap();
         let now = Instant::now();
         let mut builder = Rtc::builder()
@@ -191,21 +205,14 @@ impl WebRtcAgent {
         let offer = SdpOffer::from_sdp_string(body(invite)).expect("a WebRTC offer");
         let answer = rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
         self.send(&response(invite, "200 OK", Some(&answer))).await;
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let sent = Arc::new(Mutex::new(0));
-        let connected = Arc::new(Mutex::new(false));
-        let task = tokio::spawn(media_loop(
-            rtc,
-            socket,
-            payloads,
-            received.clone(),
-            sent.clone(),
-            connected.clone(),
-        ));
+        let media = Recording::default();
+        let task = tokio::spawn(media_loop(rtc, socket, payloads, media.clone()));
         CallMedia {
-            received,
-            sent,
-            connected,
+            received: media.received,
+            arrived: media.arrived,
+            sent_at: media.sent_at,
+            sent: media.sent,
+            connected: media.connected,
             task,
         }
     }
@@ -222,14 +229,24 @@ impl WebRtcAgent {
     }
 }
 
-async fn media_loop(
-    mut rtc: Rtc,
-    socket: UdpSocket,
-    payloads: Vec<Vec<u8>>,
+/// What a call's media task records, shared with its [`CallMedia`].
+#[derive(Debug, Clone, Default)]
+struct Recording {
     received: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Mutex<Vec<Instant>>>,
+    sent_at: Arc<Mutex<Vec<Instant>>>,
     sent: Arc<Mutex<usize>>,
     connected: Arc<Mutex<bool>>,
-) {
+}
+
+async fn media_loop(mut rtc: Rtc, socket: UdpSocket, payloads: Vec<Vec<u8>>, media: Recording) {
+    let Recording {
+        received,
+        arrived,
+        sent_at,
+        sent,
+        connected,
+    } = media;
     let local = socket.local_addr().unwrap();
     let mut buf = vec![0u8; 2048];
     let mut mid: Option<Mid> = None;
@@ -249,6 +266,7 @@ async fn media_loop(
                         .lock()
                         .unwrap()
                         .push((*p.header.payload_type, p.payload.to_vec()));
+                    arrived.lock().unwrap().push(Instant::now());
                 }
                 Ok(Output::Event(_)) => {}
                 Err(_) => return,
@@ -293,6 +311,7 @@ async fn media_loop(
                         let seq = index as u64 + 1;
                         let write = RtpWrite::new(pt, seq.into(), (index * 160) as u32, now, payloads[index].as_slice());
                         tx.write_rtp(write);
+                        sent_at.lock().unwrap().push(now);
                         index += 1;
                         *sent.lock().unwrap() = index;
                     }

@@ -311,3 +311,151 @@ async fn the_page_reconnects_through_the_distributor_after_the_edges_tunnel_is_c
     browser.close().await;
     drop(sys);
 }
+
+/// Round trips of the agent's audio through the caller's echo, for one call: a WebRTC agent
+/// (str0m, as a browser) in the agent's namespace, registered on `page_host`'s `path`,
+/// answers a SIPp caller that echoes its RTP; each of the agent's 400 packets (8 s) is
+/// tagged with its number, and its round trip is when its echo arrived less when it was
+/// sent, on the agent's one clock. Sorted, with the number of packets that never came back.
+fn echo_round_trips(
+    net: &Topology,
+    sys: &Exposed,
+    https: SocketAddr,
+    path: &'static str,
+    name: &str,
+) -> (Vec<Duration>, usize) {
+    const PACKETS: usize = 400;
+    let token = issue_token(sys.path(), "bob");
+    let ca = sys.path().join("certs").join("ca.pem");
+    let (registered_tx, registered) = std::sync::mpsc::channel();
+    let (dir, sip, ns, name) = (
+        sys.path().to_owned(),
+        sys.sip,
+        net.caller.clone(),
+        name.to_owned(),
+    );
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            netns::in_netns(&net.agent, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let mut agent = agent_edge_tests::webrtc_agent::WebRtcAgent::register_at(
+                        https, path, &ca, "bob", &token,
+                    )
+                    .await;
+                    registered_tx.send(()).unwrap();
+                    let invite = agent.wait_invite().await;
+                    let payloads = (0..PACKETS)
+                        .map(|i| {
+                            let mut p = format!("RTT-{i:05}-").into_bytes();
+                            p.resize(160, 0xd5);
+                            p
+                        })
+                        .collect();
+                    let media = agent.answer(&invite, payloads).await;
+                    agent.wait_bye().await;
+                    let connected = *media.connected.lock().unwrap();
+                    eprintln!(
+                        "agent: connected {connected}, sent {}, received {}",
+                        media.sent_at.lock().unwrap().len(),
+                        media.received.lock().unwrap().len()
+                    );
+                    let received = media.received.lock().unwrap().clone();
+                    let arrived = media.arrived.lock().unwrap().clone();
+                    let sent_at = media.sent_at.lock().unwrap().clone();
+                    (received, arrived, sent_at)
+                })
+            })
+        });
+        registered.recv_timeout(WAIT).expect("the agent registered");
+        let run = caller("caller_pcap_10s.xml", &dir, &name, sip)
+            .in_netns(&ns, CALLER)
+            .arg(&["-m", "1", "-rtp_echo"])
+            .run();
+        run.assert_ok(&format!("{name}: the caller"));
+        let (received, arrived, sent_at) = agent.join().unwrap();
+        assert!(
+            sent_at.len() >= PACKETS,
+            "{name}: the agent sent its audio\n{}",
+            sys.buffer.log_tail()
+        );
+        let mut rtts: Vec<Duration> = received
+            .iter()
+            .zip(&arrived)
+            .filter_map(|((_, p), at)| {
+                let tag = std::str::from_utf8(p.get(4..9)?).ok()?;
+                p.starts_with(b"RTT-")
+                    .then(|| tag.parse::<usize>().ok())
+                    .flatten()
+                    .and_then(|i| Some(at.duration_since(*sent_at.get(i)?)))
+            })
+            .collect();
+        rtts.sort();
+        let lost = PACKETS - rtts.len().min(PACKETS);
+        (rtts, lost)
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Issue 16's delay figure: what the relay adds to the caller's leg, against the direct path
+/// (the same gateway letting the caller's UDP through to an edge that is not exposed), with
+/// no loss and with 2 % of the edge's uplink packets dropped. Printed, for the README; the
+/// test asserts what a caller hears (audio both ways), not the timing.
+#[test]
+fn relayed_caller_audio_delay_against_the_direct_path() {
+    let Some(net) = Topology::start() else { return };
+    let mut rows = Vec::new();
+    for loss in [0u32, 2] {
+        let mut median = [Duration::ZERO; 2];
+        let mut p99 = [Duration::ZERO; 2];
+        for (k, expose) in ["direct", "tunnel"].into_iter().enumerate() {
+            net.impair(expose == "direct", loss);
+            let mut sys = Exposed::start_with(&net, &format!("expose = \"{expose}\""));
+            let (https, path) = match expose {
+                "direct" => (sys.buffer_https, "/sip"),
+                _ => (sys.public, "/edge/edge-1/sip"),
+            };
+            sys.distributor.wait_line("edge-up edge-1", WAIT);
+            let (rtts, lost) =
+                echo_round_trips(&net, &sys, https, path, &format!("{expose}-loss{loss}"));
+            let came_back = 400 - lost;
+            eprintln!(
+                "{expose:>6} at {loss} % uplink loss: {came_back} of 400 echoed, round trip p50 {:?} p99 {:?} max {:?}",
+                percentile(&rtts, 0.5),
+                percentile(&rtts, 0.99),
+                rtts.last().unwrap()
+            );
+            // Without loss every packet comes back; with it, the echo loses each direction's
+            // share at most (the relay's TCP loses nothing, it delays).
+            let floor = if loss == 0 { 396 } else { 360 };
+            assert!(
+                came_back >= floor,
+                "{expose} at {loss} %: {came_back} of 400 echoed"
+            );
+            median[k] = percentile(&rtts, 0.5);
+            p99[k] = percentile(&rtts, 0.99);
+            drop(sys);
+        }
+        rows.push((loss, median, p99));
+    }
+    for (loss, median, p99) in rows {
+        let added = |t: [Duration; 2]| t[1].as_secs_f64() * 1e3 - t[0].as_secs_f64() * 1e3;
+        eprintln!(
+            "relay at {loss} % uplink loss: round trip added p50 {:.2} ms, p99 {:.2} ms \
+             (direct p50 {:?} p99 {:?}; relayed p50 {:?} p99 {:?})",
+            added(median),
+            added(p99),
+            median[0],
+            p99[0],
+            median[1],
+            p99[1]
+        );
+    }
+}
