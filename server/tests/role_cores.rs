@@ -1,7 +1,8 @@
 //! Both role cores together on a simulated network and clock, with no sockets and no
 //! runtime (str0m's two-peers-and-a-clock pattern): a distributor core and a buffer server
 //! core joined by a simulated tunnel, a scripted caller on one side and scripted desk-phone
-//! agents on the other. Each scenario runs in milliseconds; timers advance the clock.
+//! agents (and a browser, str0m answering the bridge's WebRTC offer) on the other. Each
+//! scenario runs in milliseconds; timers advance the clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -56,10 +57,30 @@ struct Sim {
     others: Vec<(ConnId, Frame)>,
     issuer: TokenIssuer,
     _keys: tempfile::TempDir,
+    /// Callers' ports asked for and not yet answered, when the test answers them itself (a
+    /// relay's port takes a round trip); otherwise each is answered at once.
+    deferred_ports: Option<Vec<u64>>,
 }
 
 impl Sim {
     fn new(mode: Mode, queue: QueueConfig) -> Sim {
+        Sim::build(mode, queue, None)
+    }
+
+    /// A sim whose edge bridges browser agents' media, with WebRTC on `webrtc`.
+    fn with_bridge(mode: Mode, queue: QueueConfig) -> Sim {
+        let media = agent_edge::buffer::media::CallMedia::new(
+            addr("198.51.100.2:16100"),
+            Duration::from_secs(60),
+        );
+        Sim::build(mode, queue, Some(media))
+    }
+
+    fn build(
+        mode: Mode,
+        queue: QueueConfig,
+        media: Option<agent_edge::buffer::media::CallMedia>,
+    ) -> Sim {
         let keys = tempfile::tempdir().unwrap();
         let ring = KeyRing::load(keys.path(), 3600, unix_now()).unwrap();
         let ring = Arc::new(RwLock::new(ring));
@@ -100,7 +121,7 @@ impl Sim {
                 https: addr("198.51.100.2:8443"),
             },
             None,
-            None,
+            media,
             now,
         );
         let mut sim = Sim {
@@ -114,6 +135,7 @@ impl Sim {
             others: Vec::new(),
             issuer,
             _keys: keys,
+            deferred_ports: None,
         };
         sim.connect_tunnel(mode);
         sim
@@ -232,6 +254,10 @@ impl Sim {
                     }
                     buffer::Output::Status(s) => self.status.push(s),
                     buffer::Output::OpenCallerPort { call, .. } => {
+                        if let Some(deferred) = self.deferred_ports.as_mut() {
+                            deferred.push(call);
+                            continue;
+                        }
                         let result = Ok(addr("198.51.100.2:30000"));
                         let input = buffer::Input::CallerPort { call, result };
                         self.edge.handle(input, self.now);
@@ -286,6 +312,76 @@ impl Sim {
         let from = Target::udp(phone);
         self.edge.handle(buffer::Input::Sip { msg, from }, self.now);
         self.pump();
+    }
+
+    /// Answers the callers' ports asked for so far with `result`.
+    fn answer_ports(&mut self, result: Result<SocketAddr, String>) {
+        let calls = std::mem::take(self.deferred_ports.as_mut().expect("ports deferred"));
+        for call in calls {
+            let input = buffer::Input::CallerPort {
+                call,
+                result: result.clone(),
+            };
+            self.edge.handle(input, self.now);
+        }
+        self.pump();
+    }
+
+    /// SIP from a browser agent's WebSocket to the edge.
+    fn browser_sends(&mut self, browser: SocketAddr, msg: SipMessage) {
+        let from = Target {
+            kind: agent_edge::sip::TransportKind::Wss,
+            addr: browser,
+            conn: Some(BROWSER_CONN),
+        };
+        self.edge.handle(buffer::Input::Sip { msg, from }, self.now);
+        self.pump();
+    }
+
+    /// An agent signs in from a browser (SIP over its WebSocket), so her calls are bridged.
+    fn sign_in_browser(&mut self, agent: &str, browser: SocketAddr) {
+        let token = self.issuer.issue(agent, None, 3600).unwrap();
+        let register = message(
+            &format!(
+                "REGISTER sip:{EDGE_UDP} SIP/2.0\r\nVia: SIP/2.0/WSS agent.invalid;branch=z9hG4bK-reg-{agent}\r\n\
+                 From: <sip:{agent}@{EDGE_UDP}>;tag=r1\r\nTo: <sip:{agent}@{EDGE_UDP}>\r\n\
+                 Call-ID: reg-{agent}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{agent}@agent.invalid;transport=ws>\r\n\
+                 Expires: 3600\r\nAuthorization: Bearer {token}\r\n"
+            ),
+            "",
+        );
+        self.browser_sends(browser, register);
+        // The 200, then the ACD's state for her page.
+        assert!(
+            self.agents[&browser]
+                .iter()
+                .any(|m| m.status() == Some(200))
+        );
+    }
+
+    /// A browser answers the INVITE it got with WebRTC (str0m makes the answer to the
+    /// bridge's offer, as a browser would).
+    fn browser_answers(&mut self, browser: SocketAddr, invite: &SipMessage) {
+        let mut rtc = str0m::Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_pcmu(true, false)
+            .enable_pcma(true, false)
+            .build(self.now);
+        rtc.add_local_candidate(str0m::Candidate::host(browser, "udp").unwrap());
+        let offer =
+            str0m::change::SdpOffer::from_sdp_string(&String::from_utf8_lossy(&invite.body))
+                .expect("a WebRTC offer for the browser");
+        let answer = rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
+        self.browser_sends(browser, invite.response(180, Some("browser-tag")));
+        let mut ok = invite.response(200, Some("browser-tag"));
+        ok.push_header(
+            "Contact",
+            "<sip:alice@agent.invalid;transport=ws>".to_owned(),
+        );
+        ok.push_header("Content-Type", "application/sdp");
+        ok.body = answer.into_bytes().into();
+        self.browser_sends(browser, ok);
     }
 
     /// An agent registers its phone with its token, and the distributor learns of it.
@@ -459,6 +555,9 @@ fn queue() -> QueueConfig {
 }
 
 const ALICE: &str = "192.0.2.20:5062";
+/// Alice's browser, and its WebSocket's connection on the edge.
+const BROWSER: &str = "192.0.2.30:50000";
+const BROWSER_CONN: ConnId = ConnId(40);
 const BOB: &str = "192.0.2.21:5062";
 
 /// Sets up a call up to the agent's answer and the caller's ACK; returns the agent's INVITE.
@@ -804,4 +903,77 @@ fn a_token_too_long_to_pass_on_is_refused_at_registration() {
         agent: "alice".into(),
         edge: "edge-1".into()
     }));
+}
+
+/// A caller G.711 offer a bridge takes (PCMA, as callers send).
+const PCMA_SDP: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+                        m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+
+/// A call to alice in her browser whose caller port is asked for and not yet answered, and
+/// her browser's answer already in: returns the caller's statuses so far.
+fn browser_answers_before_the_port(sim: &mut Sim) -> Vec<u16> {
+    sim.sign_in_browser("alice", addr(BROWSER));
+    sim.deferred_ports = Some(Vec::new());
+    let invite = message(
+        &format!(
+            "INVITE sip:support@{DIST_UDP} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-bridged-inv\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@192.0.2.10>;tag=caller-tag\r\nTo: <sip:support@{DIST_UDP}>\r\n\
+             Call-ID: bridged\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+             Content-Type: application/sdp\r\n"
+        ),
+        PCMA_SDP,
+    );
+    sim.caller_sends(invite);
+    let to_browser = sim
+        .to_agent(addr(BROWSER), "INVITE")
+        .pop()
+        .expect("alice's browser never rang");
+    assert!(String::from_utf8_lossy(&to_browser.body).contains("a=fingerprint"));
+    assert_eq!(sim.deferred_ports.as_ref().map(Vec::len), Some(1));
+    sim.browser_answers(addr(BROWSER), &to_browser);
+    sim.caller_statuses()
+}
+
+#[test]
+fn a_browsers_answer_that_beats_its_callers_port_waits_for_it() {
+    let mut sim = Sim::with_bridge(Mode::Tunnel, queue());
+    let before = browser_answers_before_the_port(&mut sim);
+    assert!(
+        !before.contains(&200),
+        "the caller must not get a 200 before its port: {before:?}"
+    );
+    sim.answer_ports(Ok(addr("203.0.113.10:40002")));
+    let ok = sim
+        .caller
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("the 200 once the port came");
+    let sdp = String::from_utf8_lossy(&ok.body);
+    assert!(
+        sdp.contains("m=audio 40002 RTP/AVP 8") && sdp.contains("c=IN IP4 203.0.113.10"),
+        "the caller gets the bridge's RTP on the port it was given: {sdp}"
+    );
+    assert!(
+        !sdp.contains("fingerprint"),
+        "never the browser's SDP: {sdp}"
+    );
+}
+
+#[test]
+fn a_browsers_answer_whose_port_is_refused_is_hung_up_and_the_call_goes_back_to_the_acd() {
+    let mut sim = Sim::with_bridge(Mode::Tunnel, queue());
+    browser_answers_before_the_port(&mut sim);
+    sim.answer_ports(Err("no UDP port free in 40000-40009".into()));
+    // The browser's leg was confirmed, so it is ended with ACK and BYE, not a CANCEL.
+    assert_eq!(sim.to_agent(addr(BROWSER), "ACK ").len(), 1);
+    assert_eq!(sim.to_agent(addr(BROWSER), "BYE ").len(), 1);
+    assert!(sim.to_agent(addr(BROWSER), "CANCEL ").is_empty());
+    // The edge's 503 is the ACD's to act on, as any failed offer: the caller is not
+    // answered, and waits in the queue with its ringback.
+    let statuses = sim.caller_statuses();
+    assert!(
+        !statuses.contains(&200) && !statuses.contains(&503),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&180), "{statuses:?}");
 }
