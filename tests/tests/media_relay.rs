@@ -210,7 +210,10 @@ async fn strangers_and_floods_on_the_relay_are_refused_or_dropped_and_the_call_k
     let key = admin_key(sys.path());
     let dir = sys.path().to_owned();
 
-    // Refused before the upgrade: no credential, an agent's token, no subprotocol.
+    let (call, media, sent, _) = relayed_call(&sys, &mut agent, "flooded").await;
+    // Mid-call, refused before any upgrade: the relay without a credential, with an agent's
+    // token, without its subprotocol; an edge that is not exposed; an agent WebSocket
+    // without the `sip` subprotocol.
     let status = |e: tungstenite::Error| match e {
         tungstenite::Error::Http(r) => r.status().as_u16(),
         e => panic!("{e}"),
@@ -235,6 +238,14 @@ async fn strangers_and_floods_on_the_relay_are_refused_or_dropped_and_the_call_k
             let as_agent = tunnel::media(&dir, public, Some(&agent_token), Some(MEDIA_SUBPROTOCOL))
                 .unwrap_err();
             let no_protocol = tunnel::media(&dir, public, Some(&edge9), None).unwrap_err();
+            let https = agent_edge_tests::https::get(&dir, public, "/edge/edge-7/");
+            assert_eq!(https.status, 404, "an edge id that is not exposed");
+            let no_sip =
+                agent_edge_tests::https::websocket_status(&dir, public, "/edge/edge-1/sip", None);
+            assert_eq!(
+                no_sip, 400,
+                "an agent WebSocket without the sip subprotocol"
+            );
             let rogue = tunnel::media(&dir, public, Some(&edge9), Some(MEDIA_SUBPROTOCOL)).unwrap();
             (status(as_agent), status(no_protocol), rogue)
         })
@@ -243,8 +254,7 @@ async fn strangers_and_floods_on_the_relay_are_refused_or_dropped_and_the_call_k
     };
     assert_eq!((as_agent, no_protocol), (401, 400));
 
-    let (call, media, sent, _) = relayed_call(&sys, &mut agent, "flooded").await;
-    // Mid-call, edge-9 (a valid edge credential, another edge) aims at edge-1's flows:
+    // Then edge-9 (a valid edge credential, another edge) aims at edge-1's flows:
     // packets for flow numbers it never opened, a flood of them, frames only the distributor
     // sends, bytes that are no frame; and, on a flow of its own, a packet to an address
     // that flow never heard from (the relay is no reflector).
