@@ -9,6 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use proto_tunnel::media::{LateFilter, decode_media, encode_media};
 
 fuzz_target!(|data: &[u8]| {
+    let _ = proto_tunnel::media::stun_binding_ufrag(data);
     if let Ok(frame) = decode_media(data) {
         assert_eq!(encode_media(&frame), data);
     }

@@ -5,6 +5,10 @@
 //! waits behind SIP nor SIP behind RTP. Each binary message is one [`MediaFrame`]; a caller's
 //! datagram is one `Packet`, stamped with the sender's clock so the receiver can drop what
 //! the TCP connection delayed too long to be worth playing ([`LateFilter`]).
+//!
+//! The same connection carries agents' ICE-TCP (RFC 6544): a browser that reaches the
+//! distributor's public port with RFC 4571-framed STUN is routed by its ICE username to the
+//! edge that registered that session, and each frame crosses as one `TcpData`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -28,6 +32,14 @@ const REFUSED: u8 = 3;
 const CLOSE: u8 = 4;
 const PACKET: u8 = 5;
 const REPORT: u8 = 6;
+const ICE_TCP: u8 = 7;
+const ICE_SESSION: u8 = 8;
+const TCP_OPEN: u8 = 9;
+const TCP_DATA: u8 = 10;
+const TCP_CLOSE: u8 = 11;
+
+/// Longest ICE username fragment (RFC 8839: 4 to 256 characters).
+pub const MAX_UFRAG: usize = 256;
 
 /// One message of the media WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +69,20 @@ pub enum MediaFrame {
     /// Edge → distributor, every few seconds: what the edge dropped of the relayed media
     /// since the connection opened, for the distributor's live view.
     Report { late: u64, overflow: u64 },
+    /// Distributor → edge, first on every connection: where agents' browsers reach the
+    /// distributor for ICE-TCP (its public listener, as announced), or none.
+    IceTcp { addr: Option<SocketAddr> },
+    /// Edge → distributor: a WebRTC session with this local ICE username fragment is open
+    /// (or closed) here; ICE-TCP connections naming it are this edge's.
+    IceSession { ufrag: String, open: bool },
+    /// Distributor → edge: a browser's ICE-TCP connection for one of the edge's sessions,
+    /// from `peer` (the browser's address as the distributor sees it).
+    TcpOpen { conn: u64, peer: SocketAddr },
+    /// Either way: one RFC 4571 frame of that connection (STUN, DTLS or SRTP), without its
+    /// length prefix.
+    TcpData { conn: u64, payload: Vec<u8> },
+    /// Either way: the connection is over.
+    TcpClose { conn: u64 },
 }
 
 /// Why a media frame could not be read.
@@ -121,7 +147,40 @@ pub fn encode_media(frame: &MediaFrame) -> Vec<u8> {
             out.extend_from_slice(&late.to_be_bytes());
             out.extend_from_slice(&overflow.to_be_bytes());
         }
+        MediaFrame::IceTcp { addr } => {
+            out.push(ICE_TCP);
+            match addr {
+                Some(addr) => put_addr(&mut out, addr),
+                None => out.push(0),
+            }
+        }
+        MediaFrame::IceSession { ufrag, open } => {
+            out.push(ICE_SESSION);
+            out.push(u8::from(*open));
+            let ufrag = truncated(ufrag, MAX_UFRAG);
+            out.extend_from_slice(&(ufrag.len() as u16).to_be_bytes());
+            out.extend_from_slice(ufrag.as_bytes());
+        }
+        MediaFrame::TcpOpen { conn, peer } => {
+            out.push(TCP_OPEN);
+            out.extend_from_slice(&conn.to_be_bytes());
+            put_addr(&mut out, peer);
+        }
+        MediaFrame::TcpData { conn, payload } => return encode_tcp_data(*conn, payload),
+        MediaFrame::TcpClose { conn } => {
+            out.push(TCP_CLOSE);
+            out.extend_from_slice(&conn.to_be_bytes());
+        }
     }
+    out
+}
+
+/// Encodes a `TcpData` without building the frame first.
+pub fn encode_tcp_data(conn: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 9);
+    out.push(TCP_DATA);
+    out.extend_from_slice(&conn.to_be_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
@@ -214,6 +273,40 @@ pub fn decode_media(bytes: &[u8]) -> Result<MediaFrame, MediaDecodeError> {
             late: r.u64("late")?,
             overflow: r.u64("overflow")?,
         },
+        ICE_TCP => MediaFrame::IceTcp {
+            addr: r.opt_addr()?,
+        },
+        ICE_SESSION => {
+            let open = match r.array::<1>("open")?[0] {
+                0 => false,
+                1 => true,
+                other => return Err(MediaDecodeError::UnknownTag(other)),
+            };
+            let len = usize::from(r.u16("ufrag")?);
+            if len > MAX_UFRAG {
+                return Err(MediaDecodeError::TooLarge {
+                    field: "ufrag",
+                    len,
+                    max: MAX_UFRAG,
+                });
+            }
+            let ufrag = std::str::from_utf8(r.take(len, "ufrag")?)
+                .map_err(|_| MediaDecodeError::NotUtf8)?
+                .to_owned();
+            MediaFrame::IceSession { ufrag, open }
+        }
+        TCP_OPEN => MediaFrame::TcpOpen {
+            conn: r.u64("conn")?,
+            peer: r.opt_addr()?.ok_or(MediaDecodeError::Family(0))?,
+        },
+        TCP_DATA => {
+            let conn = r.u64("conn")?;
+            let payload = std::mem::take(&mut r.0).to_vec();
+            MediaFrame::TcpData { conn, payload }
+        }
+        TCP_CLOSE => MediaFrame::TcpClose {
+            conn: r.u64("conn")?,
+        },
         other => return Err(MediaDecodeError::UnknownTag(other)),
     };
     match r.0.len() {
@@ -258,6 +351,37 @@ impl<'a> Reader<'a> {
         };
         Ok(Some(SocketAddr::new(ip, self.u16("port")?)))
     }
+}
+
+/// The local ICE username fragment a browser's first ICE-TCP message names: RFC 4571 frame
+/// `frame` (without its length) must be a STUN Binding request (RFC 8489) whose USERNAME is
+/// `<ours>:<theirs>` (RFC 8445 §7.2.2); ours is the part before the colon. None for anything
+/// else. Only reads: the edge's ICE agent checks the message's integrity.
+pub fn stun_binding_ufrag(frame: &[u8]) -> Option<&str> {
+    const BINDING_REQUEST: u16 = 0x0001;
+    const MAGIC_COOKIE: u32 = 0x2112_A442;
+    const USERNAME: u16 = 0x0006;
+    let header = frame.get(..20)?;
+    let kind = u16::from_be_bytes([header[0], header[1]]);
+    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if kind != BINDING_REQUEST || cookie != MAGIC_COOKIE || length % 4 != 0 {
+        return None;
+    }
+    let mut attrs = frame.get(20..20 + length)?;
+    while attrs.len() >= 4 {
+        let kind = u16::from_be_bytes([attrs[0], attrs[1]]);
+        let len = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
+        let value = attrs.get(4..4 + len)?;
+        if kind == USERNAME {
+            let username = std::str::from_utf8(value).ok()?;
+            let ours = username.split_once(':')?.0;
+            return (!ours.is_empty() && ours.len() <= MAX_UFRAG).then_some(ours);
+        }
+        // Attributes are padded to four bytes.
+        attrs = attrs.get((4 + len).div_ceil(4) * 4..)?;
+    }
+    None
 }
 
 /// Tells late packets from timely ones without synchronised clocks.
@@ -363,6 +487,24 @@ mod tests {
                 late: 5,
                 overflow: 6,
             },
+            MediaFrame::IceTcp {
+                addr: Some(v4(443)),
+            },
+            MediaFrame::IceTcp { addr: None },
+            MediaFrame::IceSession {
+                ufrag: "aB3+/xyz".into(),
+                open: true,
+            },
+            MediaFrame::IceSession {
+                ufrag: "aB3+/xyz".into(),
+                open: false,
+            },
+            MediaFrame::TcpOpen { conn: 9, peer: v6 },
+            MediaFrame::TcpData {
+                conn: 9,
+                payload: vec![0, 1, 0x21, 0x12],
+            },
+            MediaFrame::TcpClose { conn: 9 },
         ] {
             assert_eq!(decode_media(&encode_media(&frame)), Ok(frame));
         }
@@ -407,6 +549,47 @@ mod tests {
         assert!(reason.len() <= MAX_REASON && reason.chars().all(|c| c == 'é'));
     }
 
+    fn stun(kind: u16, cookie: u32, username: Option<&[u8]>) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        // Something before the USERNAME, with padding: PRIORITY-like, 4 bytes.
+        attrs.extend_from_slice(&0x0024u16.to_be_bytes());
+        attrs.extend_from_slice(&4u16.to_be_bytes());
+        attrs.extend_from_slice(&[1, 2, 3, 4]);
+        if let Some(u) = username {
+            attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+            attrs.extend_from_slice(&(u.len() as u16).to_be_bytes());
+            attrs.extend_from_slice(u);
+            attrs.resize(attrs.len().div_ceil(4) * 4, 0);
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        m.extend_from_slice(&cookie.to_be_bytes());
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attrs);
+        m
+    }
+
+    #[test]
+    fn the_ufrag_of_a_binding_request_is_the_part_before_the_colon() {
+        let ok = stun(1, 0x2112_A442, Some(b"edgeUfrag1:brws"));
+        assert_eq!(stun_binding_ufrag(&ok), Some("edgeUfrag1"));
+        for bad in [
+            stun(0x0101, 0x2112_A442, Some(b"a:b")),
+            stun(1, 0xdead_beef, Some(b"a:b")),
+            stun(1, 0x2112_A442, None),
+            stun(1, 0x2112_A442, Some(b"nocolon")),
+            stun(1, 0x2112_A442, Some(b":b")),
+            stun(1, 0x2112_A442, Some(&[0xff, b':', b'b'])),
+        ] {
+            assert_eq!(stun_binding_ufrag(&bad), None, "{bad:?}");
+        }
+        let mut truncated = ok.clone();
+        truncated.truncate(30);
+        assert_eq!(stun_binding_ufrag(&truncated), None);
+        assert_eq!(stun_binding_ufrag(&[0x16, 3, 1]), None);
+    }
+
     const MS: u64 = 1000;
 
     #[test]
@@ -442,6 +625,11 @@ mod tests {
         #[test]
         fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1700)) {
             let _ = decode_media(&bytes);
+        }
+
+        #[test]
+        fn reading_a_ufrag_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = stun_binding_ufrag(&bytes);
         }
 
         #[test]

@@ -2,6 +2,7 @@
 //! server, and real WebRTC media (full ICE, DTLS, SRTP) through str0m, as Chromium would do
 //! it. It answers one call, sends known audio payloads and records every RTP packet received.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -174,6 +175,18 @@ impl WebRtcAgent {
     /// Answers `invite` with WebRTC and starts the media: `payloads` are sent as RTP of the
     /// negotiated G.711 type, one every 20 ms once connected.
     pub async fn answer(&mut self, invite: &str, payloads: Vec<Vec<u8>>) -> CallMedia {
+        self.answer_over(invite, payloads, IcePath::Udp).await
+    }
+
+    /// The same over the ICE path given: `Tcp` offers only an active TCP candidate, as a
+    /// browser whose network lets out nothing but TCP would end up using, and connects to the
+    /// bridge's passive one (RFC 6544, RFC 4571 framing).
+    pub async fn answer_over(
+        &mut self,
+        invite: &str,
+        payloads: Vec<Vec<u8>>,
+        path: IcePath,
+    ) -> CallMedia {
         // The address towards the bridge's (its offer's candidate): loopback on one host,
         // the agent's own address in a network namespace.
         let bridge_ip: std::net::IpAddr = body(invite)
@@ -201,12 +214,29 @@ impl WebRtcAgent {
             FormatParams::parse_line("0-16"),
         );
         let mut rtc = builder.build(now);
-        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        // An active TCP candidate's port is not used (RFC 6544 §4.5: 9, the discard port).
+        let tcp_local = SocketAddr::new(own_ip, 9);
+        let net = match path {
+            IcePath::Udp => {
+                rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+                Net::new(Some(socket), tcp_local)
+            }
+            IcePath::Tcp => {
+                let active = Candidate::builder()
+                    .tcp()
+                    .host(tcp_local)
+                    .tcptype(str0m::net::TcpType::Active)
+                    .build()
+                    .unwrap();
+                rtc.add_local_candidate(active);
+                Net::new(None, tcp_local)
+            }
+        };
         let offer = SdpOffer::from_sdp_string(body(invite)).expect("a WebRTC offer");
         let answer = rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
         self.send(&response(invite, "200 OK", Some(&answer))).await;
         let media = Recording::default();
-        let task = tokio::spawn(media_loop(rtc, socket, payloads, media.clone()));
+        let task = tokio::spawn(media_loop(rtc, net, payloads, media.clone()));
         CallMedia {
             received: media.received,
             arrived: media.arrived,
@@ -229,6 +259,92 @@ impl WebRtcAgent {
     }
 }
 
+/// Which ICE path the agent answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcePath {
+    Udp,
+    Tcp,
+}
+
+/// The agent's side of the network: a UDP socket, or ICE-TCP connections it opens to the
+/// bridge's passive candidates as str0m first sends to them.
+struct Net {
+    udp: Option<UdpSocket>,
+    tcp_local: SocketAddr,
+    tcp: HashMap<SocketAddr, tokio::net::tcp::OwnedWriteHalf>,
+    tcp_in: tokio::sync::mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    tcp_in_tx: tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>,
+}
+
+impl Net {
+    fn new(udp: Option<UdpSocket>, tcp_local: SocketAddr) -> Net {
+        let (tcp_in_tx, tcp_in) = tokio::sync::mpsc::channel(1024);
+        Net {
+            udp,
+            tcp_local,
+            tcp: HashMap::new(),
+            tcp_in,
+            tcp_in_tx,
+        }
+    }
+
+    async fn send(&mut self, t: &str0m::net::Transmit) {
+        if t.proto == Protocol::Udp {
+            if let Some(udp) = &self.udp {
+                let _ = udp.send_to(&t.contents, t.destination).await;
+            }
+            return;
+        }
+        if !self.tcp.contains_key(&t.destination) {
+            let Ok(stream) = tokio::net::TcpStream::connect(t.destination).await else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let (mut reader, writer) = stream.into_split();
+            let (tx, from) = (self.tcp_in_tx.clone(), t.destination);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                while let Ok(len) = reader.read_u16().await {
+                    let mut frame = vec![0u8; usize::from(len)];
+                    if reader.read_exact(&mut frame).await.is_err()
+                        || tx.send((from, frame)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            self.tcp.insert(t.destination, writer);
+        }
+        if let Some(writer) = self.tcp.get_mut(&t.destination) {
+            use tokio::io::AsyncWriteExt;
+            let mut framed = (t.contents.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&t.contents);
+            let _ = writer.write_all(&framed).await;
+        }
+    }
+
+    /// The next datagram or frame: (protocol, source, destination, bytes).
+    async fn recv(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Option<(Protocol, SocketAddr, SocketAddr, Vec<u8>)> {
+        let udp = async {
+            match &self.udp {
+                Some(s) => {
+                    let local = s.local_addr().ok()?;
+                    let (n, from) = s.recv_from(buf).await.ok()?;
+                    Some((Protocol::Udp, from, local, buf[..n].to_vec()))
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            got = udp => got,
+            Some((from, frame)) = self.tcp_in.recv() => Some((Protocol::Tcp, from, self.tcp_local, frame)),
+        }
+    }
+}
+
 /// What a call's media task records, shared with its [`CallMedia`].
 #[derive(Debug, Clone, Default)]
 struct Recording {
@@ -239,7 +355,7 @@ struct Recording {
     connected: Arc<Mutex<bool>>,
 }
 
-async fn media_loop(mut rtc: Rtc, socket: UdpSocket, payloads: Vec<Vec<u8>>, media: Recording) {
+async fn media_loop(mut rtc: Rtc, mut net: Net, payloads: Vec<Vec<u8>>, media: Recording) {
     let Recording {
         received,
         arrived,
@@ -247,7 +363,6 @@ async fn media_loop(mut rtc: Rtc, socket: UdpSocket, payloads: Vec<Vec<u8>>, med
         sent,
         connected,
     } = media;
-    let local = socket.local_addr().unwrap();
     let mut buf = vec![0u8; 2048];
     let mut mid: Option<Mid> = None;
     let mut next_send = Instant::now();
@@ -256,9 +371,7 @@ async fn media_loop(mut rtc: Rtc, socket: UdpSocket, payloads: Vec<Vec<u8>>, med
         let deadline = loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
-                }
+                Ok(Output::Transmit(t)) => net.send(&t).await,
                 Ok(Output::Event(Event::MediaAdded(MediaAdded { mid: m, .. }))) => mid = Some(m),
                 Ok(Output::Event(Event::Connected)) => *connected.lock().unwrap() = true,
                 Ok(Output::Event(Event::RtpPacket(p))) => {
@@ -280,11 +393,11 @@ async fn media_loop(mut rtc: Rtc, socket: UdpSocket, payloads: Vec<Vec<u8>>, med
         };
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { return };
-                let Ok(contents) = buf[..n].try_into() else { continue };
+            r = net.recv(&mut buf) => {
+                let Some((proto, from, local, bytes)) = r else { return };
+                let Ok(contents) = bytes.as_slice().try_into() else { continue };
                 let input = Input::Receive(Instant::now(), Receive {
-                    proto: Protocol::Udp, source: from, destination: local, contents,
+                    proto, source: from, destination: local, contents,
                 });
                 if rtc.handle_input(input).is_err() {
                     return;

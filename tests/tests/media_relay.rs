@@ -281,6 +281,13 @@ async fn strangers_and_floods_on_the_relay_are_refused_or_dropped_and_the_call_k
         rogue
             .send(Message::Binary(encode_media(&open).into()))
             .unwrap();
+        // The distributor's first word on any media connection is where agents reach it
+        // for ICE-TCP; then the answer.
+        let first = next_media(&mut rogue, WAIT).expect("the ICE-TCP address");
+        assert!(
+            matches!(first, MediaFrame::IceTcp { addr: Some(_) }),
+            "{first:?}"
+        );
         let answer = next_media(&mut rogue, WAIT).expect("an answer to Open");
         assert!(
             matches!(

@@ -352,8 +352,14 @@ async fn live(State(state): State<AdminState>) -> Response {
             if let Some(object) = view.as_object_mut() {
                 let exposed = serde_json::to_value(state.exposures.view()).unwrap_or_default();
                 object.insert("exposed".into(), exposed);
-                let relay = serde_json::to_value(state.relay.view()).unwrap_or_default();
-                object.insert("media_relay".into(), relay);
+                let relay = state.relay.overview();
+                let connections = serde_json::to_value(&relay.connections).unwrap_or_default();
+                object.insert("media_relay".into(), connections);
+                let ice_tcp = serde_json::json!({
+                    "passed": relay.ice_tcp_passed,
+                    "refused": relay.ice_tcp_refused,
+                });
+                object.insert("ice_tcp".into(), ice_tcp);
             }
             Json(view).into_response()
         }

@@ -28,8 +28,9 @@ const EVENT_QUEUE: usize = 8192;
 const COMMAND_QUEUE: usize = 64;
 /// Calls one exposed edge's media connection may have relayed at once.
 const MAX_RELAYED_PER_EDGE: usize = 4096;
-/// Room for the relay's answers to an exposed edge's requests for callers' ports.
-const PORT_ANSWERS: usize = 1024;
+/// Room for what an edge's media connection says (answers for callers' ports, the ICE-TCP
+/// address).
+const RELAY_EVENTS: usize = 1024;
 
 fn relay_max_age(config: &Config) -> std::time::Duration {
     std::time::Duration::from_millis(config.limits.relay_max_age_ms)
@@ -129,9 +130,11 @@ pub(super) async fn start_distributor(
         routes,
         per_ip("distributor.public"),
         deadlines.header_read,
+        relay.ice_tcp_acceptor(),
     )
     .await
     .context(|| format!("binding the public listener {}", d.public))?;
+    relay.set_public_port(public_addr.port());
     let issuer = token_issuer(config, ring);
     let identity =
         serde_json::to_string(&issuer.verifier_settings()).context(|| "token keys".into())?;
@@ -266,9 +269,10 @@ pub(super) async fn start_buffer(
     let (mut sockets, media_rx) = buffer::media_io::MediaSockets::bind(b.media, b.media_public_ip)
         .await
         .context(|| format!("binding buffer media {}", b.media))?;
-    let (ports_tx, ports_rx) = mpsc::channel(PORT_ANSWERS);
-    if b.expose == Expose::Tunnel {
-        // Callers' RTP goes through the distributor's relay, beside the tunnel.
+    let (relay_tx, relay_rx) = mpsc::channel(RELAY_EVENTS);
+    if link.is_none() {
+        // Beside the tunnel, the media connection: agents' ICE-TCP through the distributor,
+        // and callers' RTP too when the edge is exposed.
         let dial = buffer::relay_link::RelayDial {
             url: beside_tunnel(&connect, "/media")?,
             tls: client_tls.clone(),
@@ -277,10 +281,11 @@ pub(super) async fn start_buffer(
             max_age: relay_max_age(config),
             status: status.clone(),
         };
-        let link = buffer::relay_link::RelayLink::spawn(dial, sockets.media_sender(), ports_tx);
-        sockets.relay_through(link);
+        let relay_link =
+            buffer::relay_link::RelayLink::spawn(dial, sockets.media_sender(), relay_tx);
+        sockets.link_to(relay_link, b.expose == Expose::Tunnel);
     } else {
-        drop(ports_tx);
+        drop(relay_tx);
     }
     let media_addr = sockets.webrtc_addr();
     let media = buffer::media::CallMedia::new(
@@ -300,7 +305,7 @@ pub(super) async fn start_buffer(
         sip: sip_rx,
         tunnel: tunnel_rx,
         media: media_rx,
-        ports: ports_rx,
+        relay: relay_rx,
         commands: command_rx,
     };
     let exposed = (b.expose == Expose::Tunnel).then(|| transports.clone());

@@ -16,6 +16,12 @@ pub enum MediaIn {
         bytes: Vec<u8>,
         from: SocketAddr,
     },
+    /// One frame of an agent's ICE-TCP connection, relayed by the distributor; `from` is the
+    /// agent's address as the distributor saw it.
+    WebRtcTcp {
+        bytes: Vec<u8>,
+        from: SocketAddr,
+    },
     Caller {
         id: SessionId,
         bytes: Vec<u8>,
@@ -55,6 +61,18 @@ impl CallMedia {
         now: Instant,
     ) -> Result<String, BridgeError> {
         self.bridge.open(id, caller_offer, now)
+    }
+
+    /// Where agents reach the bridge over ICE-TCP through the distributor (from its media
+    /// connection), for calls set up from now on.
+    pub fn set_ice_tcp(&mut self, addr: Option<SocketAddr>) {
+        self.bridge.set_ice_tcp(addr);
+    }
+
+    /// The call's local ICE username fragment, when its agent may come over ICE-TCP.
+    pub fn ice_tcp_ufrag(&mut self, id: SessionId) -> Option<String> {
+        self.bridge.ice_tcp()?;
+        self.bridge.ice_ufrag(id)
     }
 
     /// Where the call's media to the caller goes now (its SDP's address before latching).
@@ -122,6 +140,7 @@ impl CallMedia {
             MediaIn::WebRtc { bytes, from } => {
                 self.bridge.from_webrtc(&bytes, from, self.webrtc, now);
             }
+            MediaIn::WebRtcTcp { bytes, from } => self.bridge.from_ice_tcp(&bytes, from, now),
             MediaIn::Caller { id, bytes, from } => self.bridge.from_caller(id, &bytes, from, now),
         }
     }

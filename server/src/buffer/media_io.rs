@@ -56,8 +56,13 @@ pub struct MediaSockets {
     bind_ip: IpAddr,
     public_ip: Option<IpAddr>,
     callers: HashMap<SessionId, (Arc<UdpSocket>, JoinHandle<()>)>,
-    /// On an exposed edge, where callers' ports are: no caller socket is opened here.
-    relay: Option<RelayLink>,
+    /// The media connection to the distributor (an edge with a tunnel): agents' ICE-TCP.
+    link: Option<RelayLink>,
+    /// Callers' ports are the distributor's relay's (an exposed edge): no caller socket is
+    /// opened here.
+    relay_callers: bool,
+    /// The ICE username fragment each call registered for ICE-TCP.
+    ice_sessions: HashMap<SessionId, String>,
     tx: mpsc::Sender<MediaIn>,
     webrtc_reader: JoinHandle<()>,
     /// Datagrams not sent (socket full or gone).
@@ -85,7 +90,9 @@ impl MediaSockets {
             bind_ip: local.ip(),
             public_ip: public,
             callers: HashMap::new(),
-            relay: None,
+            link: None,
+            relay_callers: false,
+            ice_sessions: HashMap::new(),
             tx,
             webrtc_reader,
             send_failures: 0,
@@ -103,19 +110,33 @@ impl MediaSockets {
         self.tx.clone()
     }
 
-    /// From now on callers' ports are the relay's.
-    pub fn relay_through(&mut self, relay: RelayLink) {
-        self.relay = Some(relay);
+    /// The edge's media connection to the distributor: agents' ICE-TCP comes through it,
+    /// and with `relay_callers` callers' ports are the distributor's.
+    pub fn link_to(&mut self, link: RelayLink, relay_callers: bool) {
+        self.link = Some(link);
+        self.relay_callers = relay_callers;
+    }
+
+    /// Registers a call's WebRTC session for ICE-TCP through the distributor.
+    pub fn ice_session(&mut self, id: SessionId, ufrag: String) {
+        if let Some(link) = &self.link {
+            link.ice_session(&ufrag, true);
+            self.ice_sessions.insert(id, ufrag);
+        }
+    }
+
+    fn relay(&self) -> Option<&RelayLink> {
+        self.link.as_ref().filter(|_| self.relay_callers)
     }
 
     /// Opens a call's caller-side port: its address as announced in SDP now, or `None` when
-    /// the relay answers later (as a [`super::relay_link::PortAnswer`]).
+    /// the relay answers later (as a [`super::relay_link::RelayEvent::Port`]).
     pub fn open(
         &mut self,
         id: SessionId,
         remote: Option<SocketAddr>,
     ) -> Result<Option<SocketAddr>, String> {
-        match &self.relay {
+        match self.relay() {
             Some(relay) => relay.open(id, remote).map(|()| None),
             None => self.open_socket(id).map(Some).map_err(|e| e.to_string()),
         }
@@ -139,8 +160,11 @@ impl MediaSockets {
     }
 
     pub fn close(&mut self, id: SessionId) {
-        if let Some(relay) = &self.relay {
+        if let Some(relay) = self.relay() {
             relay.close(id);
+        }
+        if let (Some(ufrag), Some(link)) = (self.ice_sessions.remove(&id), &self.link) {
+            link.ice_session(&ufrag, false);
         }
         if let Some((_, reader)) = self.callers.remove(&id) {
             reader.abort();
@@ -148,9 +172,10 @@ impl MediaSockets {
     }
 
     pub fn send(&mut self, via: Via, to: SocketAddr, bytes: &[u8]) {
-        let sent = match (via, &self.relay) {
+        let sent = match (via, self.relay()) {
             (Via::Caller(id), Some(relay)) => relay.send(id, to, bytes),
             (Via::WebRtc, _) => self.webrtc.try_send_to(bytes, to).is_ok(),
+            (Via::IceTcp, _) => self.link.as_ref().is_some_and(|l| l.send_tcp(to, bytes)),
             (Via::Caller(id), None) => self
                 .callers
                 .get(&id)

@@ -4,7 +4,7 @@
 //! looks as if its datagrams came to a socket of the edge's own: the source address is the
 //! caller's as the distributor saw it, so symmetric RTP latching works unchanged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use proto_tunnel::Backoff;
 use proto_tunnel::media::{
     LateFilter, MAX_MEDIA_FRAME, MEDIA_SUBPROTOCOL, MediaFrame, decode_media, encode_media,
-    encode_packet,
+    encode_packet, encode_tcp_data,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
@@ -50,11 +50,17 @@ pub struct RelayDial {
     pub status: StatusSink,
 }
 
-/// A flow's port, or why there is none: what [`RelayLink::open`] is answered with later.
+/// What the link tells the buffer's shell.
 #[derive(Debug)]
-pub struct PortAnswer {
-    pub flow: u64,
-    pub result: Result<SocketAddr, String>,
+pub enum RelayEvent {
+    /// A flow's port, or why there is none: what [`RelayLink::open`] is answered with.
+    Port {
+        flow: u64,
+        result: Result<SocketAddr, String>,
+    },
+    /// Where agents reach the distributor for ICE-TCP, on each new connection; none when it
+    /// drops.
+    IceTcp(Option<SocketAddr>),
 }
 
 /// The handle the buffer's shell holds; the connection itself lives in a task.
@@ -69,6 +75,9 @@ struct Shared {
     origin: Instant,
     late: AtomicU64,
     overflow: AtomicU64,
+    /// The ICE username fragments of the sessions open now, registered again on every new
+    /// connection.
+    ice_sessions: Mutex<HashSet<String>>,
 }
 
 /// One media connection: what is written to it, and the flows asked for and not answered.
@@ -78,6 +87,15 @@ struct Connection {
     control: mpsc::Sender<Vec<u8>>,
     /// Flows asked for, by when the answer is due.
     pending: Mutex<HashMap<u64, Instant>>,
+    /// Agents' ICE-TCP connections passed on to us: by the distributor's number, and by the
+    /// agent's address (where the bridge sends).
+    tcp: Mutex<TcpConns>,
+}
+
+#[derive(Debug, Default)]
+struct TcpConns {
+    peers: HashMap<u64, SocketAddr>,
+    conns: HashMap<SocketAddr, u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,7 +108,7 @@ impl RelayLink {
     pub fn spawn(
         dial: RelayDial,
         media: mpsc::Sender<MediaIn>,
-        answers: mpsc::Sender<PortAnswer>,
+        answers: mpsc::Sender<RelayEvent>,
     ) -> RelayLink {
         let link = RelayLink {
             shared: Arc::new(Shared {
@@ -98,6 +116,7 @@ impl RelayLink {
                 origin: Instant::now(),
                 late: AtomicU64::new(0),
                 overflow: AtomicU64::new(0),
+                ice_sessions: Mutex::new(HashSet::new()),
             }),
         };
         tokio::spawn(link.clone().dial_forever(dial, media, answers));
@@ -112,7 +131,40 @@ impl RelayLink {
         lock(&self.shared.current).clone()
     }
 
-    /// Asks for a port for `flow`; the answer comes as a [`PortAnswer`]. Refused at once
+    /// A WebRTC session whose agent may come over ICE-TCP opened (or closed): the distributor
+    /// passes on connections naming `ufrag` to us.
+    pub fn ice_session(&self, ufrag: &str, open: bool) {
+        {
+            let mut sessions = lock(&self.shared.ice_sessions);
+            if open {
+                sessions.insert(ufrag.to_owned());
+            } else {
+                sessions.remove(ufrag);
+            }
+        }
+        if let Some(conn) = self.connection() {
+            let frame = MediaFrame::IceSession {
+                ufrag: ufrag.to_owned(),
+                open,
+            };
+            let _ = conn.control.try_send(encode_media(&frame));
+        }
+    }
+
+    /// One frame for an agent's ICE-TCP connection (the bridge names the agent's address);
+    /// false when there is no such connection.
+    pub fn send_tcp(&self, to: SocketAddr, bytes: &[u8]) -> bool {
+        let Some(conn) = self.connection() else {
+            return false;
+        };
+        let number = lock(&conn.tcp).conns.get(&to).copied();
+        match number {
+            Some(number) => conn.queue.push(encode_tcp_data(number, bytes)),
+            None => false,
+        }
+    }
+
+    /// Asks for a port for `flow`; the answer comes as a [`RelayEvent::Port`]. Refused at once
     /// while the relay is not connected.
     pub fn open(&self, flow: u64, remote: Option<SocketAddr>) -> Result<(), String> {
         let conn = self
@@ -152,7 +204,7 @@ impl RelayLink {
         self,
         dial: RelayDial,
         media: mpsc::Sender<MediaIn>,
-        answers: mpsc::Sender<PortAnswer>,
+        answers: mpsc::Sender<RelayEvent>,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut last_error = String::new();
@@ -233,7 +285,7 @@ impl RelayLink {
         >,
         dial: &RelayDial,
         media: &mpsc::Sender<MediaIn>,
-        answers: &mpsc::Sender<PortAnswer>,
+        answers: &mpsc::Sender<RelayEvent>,
     ) {
         let (sink, mut stream) = ws.split();
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -241,7 +293,14 @@ impl RelayLink {
             queue: DropOldest::new(TO_RELAY_QUEUE),
             control,
             pending: Mutex::new(HashMap::new()),
+            tcp: Mutex::new(TcpConns::default()),
         });
+        // The sessions open now, so agents reconnecting over ICE-TCP find them again.
+        let sessions: Vec<String> = lock(&self.shared.ice_sessions).iter().cloned().collect();
+        for ufrag in sessions {
+            let frame = MediaFrame::IceSession { ufrag, open: true };
+            let _ = conn.control.try_send(encode_media(&frame));
+        }
         let writer = tokio::spawn(write_to_relay(
             sink,
             conn.clone(),
@@ -310,6 +369,37 @@ impl RelayLink {
                 Ok(MediaFrame::Close { flow }) => {
                     debug!(flow, "the distributor closed a relayed flow");
                 }
+                Ok(MediaFrame::IceTcp { addr }) => {
+                    let _ = answers.send(RelayEvent::IceTcp(addr)).await;
+                }
+                Ok(MediaFrame::TcpOpen { conn: number, peer }) => {
+                    let mut tcp = lock(&conn.tcp);
+                    if let Some(old) = tcp.conns.insert(peer, number) {
+                        tcp.peers.remove(&old);
+                    }
+                    tcp.peers.insert(number, peer);
+                }
+                Ok(MediaFrame::TcpData {
+                    conn: number,
+                    payload,
+                }) => {
+                    let peer = lock(&conn.tcp).peers.get(&number).copied();
+                    if let Some(from) = peer {
+                        let frame = MediaIn::WebRtcTcp {
+                            bytes: payload,
+                            from,
+                        };
+                        if media.try_send(frame).is_err() {
+                            self.shared.overflow.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(MediaFrame::TcpClose { conn: number }) => {
+                    let mut tcp = lock(&conn.tcp);
+                    if let Some(peer) = tcp.peers.remove(&number) {
+                        tcp.conns.remove(&peer);
+                    }
+                }
                 Ok(other) => debug!(?other, "unexpected media frame from the distributor"),
                 Err(e) => debug!(error = %e, "unreadable media frame from the distributor"),
             }
@@ -322,8 +412,9 @@ impl RelayLink {
         let pending: Vec<u64> = lock(&conn.pending).drain().map(|(flow, _)| flow).collect();
         for flow in pending {
             let result = Err("the media relay connection was lost".to_owned());
-            let _ = answers.send(PortAnswer { flow, result }).await;
+            let _ = answers.send(RelayEvent::Port { flow, result }).await;
         }
+        let _ = answers.send(RelayEvent::IceTcp(None)).await;
         warn!(url = %dial.url, "media relay connection lost");
         dial.status.emit(Status::MediaRelayDown {
             edge: dial.edge_id.clone(),
@@ -334,12 +425,12 @@ impl RelayLink {
     async fn answer(
         &self,
         conn: &Connection,
-        answers: &mpsc::Sender<PortAnswer>,
+        answers: &mpsc::Sender<RelayEvent>,
         flow: u64,
         result: Result<SocketAddr, String>,
     ) {
         if lock(&conn.pending).remove(&flow).is_some() {
-            let _ = answers.send(PortAnswer { flow, result }).await;
+            let _ = answers.send(RelayEvent::Port { flow, result }).await;
         }
     }
 }

@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::media::MediaIn;
 use super::media_io::MediaSockets;
-use super::relay_link::PortAnswer;
+use super::relay_link::RelayEvent;
 use super::service::{Buffer, Command, Input, Output};
 use crate::app::status::StatusSink;
 use crate::driver::Shell;
@@ -24,7 +24,7 @@ pub struct BufferShell {
     sip: mpsc::Receiver<TransportEvent>,
     tunnel: mpsc::Receiver<TunnelClientEvent>,
     media_in: mpsc::Receiver<MediaIn>,
-    ports: mpsc::Receiver<PortAnswer>,
+    relay: mpsc::Receiver<RelayEvent>,
     commands: mpsc::Receiver<Command>,
     /// The tunnel's writer while it is up.
     tunnel_tx: Option<(ConnId, mpsc::Sender<Frame>)>,
@@ -38,8 +38,9 @@ pub struct Sources {
     pub sip: mpsc::Receiver<TransportEvent>,
     pub tunnel: mpsc::Receiver<TunnelClientEvent>,
     pub media: mpsc::Receiver<MediaIn>,
-    /// The relay's answers for callers' ports (an exposed edge; closed otherwise).
-    pub ports: mpsc::Receiver<PortAnswer>,
+    /// What the distributor's media connection says (callers' ports, the ICE-TCP address);
+    /// closed for an edge without a tunnel.
+    pub relay: mpsc::Receiver<RelayEvent>,
     pub commands: mpsc::Receiver<Command>,
 }
 
@@ -55,7 +56,7 @@ impl BufferShell {
             sip: sources.sip,
             tunnel: sources.tunnel,
             media_in: sources.media,
-            ports: sources.ports,
+            relay: sources.relay,
             commands: sources.commands,
             tunnel_tx: None,
             media,
@@ -88,9 +89,10 @@ impl Shell<Buffer> for BufferShell {
                 TunnelClientEvent::Frame { conn, frame } => Input::Frame { conn, frame },
             }),
             Some(input) = self.media_in.recv() => Some(Input::Media(input)),
-            Some(PortAnswer { flow, result }) = self.ports.recv() => {
-                Some(Input::CallerPort { call: flow, result })
-            }
+            Some(event) = self.relay.recv() => Some(match event {
+                RelayEvent::Port { flow, result } => Input::CallerPort { call: flow, result },
+                RelayEvent::IceTcp(addr) => Input::IceTcp { addr },
+            }),
             Some(command) = self.commands.recv() => Some(Input::Command(command)),
         }
     }
@@ -110,7 +112,14 @@ impl Shell<Buffer> for BufferShell {
                 _ => debug!("tunnel down; frame to the distributor dropped"),
             },
             Output::Close { conn } => self.transports.close(conn),
-            Output::OpenCallerPort { call, remote } => {
+            Output::OpenCallerPort {
+                call,
+                remote,
+                ice_ufrag,
+            } => {
+                if let Some(ufrag) = ice_ufrag {
+                    self.media.ice_session(call, ufrag);
+                }
                 return match self.media.open(call, remote) {
                     Ok(Some(addr)) => Some(Input::CallerPort {
                         call,

@@ -58,6 +58,8 @@ impl BridgeError {
 pub enum Via {
     /// From the shared WebRTC socket.
     WebRtc,
+    /// On the agent's ICE-TCP connection through the distributor (one RFC 4571 frame).
+    IceTcp,
     /// From the call's own caller-leg socket.
     Caller(SessionId),
 }
@@ -95,6 +97,9 @@ pub struct MediaStats {
     /// The WebRTC pair in use: the agent's address as we see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_remote: Option<String>,
+    /// How the agent's WebRTC reached us: `udp`, or `tcp` (ICE-TCP through the distributor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ice_protocol: Option<&'static str>,
     pub ice_state: String,
 }
 
@@ -180,6 +185,7 @@ struct Session {
     dropped: u64,
     unauthenticated: u64,
     ice_remote: Option<SocketAddr>,
+    ice_protocol: Option<Protocol>,
     ice_state: IceConnectionState,
     last_media: Instant,
     timeout: Instant,
@@ -234,6 +240,9 @@ pub struct Bridge {
     events: VecDeque<BridgeEvent>,
     /// Datagrams on the WebRTC socket no session accepted.
     pub stray: u64,
+    /// Where agents reach us over ICE-TCP (the distributor's public listener), when the edge
+    /// has a media connection to it: offered as a passive TCP candidate.
+    ice_tcp: Option<SocketAddr>,
     /// Each session's next WebRTC timer, in order: the owner asks for the earliest after
     /// every datagram, and a scan of every call each time cost more than the call.
     timers: BTreeSet<(Instant, SessionId)>,
@@ -262,6 +271,7 @@ impl Bridge {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stray: 0,
+            ice_tcp: None,
             timers: BTreeSet::new(),
             next_sweep: None,
             dtls_cert: super::dtls::provider().dtls_provider.generate_certificate(),
@@ -334,6 +344,17 @@ impl Bridge {
         let candidate = Candidate::host(self.webrtc, "udp")
             .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
+        if let Some(addr) = self.ice_tcp {
+            // For agents whose network lets out only TCP to 443: the distributor passes the
+            // connection on by our ICE username fragment.
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(str0m::net::TcpType::Passive)
+                .build()
+                .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+            rtc.add_local_candidate(tcp);
+        }
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, to_rtc(offer.direction), None, None, None);
         let (agent_offer, pending) = change
@@ -357,6 +378,7 @@ impl Bridge {
             dropped: 0,
             unauthenticated: 0,
             ice_remote: None,
+            ice_protocol: None,
             ice_state: IceConnectionState::New,
             last_media: now,
             timeout: now,
@@ -473,6 +495,45 @@ impl Bridge {
 
     /// A datagram on the shared WebRTC socket (`local`: the address it arrived on).
     pub fn from_webrtc(&mut self, bytes: &[u8], from: SocketAddr, local: SocketAddr, now: Instant) {
+        let local = if local.ip().is_unspecified() {
+            self.webrtc
+        } else {
+            local
+        };
+        self.receive_from_agent(bytes, Protocol::Udp, from, local, now);
+    }
+
+    /// One frame of an agent's ICE-TCP connection through the distributor.
+    pub fn from_ice_tcp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
+        match self.ice_tcp {
+            Some(local) => self.receive_from_agent(bytes, Protocol::Tcp, from, local, now),
+            None => self.stray += 1,
+        }
+    }
+
+    /// Where agents reach us over ICE-TCP, for the sessions opened from now on.
+    pub fn set_ice_tcp(&mut self, addr: Option<SocketAddr>) {
+        self.ice_tcp = addr;
+    }
+
+    pub fn ice_tcp(&self) -> Option<SocketAddr> {
+        self.ice_tcp
+    }
+
+    /// The session's local ICE username fragment: what an agent's ICE-TCP connection names.
+    pub fn ice_ufrag(&mut self, id: SessionId) -> Option<String> {
+        let s = self.sessions.get_mut(&id)?;
+        Some(s.rtc.direct_api().local_ice_credentials().ufrag)
+    }
+
+    fn receive_from_agent(
+        &mut self,
+        bytes: &[u8],
+        proto: Protocol,
+        from: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) {
         let Ok(contents) = bytes.try_into() else {
             self.stray += 1;
             return;
@@ -480,13 +541,9 @@ impl Bridge {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source: from,
-                destination: if local.ip().is_unspecified() {
-                    self.webrtc
-                } else {
-                    local
-                },
+                destination: local,
                 contents,
             },
         );
@@ -499,6 +556,7 @@ impl Bridge {
             return;
         };
         s.ice_remote = Some(from);
+        s.ice_protocol = Some(proto);
         if let Err(e) = s.rtc.handle_input(input) {
             tracing::debug!(session = id, error = %e, "WebRTC input refused");
             s.dropped += 1;
@@ -625,7 +683,10 @@ impl Bridge {
                     break;
                 }
                 Ok(Output::Transmit(t)) => self.out.push_back(Datagram {
-                    via: Via::WebRtc,
+                    via: match t.proto {
+                        Protocol::Udp => Via::WebRtc,
+                        _ => Via::IceTcp,
+                    },
                     to: t.destination,
                     bytes: t.contents.into(),
                 }),
@@ -699,6 +760,10 @@ fn stats_of(s: &Session) -> MediaStats {
         dropped: s.dropped,
         unauthenticated: s.unauthenticated,
         ice_remote: s.ice_remote.map(|a| a.to_string()),
+        ice_protocol: s.ice_protocol.map(|p| match p {
+            Protocol::Udp => "udp",
+            _ => "tcp",
+        }),
         ice_state: format!("{:?}", s.ice_state),
     }
 }

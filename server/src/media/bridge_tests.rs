@@ -122,6 +122,7 @@ fn run_all(
                     }
                 }
                 Via::Caller(_) => to_caller.push(d.bytes),
+                Via::IceTcp => panic!("no ICE-TCP without a distributor's address"),
             }
         }
         *now += Duration::from_millis(5);

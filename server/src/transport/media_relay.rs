@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::drop_oldest::DropOldest;
+use super::ice_tcp::{EdgeLink, IceRoutes};
 use super::lock;
 use super::tls_listener::PeerAddr;
 use crate::admin::tokens::TokenIssuer;
@@ -81,6 +82,10 @@ struct Inner {
     connections: Mutex<HashMap<u64, Arc<Counters>>>,
     next_connection: AtomicU64,
     origin: Instant,
+    /// Agents' ICE-TCP: which edge connection owns each session.
+    ice: Arc<IceRoutes>,
+    /// Where agents reach the public listener for ICE-TCP, once it is bound.
+    ice_tcp: std::sync::OnceLock<Option<SocketAddr>>,
 }
 
 /// One media connection's counters, read by the live view.
@@ -98,7 +103,10 @@ struct Counters {
     refused: AtomicU64,
     edge_late: AtomicU64,
     edge_overflow: AtomicU64,
+    ice_sessions: AtomicUsize,
+    ice_refused: AtomicU64,
     queue: Arc<DropOldest<Vec<u8>>>,
+    link: EdgeLink,
 }
 
 /// The relay in the live view: one entry per media connection.
@@ -127,6 +135,20 @@ pub struct RelayView {
     /// What the edge reports it dropped of ours: late, and from its full queue.
     pub edge_dropped_late: u64,
     pub edge_dropped_queue_full: u64,
+    /// WebRTC sessions registered for ICE-TCP, the agents' ICE-TCP connections passed to the
+    /// edge now, and registrations refused (a fragment another connection holds).
+    pub ice_sessions: usize,
+    pub ice_tcp_connections: usize,
+    pub ice_refused: u64,
+}
+
+/// The relay's whole view: each media connection, and the ICE-TCP connections on the public
+/// port that named no registered session.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct RelayOverview {
+    pub connections: Vec<RelayView>,
+    pub ice_tcp_passed: u64,
+    pub ice_tcp_refused: u64,
 }
 
 impl MediaRelay {
@@ -139,7 +161,50 @@ impl MediaRelay {
                 connections: Mutex::new(HashMap::new()),
                 next_connection: AtomicU64::new(1),
                 origin: Instant::now(),
+                ice: Arc::new(IceRoutes::default()),
+                ice_tcp: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// The public listener is bound on `port`: agents reach it for ICE-TCP at the announced
+    /// address (none when the distributor has no public address to announce).
+    pub fn set_public_port(&self, port: u16) {
+        let _ = self
+            .inner
+            .ice_tcp
+            .set(self.public_ip().ok().map(|ip| SocketAddr::new(ip, port)));
+    }
+
+    /// Where the public listener hands connections that are not TLS: agents' ICE-TCP.
+    pub fn ice_tcp_acceptor(&self) -> super::tls_listener::RawConnections {
+        let (tx, mut rx) = mpsc::channel::<(tokio::net::TcpStream, SocketAddr, _)>(256);
+        let routes = self.inner.ice.clone();
+        tokio::spawn(async move {
+            while let Some((stream, peer, place)) = rx.recv().await {
+                tokio::spawn(super::ice_tcp::serve(routes.clone(), stream, peer, place));
+            }
+        });
+        tx
+    }
+
+    /// Everything the live view shows of the relay.
+    pub fn overview(&self) -> RelayOverview {
+        RelayOverview {
+            connections: self.view(),
+            ice_tcp_passed: self.inner.ice.passed.load(Ordering::Relaxed),
+            ice_tcp_refused: self.inner.ice.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    fn public_ip(&self) -> Result<IpAddr, String> {
+        let s = &self.inner.settings;
+        match s.public_ip {
+            Some(ip) => Ok(ip),
+            None if !s.bind_ip.is_unspecified() => Ok(s.bind_ip),
+            None => {
+                Err("the distributor has no media address: set distributor.media_public_ip".into())
+            }
         }
     }
 
@@ -163,6 +228,9 @@ impl MediaRelay {
                 refused: get(&c.refused),
                 edge_dropped_late: get(&c.edge_late),
                 edge_dropped_queue_full: get(&c.edge_overflow),
+                ice_sessions: c.ice_sessions.load(Ordering::Relaxed),
+                ice_tcp_connections: lock(&c.link.conns).len(),
+                ice_refused: get(&c.ice_refused),
             })
             .collect();
         views.sort_by(|a, b| a.edge.cmp(&b.edge));
@@ -177,15 +245,7 @@ impl MediaRelay {
     /// stopped, or any free one.
     fn bind_port(&self) -> Result<(std::net::UdpSocket, SocketAddr), String> {
         let s = &self.inner.settings;
-        let public_ip = match s.public_ip {
-            Some(ip) => ip,
-            None if !s.bind_ip.is_unspecified() => s.bind_ip,
-            None => {
-                return Err(
-                    "the distributor has no media address: set distributor.media_public_ip".into(),
-                );
-            }
-        };
+        let public_ip = self.public_ip()?;
         let bind = |port: u16| {
             let socket = std::net::UdpSocket::bind(SocketAddr::new(s.bind_ip, port))?;
             socket.set_nonblocking(true)?;
@@ -274,6 +334,13 @@ impl Drop for Flow {
 async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketAddr) {
     let id = relay.inner.next_connection.fetch_add(1, Ordering::Relaxed);
     let queue = Arc::new(DropOldest::new(TO_EDGE_QUEUE));
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let link = EdgeLink {
+        connection: id,
+        control: control.clone(),
+        queue: queue.clone(),
+        conns: Arc::new(Mutex::new(HashMap::new())),
+    };
     let counters = Arc::new(Counters {
         edge: edge.clone(),
         flows: AtomicUsize::new(0),
@@ -287,13 +354,19 @@ async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketA
         refused: AtomicU64::new(0),
         edge_late: AtomicU64::new(0),
         edge_overflow: AtomicU64::new(0),
+        ice_sessions: AtomicUsize::new(0),
+        ice_refused: AtomicU64::new(0),
         queue: queue.clone(),
+        link: link.clone(),
     });
     lock(&relay.inner.connections).insert(id, counters.clone());
     info!(%edge, %peer, "media relay connection up");
     let (sink, mut stream) = socket.split();
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    // First, where its agents reach us for ICE-TCP.
+    let ice_tcp = relay.inner.ice_tcp.get().copied().flatten();
+    let _ = control.try_send(encode_media(&MediaFrame::IceTcp { addr: ice_tcp }));
     let writer = tokio::spawn(write_to_edge(sink, queue.clone(), control_rx));
+    let mut ice_sessions: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut flows: HashMap<u64, Flow> = HashMap::new();
     let mut late = LateFilter::new(relay.inner.settings.max_age, LATE_WINDOW);
     let mut first_malformed = true;
@@ -361,14 +434,53 @@ async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketA
                 counters.edge_late.store(late, Ordering::Relaxed);
                 counters.edge_overflow.store(full, Ordering::Relaxed);
             }
-            MediaFrame::Opened { .. } | MediaFrame::Refused { .. } => {
-                // Only the distributor answers: an edge saying so is counted, not believed.
+            MediaFrame::IceSession { ufrag, open } => {
+                let known = ice_sessions.contains(&ufrag);
+                if open && !known && ice_sessions.len() >= relay.inner.settings.max_flows {
+                    counters.ice_refused.fetch_add(1, Ordering::Relaxed);
+                } else if relay.inner.ice.register(&ufrag, &link, open) {
+                    if open {
+                        ice_sessions.insert(ufrag);
+                    } else {
+                        ice_sessions.remove(&ufrag);
+                    }
+                } else {
+                    counters.ice_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                counters
+                    .ice_sessions
+                    .store(ice_sessions.len(), Ordering::Relaxed);
+            }
+            MediaFrame::TcpData { conn, payload } => {
+                let to = lock(&link.conns).get(&conn).cloned();
+                match to {
+                    Some(to) => {
+                        if to.try_send(payload).is_err() {
+                            counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        counters.unknown_flow.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            MediaFrame::TcpClose { conn } => {
+                lock(&link.conns).remove(&conn);
+            }
+            MediaFrame::Opened { .. }
+            | MediaFrame::Refused { .. }
+            | MediaFrame::IceTcp { .. }
+            | MediaFrame::TcpOpen { .. } => {
+                // Only the distributor says these: an edge saying so is counted, not believed.
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
     let open = flows.len();
     drop(flows);
+    relay.inner.ice.forget(id);
+    // Dropping the senders ends each agent connection it was given.
+    lock(&link.conns).clear();
     queue.close();
     drop(control);
     let _ = writer.await;

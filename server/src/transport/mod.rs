@@ -9,6 +9,7 @@ pub mod drop_oldest;
 pub mod exposed_edge;
 pub mod exposure;
 pub mod https;
+pub mod ice_tcp;
 pub mod media_relay;
 pub mod per_source;
 pub mod public;

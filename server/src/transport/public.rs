@@ -1,6 +1,8 @@
 //! The distributor's one public TLS listener (port 443 in production): edges dial their tunnel
 //! at `/tunnel`, and the agent page and SIP over WebSocket of each exposed edge are served at
-//! `/edge/<id>/`. One listener, so an edge and its agents need nothing but outbound 443.
+//! `/edge/<id>/`, and agents' ICE-TCP connections (not TLS) go to the caller media relay
+//! that passes them to their edge. One listener, so an edge and its agents need nothing but
+//! outbound 443.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use super::per_source::PerSource;
-use super::tls_listener::TlsListener;
+use super::tls_listener::{RawConnections, TlsListener};
 
 /// Binds the public listener and serves `routes` on it in the background.
 pub async fn listen(
@@ -17,8 +19,10 @@ pub async fn listen(
     routes: Router,
     per_source: PerSource,
     header_read: std::time::Duration,
+    ice_tcp: RawConnections,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TlsListener::bind(addr, tls, per_source).await?;
+    // What is not TLS may be an agent's ICE-TCP (RFC 4571-framed STUN first).
+    let listener = TlsListener::bind_with_raw(addr, tls, per_source, Some(ice_tcp)).await?;
     let local = axum::serve::Listener::local_addr(&listener)?;
     super::serve::spawn(listener, routes, "distributor.public", header_read);
     Ok(local)

@@ -1,6 +1,8 @@
 //! A TLS listener axum can serve on. Handshakes run in their own tasks so one slow or silent
 //! client never holds up the next one's accept, and each source address may hold only so many
-//! connections ([`PerSource`]), handshakes included.
+//! connections ([`PerSource`]), handshakes included. A listener may also take connections
+//! that are not TLS at all (the distributor's public port: agents' ICE-TCP), told apart by
+//! their first byte.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +24,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes finished but not yet taken by axum.
 const READY_QUEUE: usize = 256;
+/// A TLS connection's first byte: a handshake record (RFC 8446 §5.1, content type 22).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Where a listener hands connections that do not start with TLS, with their place among
+/// their address's connections.
+pub type RawConnections = mpsc::Sender<(TcpStream, SocketAddr, Admitted)>;
 
 #[derive(Debug)]
 pub struct TlsListener {
@@ -82,6 +90,16 @@ impl TlsListener {
         config: Arc<rustls::ServerConfig>,
         per_source: PerSource,
     ) -> std::io::Result<Self> {
+        TlsListener::bind_with_raw(addr, config, per_source, None).await
+    }
+
+    /// The same, handing connections whose first byte is not TLS's to `raw`.
+    pub async fn bind_with_raw(
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+        per_source: PerSource,
+        raw: Option<RawConnections>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
@@ -105,7 +123,21 @@ impl TlsListener {
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
+                let raw = raw.clone();
                 tokio::spawn(async move {
+                    if let Some(raw) = raw {
+                        let mut first = [0u8; 1];
+                        let peeked =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+                        match peeked {
+                            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
+                                let _ = raw.send((stream, peer, place)).await;
+                                return;
+                            }
+                            Ok(Ok(1)) => {}
+                            _ => return,
+                        }
+                    }
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((Conn { tls, _place: place }, peer)).await;

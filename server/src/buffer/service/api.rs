@@ -69,6 +69,9 @@ pub enum Input {
         call: SessionId,
         result: Result<SocketAddr, String>,
     },
+    /// Where agents reach the bridge over ICE-TCP (the distributor's public listener, from
+    /// its media connection), or none while that connection is down.
+    IceTcp { addr: Option<SocketAddr> },
     /// From the program running the server (the shutdown).
     Command(Command),
     /// Sending to `to` failed at once: its transactions fail.
@@ -96,12 +99,14 @@ pub enum Output {
     /// Open a bridged call's caller-side port (a UDP socket of the edge's, or one of the
     /// distributor's relay when the edge is exposed); the answer comes back as
     /// [`Input::CallerPort`], at once or later. `remote`: where the caller's SDP says it
-    /// receives.
+    /// receives. `ice_ufrag`: the call's WebRTC session's ICE username fragment, when its
+    /// agent may reach it over ICE-TCP through the distributor (registered there with it).
     OpenCallerPort {
         call: SessionId,
         remote: Option<SocketAddr>,
+        ice_ufrag: Option<String>,
     },
-    /// Close it: the call ended.
+    /// Close it, and its ICE-TCP registration: the call ended.
     CloseCallerPort { call: SessionId },
     /// A media datagram, from the shared WebRTC socket or a call's caller socket.
     Datagram(Datagram),

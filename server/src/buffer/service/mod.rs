@@ -124,6 +124,11 @@ impl crate::driver::Core for Buffer {
                 }
             }
             Input::CallerPort { call, result } => self.on_caller_port(call, result, now),
+            Input::IceTcp { addr } => {
+                if let Some(media) = self.media.as_mut() {
+                    media.set_ice_tcp(addr);
+                }
+            }
             Input::Command(command) => self.on_command(command, now),
             Input::SendFailed { to } => self.layer.transport_failed(&to),
         }

@@ -86,10 +86,12 @@ impl Buffer {
                     out.body = Bytes::from(agent_offer);
                     // The caller's answer follows once its port is open.
                     let remote = media.caller_destination(key.0);
+                    let ice_ufrag = media.ice_tcp_ufrag(key.0);
                     self.calls.await_caller_port(key);
                     self.out.push_back(Output::OpenCallerPort {
                         call: key.0,
                         remote,
+                        ice_ufrag,
                     });
                 }
                 Err(e) => {
