@@ -268,14 +268,34 @@ fn heard(calls: &[Arc<Mutex<Vec<Received>>>]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Warnings and errors in a log: their number and the first few.
+/// A log line without its colours (the binary colours its log even into a file).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Warnings and errors in a log so far: their number and the first few.
 fn log_problems(path: &Path) -> (usize, Vec<String>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text
+    let lines: Vec<String> = text
         .lines()
+        .map(plain)
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
         .collect();
-    let first = lines.iter().take(6).map(|l| (*l).to_owned()).collect();
+    let first = lines.iter().take(6).cloned().collect();
     (lines.len(), first)
 }
 
@@ -415,7 +435,7 @@ async fn measure(calls: usize, log: String) -> Figures {
             run.output
         );
     }
-    drop((distributor, buffer));
+    // Read before the processes go: the edge losing its relay as they stop is no finding.
     for (who, log) in [("distributor", "distributor.log"), ("buffer", "buffer.log")] {
         let (n, first) = log_problems(&dir.path().join(log));
         println!("{calls} calls: {who} log: {n} warnings or errors");
@@ -423,6 +443,8 @@ async fn measure(calls: usize, log: String) -> Figures {
             println!("    {line}");
         }
     }
+    drop(buffer);
+    drop(distributor);
 
     let cpu_s = (t1 - t0) as f64 / TICKS_PER_SECOND;
     let counters_s = at1.duration_since(at0).as_secs_f64();

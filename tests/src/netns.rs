@@ -8,7 +8,13 @@
 //!   gateway wan  203.0.113.30 ─┘
 //!   gateway lan  192.168.77.1 ── bridge `lan` in the gateway ─┬─ edge   192.168.77.2
 //!                                                            └─ agent  192.168.77.3
+//!   home gateway wan 203.0.113.40 (on the internet's bridge too)
+//!   home gateway lan 192.168.88.1 ── home agent 192.168.88.3
 //! ```
+//!
+//! The home agent is a browser agent somewhere else (issue 17: a home network, a hotel): its
+//! own NAT gateway lets out only new TCP connections to port 443, like the edge's, so its
+//! WebRTC can reach the edge only over ICE-TCP through the distributor.
 //!
 //! The "public" side uses a TEST-NET range, not a private one: Chromium refuses ICE-TCP to
 //! private addresses, which the next steps of issue 16 need. The edge and the browser agent
@@ -50,6 +56,14 @@ pub const GATEWAY_LAN: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 77, 1));
 pub const EDGE: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 77, 2));
 /// The browser agent, on the edge's LAN.
 pub const AGENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 77, 3));
+/// The home gateway's public (masquerading) address.
+pub const HOME_GATEWAY_WAN: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 40));
+/// The home gateway on the home agent's LAN.
+pub const HOME_GATEWAY_LAN: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 88, 1));
+/// The home agent, behind the home gateway.
+pub const HOME_AGENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 88, 3));
+/// The home gateway's nftables table.
+const HOME_TABLE: &str = "agent_edge_home";
 
 const LAN_NET: &str = "192.168.77.0/24";
 /// The gateway's nftables table (inside the gateway's namespace, so the name needs no suffix).
@@ -134,6 +148,67 @@ pub struct Counters {
     pub other_dropped: u64,
 }
 
+/// What the home gateway's firewall counted since the topology was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HomeCounters {
+    /// UDP packets from the home agent toward the internet, dropped.
+    pub udp_out_dropped: u64,
+    pub inbound_new_dropped: u64,
+    /// Must stay 0.
+    pub inbound_new_accepted: u64,
+    pub tcp443_out_accepted: u64,
+    pub other_dropped: u64,
+}
+
+/// Every named counter of the nftables ruleset in `netns`.
+fn read_counters(netns: &str) -> std::collections::HashMap<String, u64> {
+    let out = output(
+        command_in(Some(netns), "nft").args(["-j", "list", "counters"]),
+        "reading a gateway's counters",
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let c = item.get("counter")?;
+            Some((c["name"].as_str()?.to_owned(), c["packets"].as_u64()?))
+        })
+        .collect()
+}
+
+/// The home gateway's firewall: the same rule as the edge's (only new TCP to 443 out,
+/// masqueraded; nothing in), for a browser agent on a network that blocks UDP.
+fn home_ruleset() -> String {
+    format!(
+        r#"table inet {HOME_TABLE} {{
+  counter udp_out_dropped {{ }}
+  counter inbound_new_dropped {{ }}
+  counter inbound_new_accepted {{ }}
+  counter tcp443_out_accepted {{ }}
+  counter other_dropped {{ }}
+  chain forward_filter {{
+    type filter hook forward priority filter; policy drop;
+    iifname "lan" oifname "wan" meta l4proto udp counter name udp_out_dropped drop
+    iifname "wan" oifname "lan" ct state new counter name inbound_new_dropped drop
+    ct state established,related accept
+    iifname "lan" oifname "wan" tcp dport 443 ct state new counter name tcp443_out_accepted accept
+    counter name other_dropped drop
+  }}
+  chain lan_delivered {{
+    type filter hook postrouting priority filter; policy accept;
+    iifname "wan" oifname "lan" ct state new counter name inbound_new_accepted
+  }}
+  chain nat_out {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" masquerade
+  }}
+}}
+"#
+    )
+}
+
 /// The namespaces of one test, removed when dropped. Drop it after the processes running in
 /// it (declare it first in the test): a namespace outlives its `ip netns` name while a process
 /// is still in it.
@@ -151,6 +226,9 @@ pub struct Topology {
     pub edge: String,
     /// The browser agent's namespace, on the edge's LAN.
     pub agent: String,
+    /// The home gateway, with its own firewall, and the home agent behind it.
+    pub home_gateway: String,
+    pub home_agent: String,
     /// The internet's bridge.
     wan: String,
     /// Every namespace made so far, in order, for Drop.
@@ -189,6 +267,8 @@ impl Topology {
             gateway: name("gw"),
             edge: name("edge"),
             agent: name("agent"),
+            home_gateway: name("hgw"),
+            home_agent: name("home"),
             wan: name("wan"),
             id,
             made: Vec::new(),
@@ -205,6 +285,8 @@ impl Topology {
             &self.gateway,
             &self.edge,
             &self.agent,
+            &self.home_gateway,
+            &self.home_agent,
         ] {
             ip(None, &["netns", "add", ns]);
             self.made.push(ns.clone());
@@ -218,6 +300,7 @@ impl Topology {
             ("caller", self.caller.clone(), "eth0", CALLER),
             ("dist", self.distributor.clone(), "eth0", DISTRIBUTOR),
             ("gw", self.gateway.clone(), "wan", GATEWAY_WAN),
+            ("hgw", self.home_gateway.clone(), "wan", HOME_GATEWAY_WAN),
         ] {
             veth(&wan, port, &ns, iface);
             ip(Some(&wan), &["link", "set", port, "master", "br0"]);
@@ -277,6 +360,54 @@ impl Topology {
             );
         }
         nft(&gw, &ruleset());
+        // The home site: one agent behind a gateway of its own.
+        let hgw = self.home_gateway.clone();
+        let home = self.home_agent.clone();
+        veth(&hgw, "lan", &home, "eth0");
+        ip(
+            Some(&hgw),
+            &[
+                "addr",
+                "add",
+                &format!("{HOME_GATEWAY_LAN}/24"),
+                "dev",
+                "lan",
+            ],
+        );
+        ip(Some(&hgw), &["link", "set", "lan", "up"]);
+        ip(
+            Some(&home),
+            &["addr", "add", &format!("{HOME_AGENT}/24"), "dev", "eth0"],
+        );
+        ip(Some(&home), &["link", "set", "eth0", "up"]);
+        ip(
+            Some(&home),
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &HOME_GATEWAY_LAN.to_string(),
+            ],
+        );
+        run(
+            command_in(Some(&hgw), "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]),
+            "enabling forwarding on the home gateway",
+        );
+        nft(&hgw, &home_ruleset());
+    }
+
+    /// What the home gateway's firewall counted so far.
+    pub fn home_counters(&self) -> HomeCounters {
+        let counts = read_counters(&self.home_gateway);
+        let get = |name: &str| counts.get(name).copied().unwrap_or(0);
+        HomeCounters {
+            udp_out_dropped: get("udp_out_dropped"),
+            inbound_new_dropped: get("inbound_new_dropped"),
+            inbound_new_accepted: get("inbound_new_accepted"),
+            tcp443_out_accepted: get("tcp443_out_accepted"),
+            other_dropped: get("other_dropped"),
+        }
     }
 
     /// What the gateway's firewall counted so far.

@@ -139,12 +139,52 @@ async fn call_with_audio(
     name: &str,
     in_call: Duration,
 ) -> serde_json::Value {
+    call_with_audio_seen(net, sys, browser, name, in_call, None)
+        .await
+        .0
+}
+
+/// The distributor's live view, read in its namespace.
+struct Live {
+    ns: String,
+    admin: SocketAddr,
+    key: String,
+}
+
+impl Live {
+    fn new(net: &Topology, sys: &mut Exposed) -> Live {
+        Live {
+            ns: net.distributor.clone(),
+            admin: sys.distributor.addr("distributor.admin"),
+            key: agent_edge_tests::admin_key(sys.path()),
+        }
+    }
+
+    fn get(&self) -> serde_json::Value {
+        let (_, body) = netns::in_netns(&self.ns, || {
+            agent_edge_tests::http(self.admin, "GET", "/live", Some(&self.key), None)
+        });
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// [`call_with_audio`], also returning the distributor's view of the call's media read at
+/// the same moment as the page's figures, when `live` is given.
+async fn call_with_audio_seen(
+    net: &Topology,
+    sys: &Exposed,
+    browser: &Browser,
+    name: &str,
+    in_call: Duration,
+    live: Option<&Live>,
+) -> (serde_json::Value, Option<serde_json::Value>) {
     let call = start_call(net, sys, "caller_pcap_10s.xml", name, &["-rtp_echo"]);
     browser.wait_state("ringing", "netns-ringing").await;
     browser.click("#answer").await;
     browser.wait_state("in-call", "netns-in-call").await;
     tokio::time::sleep(in_call).await;
     let stats = browser.audio_stats().await;
+    let seen = live.map(|l| l.get()["calls"][0]["media"].clone());
     let sent = stats["packetsSent"].as_u64().unwrap_or(0);
     let received = stats["packetsReceived"].as_u64().unwrap_or(0);
     // 50 packets a second each way: the page's microphone out, and back in the pcap (236
@@ -166,7 +206,7 @@ async fn call_with_audio(
         .unwrap()
         .assert_ok(&format!("{name}: the caller's call"));
     browser.wait_state("registered", "netns-after-call").await;
-    stats
+    (stats, seen)
 }
 
 /// The distributor's relay figures for edge-1's media connection, read in its namespace;
@@ -458,4 +498,62 @@ fn relayed_caller_audio_delay_against_the_direct_path() {
             p99[1]
         );
     }
+}
+
+/// Issue 17: a browser agent at home, behind a NAT of its own that lets out only new TCP to
+/// 443, signs in through the distributor and takes 20 calls of 10 s with audio both ways: its
+/// WebRTC reaches the bridge over ICE-TCP through the distributor's public port, and no UDP
+/// leaves the home network or the edge's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_network_lets_out_only_tcp_443_has_audio_over_ice_tcp() {
+    let Some(net) = Topology::start() else { return };
+    let started = Instant::now();
+    let mut sys = Exposed::start(&net);
+    let live = Live::new(&net, &mut sys);
+    let token = issue_token(sys.path(), "alice");
+    let browser = Browser::start_in(Some(&net.home_agent)).await;
+    browser.client.goto(&sys.page(&token)).await.unwrap();
+    browser.wait_state("registered", "home-signed-in").await;
+    sys.distributor.wait_line("agent-up alice edge-1", WAIT);
+
+    const CALLS: usize = 20;
+    for i in 0..CALLS {
+        let (stats, seen) = call_with_audio_seen(
+            &net,
+            &sys,
+            &browser,
+            &format!("home-{i}"),
+            Duration::from_secs(8),
+            Some(&live),
+        )
+        .await;
+        let seen = seen.unwrap();
+        assert_eq!(
+            seen["ice_protocol"], "tcp",
+            "call {i}: the page's WebRTC came over ICE-TCP: {seen}"
+        );
+        eprintln!(
+            "home call {i}: page sent {} received {}; bridge saw {}",
+            stats["packetsSent"], stats["packetsReceived"], seen["ice_remote"]
+        );
+    }
+    let home = net.home_counters();
+    let edge = net.counters();
+    eprintln!(
+        "after {CALLS} calls ({:?}): home {home:?}; edge {edge:?}; ice {}",
+        started.elapsed(),
+        live.get()["ice_tcp"]
+    );
+    assert_eq!(home.inbound_new_accepted + edge.inbound_new_accepted, 0);
+    assert_eq!(
+        edge.udp_out_edge_dropped + edge.udp_out_lan_dropped,
+        0,
+        "no UDP tried to leave the edge's LAN: {edge:?}"
+    );
+    assert!(
+        home.tcp443_out_accepted >= 2,
+        "the page and its ICE-TCP went out on 443: {home:?}"
+    );
+    browser.close().await;
+    drop(sys);
 }
