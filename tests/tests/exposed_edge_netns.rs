@@ -517,6 +517,7 @@ async fn an_agent_whose_network_lets_out_only_tcp_443_has_audio_over_ice_tcp() {
     sys.distributor.wait_line("agent-up alice edge-1", WAIT);
 
     const CALLS: usize = 20;
+    let mut connect_ms = Vec::new();
     for i in 0..CALLS {
         let (stats, seen) = call_with_audio_seen(
             &net,
@@ -533,10 +534,21 @@ async fn an_agent_whose_network_lets_out_only_tcp_443_has_audio_over_ice_tcp() {
             "call {i}: the page's WebRTC came over ICE-TCP: {seen}"
         );
         eprintln!(
-            "home call {i}: page sent {} received {}; bridge saw {}",
-            stats["packetsSent"], stats["packetsReceived"], seen["ice_remote"]
+            "home call {i}: page sent {} received {}; bridge saw {}, ICE connected {} ms after the answer",
+            stats["packetsSent"],
+            stats["packetsReceived"],
+            seen["ice_remote"],
+            seen["ice_connected_ms"]
         );
+        connect_ms.push(seen["ice_connected_ms"].as_u64().expect("ICE connected"));
     }
+    connect_ms.sort_unstable();
+    let within_2s = connect_ms.iter().filter(|ms| **ms <= 2000).count();
+    eprintln!("ICE-TCP connected after the answer: {connect_ms:?} ms");
+    assert!(
+        within_2s * 100 >= CALLS * 95,
+        "ICE connected within 2 s of the answer for {within_2s} of {CALLS} calls: {connect_ms:?}"
+    );
     let home = net.home_counters();
     let edge = net.counters();
     eprintln!(

@@ -87,6 +87,7 @@ async fn an_agent_on_ice_tcp_through_the_distributor_has_audio_both_ways() {
     };
     let stats = &during["calls"][0]["media"];
     assert_eq!(stats["ice_protocol"], "tcp", "{during}");
+    assert!(stats["ice_connected_ms"].as_u64().is_some(), "{during}");
     assert_eq!(
         stats["ice_remote"]
             .as_str()

@@ -100,6 +100,9 @@ pub struct MediaStats {
     /// How the agent's WebRTC reached us: `udp`, or `tcp` (ICE-TCP through the distributor).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_protocol: Option<&'static str>,
+    /// Milliseconds from the agent's answer to its ICE connection, once connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ice_connected_ms: Option<u64>,
     pub ice_state: String,
 }
 
@@ -186,6 +189,9 @@ struct Session {
     unauthenticated: u64,
     ice_remote: Option<SocketAddr>,
     ice_protocol: Option<Protocol>,
+    /// When the agent's answer was applied, and how long after it ICE first connected.
+    answered: Option<Instant>,
+    ice_connected_after: Option<Duration>,
     ice_state: IceConnectionState,
     last_media: Instant,
     timeout: Instant,
@@ -379,6 +385,8 @@ impl Bridge {
             unauthenticated: 0,
             ice_remote: None,
             ice_protocol: None,
+            answered: None,
+            ice_connected_after: None,
             ice_state: IceConnectionState::New,
             last_media: now,
             timeout: now,
@@ -410,6 +418,7 @@ impl Bridge {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
+        s.answered.get_or_insert(now);
         self.drain(id, now);
         Ok(())
     }
@@ -724,6 +733,14 @@ impl Bridge {
                     }
                     Event::IceConnectionStateChange(state) => {
                         s.ice_state = state;
+                        let connected = matches!(
+                            state,
+                            IceConnectionState::Connected | IceConnectionState::Completed
+                        );
+                        if connected && s.ice_connected_after.is_none() {
+                            s.ice_connected_after =
+                                s.answered.map(|at| now.saturating_duration_since(at));
+                        }
                         if state == IceConnectionState::Disconnected {
                             self.events.push_back(BridgeEvent::Disconnected(id));
                         }
@@ -764,6 +781,9 @@ fn stats_of(s: &Session) -> MediaStats {
             Protocol::Udp => "udp",
             _ => "tcp",
         }),
+        ice_connected_ms: s
+            .ice_connected_after
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         ice_state: format!("{:?}", s.ice_state),
     }
 }
