@@ -24,6 +24,11 @@ bench-media *COUNTS:
     cargo build --release -p agent-edge
     AGENT_EDGE_BIN=$PWD/target/release/agent-edge cargo bench -p agent-edge-tests --bench media_bridge -- {{COUNTS}}
 
+# What the caller media relay costs the distributor per relayed call (default 50 and 200).
+bench-relay *COUNTS:
+    cargo build --release -p agent-edge
+    AGENT_EDGE_BIN=$PWD/target/release/agent-edge cargo bench -p agent-edge-tests --bench media_relay -- {{COUNTS}}
+
 # Calls per second, post-dial delay, CPU per call, memory per idle agent and the parse +
 # re-address micro-benchmark; appends a dated row to bench/results.md (about 10 minutes).
 bench:

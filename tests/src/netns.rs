@@ -472,6 +472,22 @@ impl Topology {
         nft(&self.gateway, &rules);
     }
 
+    /// Drops `percent` of every packet an agent's namespace `ns` sends (its uplink), at
+    /// random (nftables `numgen` in that namespace's output); 0 removes the rule.
+    pub fn agent_uplink_loss(&self, ns: &str, percent: u32) {
+        let table = "agent_edge_uplink";
+        let mut rules = format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority filter; policy accept;\n  }}\n}}\n\
+             flush chain inet {table} out\n"
+        );
+        if percent > 0 {
+            rules.push_str(&format!(
+                "add rule inet {table} out oifname \"eth0\" numgen random mod 100 < {percent} drop\n"
+            ));
+        }
+        nft(ns, &rules);
+    }
+
     /// Ends [`Topology::cut_edge_tcp`].
     pub fn restore_edge_tcp(&self) {
         nft(&self.gateway, &format!("flush chain inet {TABLE} outage\n"));

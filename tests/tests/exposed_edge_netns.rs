@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use agent_edge_tests::browser::Browser;
 use agent_edge_tests::netns::{self, CALLER, DISTRIBUTOR, EDGE, Exposed, GATEWAY_WAN, Topology};
+use agent_edge_tests::webrtc_agent::IcePath;
 use agent_edge_tests::{WAIT, caller, issue_token};
 
 /// The namespaces of topology `id` that still exist.
@@ -364,6 +365,19 @@ fn echo_round_trips(
     path: &'static str,
     name: &str,
 ) -> (Vec<Duration>, usize) {
+    let agent = (net.agent.as_str(), IcePath::Udp);
+    echo_round_trips_from(net, sys, https, path, name, agent)
+}
+
+/// [`echo_round_trips`] with the agent in namespace `agent.0`, answering over `agent.1`.
+fn echo_round_trips_from(
+    net: &Topology,
+    sys: &Exposed,
+    https: SocketAddr,
+    path: &'static str,
+    name: &str,
+    (agent_ns, ice): (&str, IcePath),
+) -> (Vec<Duration>, usize) {
     const PACKETS: usize = 400;
     let token = issue_token(sys.path(), "bob");
     let ca = sys.path().join("certs").join("ca.pem");
@@ -376,7 +390,7 @@ fn echo_round_trips(
     );
     std::thread::scope(|s| {
         let agent = s.spawn(|| {
-            netns::in_netns(&net.agent, || {
+            netns::in_netns(agent_ns, || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -395,7 +409,7 @@ fn echo_round_trips(
                             p
                         })
                         .collect();
-                    let media = agent.answer(&invite, payloads).await;
+                    let media = agent.answer_over(&invite, payloads, ice).await;
                     agent.wait_bye().await;
                     let connected = *media.connected.lock().unwrap();
                     eprintln!(
@@ -568,4 +582,52 @@ async fn an_agent_whose_network_lets_out_only_tcp_443_has_audio_over_ice_tcp() {
     );
     browser.close().await;
     drop(sys);
+}
+
+/// Issue 17's delay figure: what ICE-TCP through the distributor adds to the agent's leg
+/// against UDP, at 0 % and 2 % loss on the agent's uplink (every packet it sends, dropped at
+/// random in its own namespace). A WebRTC agent (str0m) times the echo of its tagged packets
+/// from a relayed SIPp caller: over UDP from the edge's LAN, and over ICE-TCP from the home
+/// network whose gateway lets out only TCP to 443. Printed for the README; the test asserts
+/// the audio, not the timing.
+#[test]
+fn ice_tcp_delay_against_udp_for_the_agent() {
+    let Some(net) = Topology::start() else { return };
+    let mut sys = Exposed::start(&net);
+    sys.distributor.wait_line("edge-up edge-1", WAIT);
+    let mut rows = Vec::new();
+    for loss in [0u32, 2] {
+        let mut row = Vec::new();
+        for (ns, ice) in [(&net.agent, IcePath::Udp), (&net.home_agent, IcePath::Tcp)] {
+            net.agent_uplink_loss(ns, loss);
+            let name = format!("{ice:?}-loss{loss}");
+            let (rtts, lost) =
+                echo_round_trips_from(&net, &sys, sys.public, "/edge/edge-1/sip", &name, (ns, ice));
+            net.agent_uplink_loss(ns, 0);
+            let came_back = 400 - lost;
+            eprintln!(
+                "{ice:?} at {loss} % agent uplink loss: {came_back} of 400 echoed, round trip p50 {:?} p99 {:?} max {:?}",
+                percentile(&rtts, 0.5),
+                percentile(&rtts, 0.99),
+                rtts.last().unwrap()
+            );
+            let floor = if loss == 0 { 396 } else { 360 };
+            assert!(came_back >= floor, "{name}: {came_back} of 400 echoed");
+            row.push((percentile(&rtts, 0.5), percentile(&rtts, 0.99)));
+        }
+        rows.push((loss, row));
+    }
+    for (loss, row) in rows {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        eprintln!(
+            "ICE-TCP at {loss} % agent uplink loss: round trip added p50 {:.2} ms, p99 {:.2} ms \
+             (UDP p50 {:?} p99 {:?}; ICE-TCP p50 {:?} p99 {:?})",
+            ms(row[1].0) - ms(row[0].0),
+            ms(row[1].1) - ms(row[0].1),
+            row[0].0,
+            row[0].1,
+            row[1].0,
+            row[1].1
+        );
+    }
 }

@@ -255,8 +255,13 @@ impl Buffer {
     pub(super) fn on_failure(&mut self, tx: TxId, cause: &'static str, now: Instant) {
         match self.calls.tx_ended(tx) {
             Some((key, TxRole::AgentInvite { client_tx })) => {
-                info!(call = ?key, leg = "agent", cause, "the offer to the agent failed");
                 let state = self.calls.get(key).map(|e| e.state);
+                if state.is_some() {
+                    info!(call = ?key, leg = "agent", cause, "the offer to the agent failed");
+                } else {
+                    // The call ended; its INVITE's record outlived it (RFC 6026).
+                    debug!(call = ?key, leg = "agent", cause, "a finished call's INVITE failed");
+                }
                 if state == Some(CallState::Offering)
                     && let Some(req) = self.layer.server_request(client_tx).cloned()
                 {

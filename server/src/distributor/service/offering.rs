@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::calls::{Call, Caller, Offer, TxKind};
 use super::edges::Handoff;
@@ -293,14 +293,18 @@ impl Distributor {
         cause: FailCause,
         now: Instant,
     ) {
-        warn!(agent = %offer.agent, %call_id, ?cause, "agent's leg failed: no answer to the offer");
         if self.is_current(call_id, &offer.agent) {
+            warn!(agent = %offer.agent, %call_id, ?cause, "agent's leg failed: no answer to the offer");
             self.acd
                 .offer_ended(call_id, &offer.agent, OfferEnd::Failed { cause }, now);
         } else if offer.abandoned
             && let Some(req) = self.layer.server_request(offer.server_tx).cloned()
         {
             self.respond(offer.server_tx, &req, 487, now);
+        } else {
+            // An offer long answered or withdrawn, whose transaction's record outlived it
+            // (RFC 6026 keeps an accepted INVITE 32 s): its edge going is no news.
+            debug!(agent = %offer.agent, %call_id, ?cause, "a finished offer's transaction failed");
         }
     }
 }
