@@ -245,17 +245,6 @@ fn drops(view: &serde_json::Value) -> u64 {
     .sum()
 }
 
-/// The agent payloads: marked, so that their echo can be told from the caller's audio.
-fn agent_payloads() -> Vec<Vec<u8>> {
-    (0..AGENT_PACKETS)
-        .map(|i| {
-            let mut p = format!("AGENT-{i:05}-").into_bytes();
-            p.resize(160, (i % 200) as u8);
-            p
-        })
-        .collect()
-}
-
 /// Per agent: (packets of the caller's audio, packets of its own audio echoed back).
 fn heard(calls: &[Arc<Mutex<Vec<Received>>>]) -> Vec<(usize, usize)> {
     calls
@@ -381,7 +370,7 @@ async fn measure(calls: usize, log: String) -> Figures {
             .arg(&["-m", &n, "-r", &rate, "-l", &n, "-rtp_echo"])
             .run()
     });
-    let payloads = agent_payloads();
+    let payloads = agent_edge_tests::webrtc_agent::marked_payloads(AGENT_PACKETS);
     let (tx, mut answered) = tokio::sync::mpsc::channel(calls);
     let mut tasks = Vec::new();
     for mut agent in agents {

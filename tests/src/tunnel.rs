@@ -55,18 +55,28 @@ pub fn send(ws: &mut Ws, frame: &Frame) {
 pub fn next_frame(ws: &mut Ws, limit: Duration) -> Option<Frame> {
     let deadline = Instant::now() + limit;
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match proto_tunnel::decode(&next_binary(ws, left, "tunnel")?, &Limits::default()).unwrap() {
+            Frame::Ping { nonce } => send(ws, &Frame::Pong { nonce }),
+            frame => return Some(frame),
+        }
+    }
+}
+
+/// The next binary message on `ws` within `limit` (it reads with a short timeout); `what`
+/// names the connection in a panic.
+fn next_binary(ws: &mut Ws, limit: Duration, what: &str) -> Option<tungstenite::Bytes> {
+    let deadline = Instant::now() + limit;
+    loop {
         match ws.read() {
-            Ok(Message::Binary(b)) => match proto_tunnel::decode(&b, &Limits::default()).unwrap() {
-                Frame::Ping { nonce } => send(ws, &Frame::Pong { nonce }),
-                frame => return Some(frame),
-            },
+            Ok(Message::Binary(b)) => return Some(b),
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => panic!("tunnel: {e}"),
+            Err(e) => panic!("{what}: {e}"),
         }
         if Instant::now() > deadline {
             return None;
@@ -109,20 +119,6 @@ pub fn media(
 
 /// The next media frame from the distributor within `limit`.
 pub fn next_media(ws: &mut Ws, limit: Duration) -> Option<proto_tunnel::media::MediaFrame> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return Some(proto_tunnel::media::decode_media(&b).unwrap()),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("media connection: {e}"),
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-    }
+    let bytes = next_binary(ws, limit, "media connection")?;
+    Some(proto_tunnel::media::decode_media(&bytes).unwrap())
 }

@@ -437,6 +437,55 @@ async fn media_loop(mut rtc: Rtc, mut net: Net, payloads: Vec<Vec<u8>>, media: R
     }
 }
 
+/// `n` payloads for an agent to send, each marked `AGENT-<number>-` and filled to 160 bytes,
+/// so that their echo can be told from the caller's audio.
+pub fn marked_payloads(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut p = format!("AGENT-{i:05}-").into_bytes();
+            p.resize(160, (i % 200) as u8);
+            p
+        })
+        .collect()
+}
+
+/// Audio both ways, complete and unchanged, for a call from a SIPp caller that played
+/// g711a.pcap and the DTMF pcap and echoed what it got: every pcap packet reached the agent
+/// in order, the digit came as telephone-event, and every marked packet the agent sent (of
+/// `sent`) came back.
+pub fn assert_pcap_and_echo(media: &CallMedia, sent: &[Vec<u8>]) {
+    assert!(*media.connected.lock().unwrap(), "ICE and DTLS connected");
+    let received = media.received.lock().unwrap().clone();
+    let audio = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/g711a.pcap"));
+    let from_pcap: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(pt, p)| *pt == 8 && !p.starts_with(b"AGENT-"))
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(from_pcap.len(), audio.len(), "every pcap packet arrived");
+    for (i, (got, (_, _, want))) in from_pcap.iter().zip(&audio).enumerate() {
+        assert_eq!(*got, want, "pcap packet {i}");
+    }
+    let digits = received.iter().filter(|(pt, _)| *pt == 101).count();
+    assert!(digits > 0, "the DTMF digit crossed as telephone-event");
+    // Agent → caller → (SIPp's echo) → agent.
+    let echoed: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(_, p)| p.starts_with(b"AGENT-"))
+        .map(|(_, p)| p)
+        .collect();
+    let n = *media.sent.lock().unwrap();
+    assert!(n >= 100, "the agent sent {n} packets");
+    assert_eq!(
+        echoed.len(),
+        n,
+        "each packet the agent sent reached the caller and came back"
+    );
+    for (got, want) in echoed.iter().zip(sent) {
+        assert_eq!(*got, want);
+    }
+}
+
 /// The RTP packets in a pcap file of RTP over UDP over IPv4 over Ethernet, in order:
 /// (payload type, sequence number, payload).
 pub fn pcap_rtp_payloads(path: &Path) -> Vec<(u8, u16, Vec<u8>)> {

@@ -8,10 +8,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_edge_tests::webrtc_agent::{IcePath, WebRtcAgent, pcap_rtp_payloads};
+use agent_edge_tests::webrtc_agent::{IcePath, WebRtcAgent, assert_pcap_and_echo, marked_payloads};
 use agent_edge_tests::{System, WAIT, admin_key, caller, http, issue_token};
 
 fn live(admin: SocketAddr, key: &str) -> serde_json::Value {
@@ -69,13 +68,7 @@ async fn an_agent_on_ice_tcp_through_the_distributor_has_audio_both_ways() {
             .any(|l| l.contains(" udp ") || l.contains(" UDP ")),
         "and keeps its UDP one: {invite}"
     );
-    let sent: Vec<Vec<u8>> = (0..150)
-        .map(|i| {
-            let mut p = format!("AGENT-{i:05}-").into_bytes();
-            p.resize(160, 0x55);
-            p
-        })
-        .collect();
+    let sent = marked_payloads(150);
     let media = agent.answer_over(&invite, sent.clone(), IcePath::Tcp).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -104,23 +97,9 @@ async fn an_agent_on_ice_tcp_through_the_distributor_has_audio_both_ways() {
     call.await
         .unwrap()
         .assert_ok("the caller of an ICE-TCP agent");
-    assert!(*media.connected.lock().unwrap(), "ICE and DTLS over TCP");
-    let received = media.received.lock().unwrap().clone();
-    let audio = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/g711a.pcap"));
-    let from_pcap = received
-        .iter()
-        .filter(|(pt, p)| *pt == 8 && !p.starts_with(b"AGENT-"))
-        .count();
-    assert_eq!(from_pcap, audio.len(), "every pcap packet arrived over TCP");
-    let echoed = received
-        .iter()
-        .filter(|(_, p)| p.starts_with(b"AGENT-"))
-        .count();
-    assert_eq!(
-        echoed,
-        *media.sent.lock().unwrap(),
-        "each packet the agent sent over TCP reached the caller and came back"
-    );
+    // Every pcap packet and the digit reached the agent over TCP, and each packet it sent over
+    // TCP came back through the caller's echo.
+    assert_pcap_and_echo(&media, &sent);
 
     // The call is over: its session is no longer registered, its connection gone.
     let deadline = Instant::now() + WAIT;

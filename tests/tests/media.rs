@@ -6,22 +6,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agent_edge_tests::webrtc_agent::{WebRtcAgent, pcap_rtp_payloads};
+use agent_edge_tests::webrtc_agent::{
+    WebRtcAgent, assert_pcap_and_echo, marked_payloads, pcap_rtp_payloads,
+};
 use agent_edge_tests::{System, admin_key, caller, http, issue_token};
 
 /// The tests that carry audio for seconds run one at a time: each counts every packet, and
 /// two at once on a 2-core machine measure the machine, not the bridge.
 static AUDIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn agent_payloads(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut p = format!("AGENT-{i:05}-").into_bytes();
-            p.resize(160, (i % 200) as u8);
-            p
-        })
-        .collect()
-}
 
 /// A system (`buffer_extra` lines in its `[buffer]` section) with agent bob signed in as a
 /// WebRTC agent over WSS.
@@ -59,7 +51,7 @@ async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
         !invite.contains("RTP/AVP "),
         "no plain RTP offered to a browser: {invite}"
     );
-    let sent = agent_payloads(150);
+    let sent = marked_payloads(150);
     let media = agent.answer(&invite, sent.clone()).await;
     // Garbage on the shared media port, mid-call: dropped, and the call goes on (every
     // packet is checked below).
@@ -93,22 +85,10 @@ async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
     run.assert_ok("the caller");
     assert!(*media.connected.lock().unwrap(), "ICE and DTLS connected");
 
+    // Caller → agent: every pcap payload, in order, unchanged; agent → caller → (SIPp's
+    // echo) → agent: what the agent sent came back unchanged.
+    assert_pcap_and_echo(&media, &sent);
     let received = media.received.lock().unwrap().clone();
-    // Caller → agent: every pcap payload, in order, unchanged.
-    let audio = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/g711a.pcap"));
-    let from_pcap: Vec<&Vec<u8>> = received
-        .iter()
-        .filter(|(pt, p)| *pt == 8 && !p.starts_with(b"AGENT-"))
-        .map(|(_, p)| p)
-        .collect();
-    assert_eq!(
-        from_pcap.len(),
-        audio.len(),
-        "every packet of the pcap arrived"
-    );
-    for (i, (got, (_, _, want))) in from_pcap.iter().zip(&audio).enumerate() {
-        assert_eq!(*got, want, "pcap packet {i}");
-    }
     // DTMF: the digit's RFC 4733 events, as telephone-event (101). The pcap repeats its end
     // packet three times with one sequence number, as RFC 4733 allows; over SRTP a repeat
     // is a replay, so the agent gets each sequence number once, the end included.
@@ -125,22 +105,6 @@ async fn audio_and_dtmf_cross_the_bridge_unchanged_both_ways() {
         events.last().is_some_and(|e| e[1] & 0x80 != 0),
         "the end bit"
     );
-    // Agent → caller → (SIPp's echo) → agent: what the agent sent came back unchanged.
-    let echoed: Vec<&Vec<u8>> = received
-        .iter()
-        .filter(|(_, p)| p.starts_with(b"AGENT-"))
-        .map(|(_, p)| p)
-        .collect();
-    let n = *media.sent.lock().unwrap();
-    assert!(n >= 100, "the agent sent {n} packets");
-    assert_eq!(
-        echoed.len(),
-        n,
-        "each packet the agent sent reached the caller and came back"
-    );
-    for (got, want) in echoed.iter().zip(&sent) {
-        assert_eq!(*got, want);
-    }
     drop(media);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
@@ -212,7 +176,7 @@ async fn fifty_concurrent_bridged_calls_share_one_port_without_loss() {
     for mut agent in agents {
         calls.push(tokio::spawn(async move {
             let invite = agent.wait_invite().await;
-            let media = agent.answer(&invite, agent_payloads(100)).await;
+            let media = agent.answer(&invite, marked_payloads(100)).await;
             agent.wait_bye().await;
             let received = media.received.lock().unwrap().clone();
             let sent = *media.sent.lock().unwrap();
@@ -325,7 +289,7 @@ async fn a_caller_mixing_two_ssrcs_gets_a_sane_jitter_figure() {
             .run()
     });
     let invite = agent.wait_invite().await;
-    let media = agent.answer(&invite, agent_payloads(150)).await;
+    let media = agent.answer(&invite, marked_payloads(150)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let live = tokio::task::spawn_blocking(move || http(admin, "GET", "/live", Some(&key), None))
         .await

@@ -6,11 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_edge_tests::tunnel::{self, next_media};
-use agent_edge_tests::webrtc_agent::{CallMedia, WebRtcAgent, pcap_rtp_payloads};
+use agent_edge_tests::webrtc_agent::{
+    CallMedia, WebRtcAgent, assert_pcap_and_echo, marked_payloads,
+};
 use agent_edge_tests::{
     SippRun, System, WAIT, admin_key, caller, http, issue_edge_token, issue_token,
 };
@@ -21,16 +22,6 @@ const EXPOSED: &str = "expose = \"tunnel\"";
 
 /// The tests that carry audio for seconds run one at a time (see `media.rs`).
 static AUDIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn agent_payloads(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut p = format!("AGENT-{i:05}-").into_bytes();
-            p.resize(160, (i % 200) as u8);
-            p
-        })
-        .collect()
-}
 
 /// The distributor's live view of the relay: one entry per media connection.
 fn relay_view(admin: SocketAddr, key: &str) -> Vec<serde_json::Value> {
@@ -88,43 +79,9 @@ async fn relayed_call(
             .run()
     });
     let invite = agent.wait_invite().await;
-    let sent = agent_payloads(150);
+    let sent = marked_payloads(150);
     let media = agent.answer(&invite, sent.clone()).await;
     (call, media, sent, invite)
-}
-
-/// Every pcap packet reached the agent, and every packet the agent sent came back through
-/// the caller's echo: audio both ways, complete and unchanged.
-fn assert_audio_both_ways(media: &CallMedia, sent: &[Vec<u8>]) {
-    assert!(*media.connected.lock().unwrap(), "ICE and DTLS connected");
-    let received = media.received.lock().unwrap().clone();
-    let audio = pcap_rtp_payloads(Path::new("/usr/share/sip-tester/g711a.pcap"));
-    let from_pcap: Vec<&Vec<u8>> = received
-        .iter()
-        .filter(|(pt, p)| *pt == 8 && !p.starts_with(b"AGENT-"))
-        .map(|(_, p)| p)
-        .collect();
-    assert_eq!(from_pcap.len(), audio.len(), "every pcap packet arrived");
-    for (i, (got, (_, _, want))) in from_pcap.iter().zip(&audio).enumerate() {
-        assert_eq!(*got, want, "pcap packet {i}");
-    }
-    let digits = received.iter().filter(|(pt, _)| *pt == 101).count();
-    assert!(digits > 0, "the DTMF digit crossed as telephone-event");
-    let echoed: Vec<&Vec<u8>> = received
-        .iter()
-        .filter(|(_, p)| p.starts_with(b"AGENT-"))
-        .map(|(_, p)| p)
-        .collect();
-    let n = *media.sent.lock().unwrap();
-    assert!(n >= 100, "the agent sent {n} packets");
-    assert_eq!(
-        echoed.len(),
-        n,
-        "each agent packet reached the caller and came back"
-    );
-    for (got, want) in echoed.iter().zip(sent) {
-        assert_eq!(*got, want);
-    }
 }
 
 /// The SDP port of the caller's 200 OK: where SIPp sent its RTP.
@@ -164,7 +121,7 @@ async fn a_relayed_callers_audio_and_dtmf_cross_both_ways_through_the_distributo
     agent.wait_bye().await;
     let run = call.await.unwrap();
     run.assert_ok("the relayed caller");
-    assert_audio_both_ways(&media, &sent);
+    assert_pcap_and_echo(&media, &sent);
     let port = answered_port(&run);
     assert_ne!(
         port,
@@ -307,7 +264,7 @@ async fn strangers_and_floods_on_the_relay_are_refused_or_dropped_and_the_call_k
 
     agent.wait_bye().await;
     call.await.unwrap().assert_ok("the caller during the flood");
-    assert_audio_both_ways(&media, &sent);
+    assert_pcap_and_echo(&media, &sent);
 
     let view = tokio::task::spawn_blocking(move || relay_view(admin, &key))
         .await
