@@ -154,7 +154,13 @@ enum Timer {
     WaitAck,
     /// Lingering before termination (D, I, J, K, and M/L in Accepted).
     Linger,
+    /// A server transaction its owner has not answered: it answers 500 itself then.
+    Unanswered,
 }
+
+/// How long an INVITE server transaction may wait for its owner's final response: callers
+/// wait in queues, so far longer than any timer of RFC 3261's, but not for ever.
+pub const UNANSWERED_INVITE: Duration = Duration::from_secs(3600);
 
 /// Server transactions match on branch, sent-by and method (ACK and CANCEL look up the
 /// INVITE's), RFC 3261 §17.2.3.
@@ -363,6 +369,14 @@ impl<N: Clone> TransactionLayer<N> {
             self.servers.insert(key, id);
         }
         self.txs.insert(id, tx);
+        // A request the owner never answers must not live for ever: a non-INVITE's client
+        // gives up after 64*T1 (timer F), an INVITE's caller waits longer.
+        let unanswered = if invite {
+            UNANSWERED_INVITE
+        } else {
+            self.t().t1 * 64
+        };
+        self.set_timer(id, Timer::Unanswered, now + unanswered);
         if invite && self.config.send_100_trying {
             let trying = msg.response(100, None);
             let _ = self.send_response(id, trying, now);
@@ -635,6 +649,9 @@ impl<N: Clone> TransactionLayer<N> {
             }
             _ => return Err(TxError::WrongState),
         }
+        if code >= 200 {
+            self.clear_timer(id, Timer::Unanswered);
+        }
         let to = self
             .txs
             .get(&id)
@@ -814,6 +831,14 @@ impl<N: Clone> TransactionLayer<N> {
                 self.terminate(id);
             }
             (Timer::Linger, _, _) => self.terminate(id),
+            (Timer::Unanswered, Kind::ServerInvite, State::Proceeding)
+            | (Timer::Unanswered, Kind::ServerNonInvite, State::Trying | State::Proceeding) => {
+                let tag = format!("{:016x}", rand::random::<u64>());
+                let mut resp = tx.request.response(500, Some(&tag));
+                resp.set_reason("No answer from the server in time");
+                let _ = self.send_response(id, resp, now);
+                self.events.push_back(TxEvent::Timeout { tx: id });
+            }
             _ => {}
         }
     }
@@ -874,10 +899,25 @@ impl<N: Clone> TransactionLayer<N> {
         }
     }
 
+    /// Cancels one of a transaction's timers.
+    fn clear_timer(&mut self, id: TxId, timer: Timer) {
+        if let Some(at) = self
+            .txs
+            .get_mut(&id)
+            .and_then(|tx| tx.timers.remove(&timer))
+        {
+            self.timers.remove(&(at, id, timer));
+        }
+    }
+
     fn terminate(&mut self, id: TxId) {
         let Some(tx) = self.txs.remove(&id) else {
             return;
         };
+        // Its timers go with it, rather than waiting in the schedule to be skipped.
+        for (timer, at) in &tx.timers {
+            self.timers.remove(&(*at, id, *timer));
+        }
         if let Some(k) = tx.server_key
             && self.servers.get(&k) == Some(&id)
         {

@@ -551,3 +551,67 @@ fn a_late_wake_up_does_not_shift_the_retransmissions_after_it() {
     assert_eq!(drain_transmits(&mut l).len(), 1);
     assert_eq!(l.poll_timeout(), Some(t0 + 6000 * MS));
 }
+
+/// The server transaction of a request the owner never answers.
+fn unanswered(method: &str, peer: Target) -> (TransactionLayer, TxId, Instant) {
+    let t0 = Instant::now();
+    let mut l = layer();
+    l.handle_message(request(method, "z9hG4bKunanswered", 1), peer, t0);
+    let tx = drain_events(&mut l)
+        .into_iter()
+        .find_map(|e| match e {
+            TxEvent::Request { tx: Some(tx), .. } => Some(tx),
+            _ => None,
+        })
+        .expect("a server transaction");
+    drain_transmits(&mut l);
+    (l, tx, t0)
+}
+
+fn statuses(transmits: &[Transmit<()>]) -> Vec<u16> {
+    transmits
+        .iter()
+        .filter_map(|t| SipMessage::parse(&t.bytes).ok()?.status())
+        .collect()
+}
+
+#[test]
+fn a_request_its_owner_never_answers_gets_500_when_its_client_gives_up() {
+    let (mut l, tx, t0) = unanswered("OPTIONS", udp_peer());
+    l.handle_timeout(t0 + Duration::from_secs(31));
+    assert!(drain_transmits(&mut l).is_empty(), "nothing before 64*T1");
+    l.handle_timeout(t0 + Duration::from_secs(32));
+    assert_eq!(statuses(&drain_transmits(&mut l)), vec![500]);
+    assert!(drain_events(&mut l).contains(&TxEvent::Timeout { tx }));
+    // Then as any answered non-INVITE: it lingers for retransmissions, and ends.
+    run_until(&mut l, t0, Duration::from_secs(100));
+    assert!(l.is_empty());
+    assert_eq!(l.poll_timeout(), None, "no timer left behind");
+}
+
+#[test]
+fn an_invite_its_owner_never_answers_gets_500_after_the_hour_a_queue_may_take() {
+    let (mut l, tx, t0) = unanswered("INVITE", tcp_peer());
+    let ringing = request("INVITE", "z9hG4bKunanswered", 1).response(180, Some("t1"));
+    l.send_response(tx, ringing, t0).unwrap();
+    drain_transmits(&mut l);
+    l.handle_timeout(t0 + UNANSWERED_INVITE - Duration::from_secs(1));
+    assert!(drain_transmits(&mut l).is_empty());
+    l.handle_timeout(t0 + UNANSWERED_INVITE);
+    assert_eq!(statuses(&drain_transmits(&mut l)), vec![500]);
+    assert!(drain_events(&mut l).contains(&TxEvent::Timeout { tx }));
+}
+
+#[test]
+fn an_answered_request_leaves_no_timer_for_its_owner_s_silence() {
+    let (mut l, tx, t0) = unanswered("INVITE", tcp_peer());
+    let ok = request("INVITE", "z9hG4bKunanswered", 1).response(486, Some("t1"));
+    l.send_response(tx, ok, t0).unwrap();
+    drain_transmits(&mut l);
+    // Over TCP the answered INVITE waits for its ACK (timer H) and is gone: nothing waits
+    // an hour in the schedule.
+    run_until(&mut l, t0, Duration::from_secs(60));
+    assert!(l.is_empty());
+    assert_eq!(l.poll_timeout(), None);
+    assert!(statuses(&drain_transmits(&mut l)).is_empty());
+}
