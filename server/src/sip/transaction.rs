@@ -162,6 +162,20 @@ enum Timer {
 /// wait in queues, so far longer than any timer of RFC 3261's, but not for ever.
 pub const UNANSWERED_INVITE: Duration = Duration::from_secs(3600);
 
+/// What the ACK of a 2xx must carry to be that 2xx's: its dialog (Call-ID, the caller's From
+/// tag, our To tag) and the INVITE's CSeq number. The ACK is a transaction of its own (RFC
+/// 3261 §17.1.1.3), so it is matched by dialog, not branch.
+type DialogAck = (String, u32, Option<String>, Option<String>);
+
+fn dialog_ack(
+    call_id: &str,
+    seq: u32,
+    from_tag: Option<String>,
+    to_tag: Option<String>,
+) -> DialogAck {
+    (call_id.to_owned(), seq, from_tag, to_tag)
+}
+
 /// Server transactions match on branch, sent-by and method (ACK and CANCEL look up the
 /// INVITE's), RFC 3261 §17.2.3.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -197,7 +211,7 @@ struct Tx<N> {
     server_key: Option<ServerKey>,
     client_key: Option<ClientKey>,
     /// For an INVITE server transaction in Accepted: (Call-ID, CSeq number) its ACK carries.
-    ack_key: Option<(String, u32)>,
+    ack_key: Option<DialogAck>,
     /// A client transaction's note, on each send of its request while `wire` holds it.
     note: Option<N>,
 }
@@ -238,7 +252,7 @@ pub struct TransactionLayer<N = ()> {
     txs: HashMap<TxId, Tx<N>>,
     servers: HashMap<ServerKey, TxId>,
     clients: HashMap<ClientKey, TxId>,
-    accepted: HashMap<(String, u32), TxId>,
+    accepted: HashMap<DialogAck, TxId>,
     timers: BTreeSet<(Instant, TxId, Timer)>,
     transmits: VecDeque<Transmit<N>>,
     events: VecDeque<TxEvent<N>>,
@@ -412,7 +426,9 @@ impl<N: Clone> TransactionLayer<N> {
         }
         // The ACK of a 2xx is a new transaction of its own; it stops our 2xx retransmissions.
         if let (Some(call_id), Ok(cseq)) = (msg.call_id(), msg.cseq())
-            && let Some(&id) = self.accepted.get(&(call_id.to_owned(), cseq.seq))
+            && let Some(&id) =
+                self.accepted
+                    .get(&dialog_ack(call_id, cseq.seq, msg.from_tag(), msg.to_tag()))
             && let Some(tx) = self.txs.get_mut(&id)
         {
             tx.ack_received = true;
@@ -619,7 +635,8 @@ impl<N: Clone> TransactionLayer<N> {
                     tx.wire = wire.clone();
                     tx.interval = t.t1;
                     if let (Some(call_id), Ok(cseq)) = (tx.request.call_id(), tx.request.cseq()) {
-                        let key = (call_id.to_owned(), cseq.seq);
+                        let key =
+                            dialog_ack(call_id, cseq.seq, tx.request.from_tag(), msg.to_tag());
                         tx.ack_key = Some(key.clone());
                         self.accepted.insert(key, id);
                     }

@@ -615,3 +615,37 @@ fn an_answered_request_leaves_no_timer_for_its_owner_s_silence() {
     assert_eq!(l.poll_timeout(), None);
     assert!(statuses(&drain_transmits(&mut l)).is_empty());
 }
+
+#[test]
+fn the_ack_of_a_2xx_is_matched_by_its_dialog_not_only_call_id_and_cseq() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    let invite = request("INVITE", "z9hG4bKdlg", 1);
+    l.handle_message(invite.clone(), udp_peer(), t0);
+    let Some(TxEvent::Request { tx: Some(id), .. }) = l.poll_event() else {
+        panic!()
+    };
+    l.send_response(id, invite.response(200, Some("ours")), t0)
+        .unwrap();
+    drain_transmits(&mut l);
+    // Same Call-ID and CSeq, but another dialog's tags: not this 2xx's ACK.
+    for (from_tag, to_tag) in [("from1", "theirs"), ("stranger", "ours")] {
+        let mut ack = request("ACK", "z9hG4bKack1", 1);
+        ack.set_header("From", format!("<sip:bob@127.0.0.1>;tag={from_tag}"));
+        ack.set_header("To", format!("<sip:alice@127.0.0.1>;tag={to_tag}"));
+        l.handle_message(ack, udp_peer(), t0 + 100 * MS);
+    }
+    drain_events(&mut l);
+    assert_eq!(
+        run_until(&mut l, t0, Duration::from_secs(2)),
+        secs(&[0.5, 1.5]),
+        "the 2xx goes on being retransmitted"
+    );
+    let mut ack = request("ACK", "z9hG4bKack2", 1);
+    ack.set_header("To", "<sip:alice@127.0.0.1>;tag=ours");
+    l.handle_message(ack, udp_peer(), t0 + Duration::from_secs(2));
+    assert!(
+        run_until(&mut l, t0, Duration::from_secs(20)).is_empty(),
+        "its own ACK stops it"
+    );
+}
