@@ -264,7 +264,11 @@ fn method_token(m: &Method) -> String {
 
 fn server_key(msg: &SipMessage, method: &str) -> Option<ServerKey> {
     let via = msg.top_via().ok()?;
-    let branch = via.branch?;
+    let branch = match via.branch {
+        Some(b) if b.starts_with("z9hG4bK") => b,
+        // An RFC 2543 peer's branch (or none) is not unique per transaction.
+        _ => rfc2543_branch(msg)?,
+    };
     let sent_by = match via.port {
         Some(p) => format!("{}:{p}", via.host.to_ascii_lowercase()),
         None => via.host.to_ascii_lowercase(),
@@ -274,6 +278,23 @@ fn server_key(msg: &SipMessage, method: &str) -> Option<ServerKey> {
         sent_by,
         method: method.to_owned(),
     })
+}
+
+/// What stands for the branch of a request from a peer without RFC 3261's magic cookie
+/// (§17.2.3): its Request-URI, From tag, Call-ID, CSeq number and top Via, which its
+/// retransmissions, its CANCEL and the ACK of a non-2xx answer all repeat. (The To tag, which
+/// the rule also names, differs in that ACK, and the CSeq number already tells an in-dialog
+/// request from the INVITE that made the dialog.)
+fn rfc2543_branch(msg: &SipMessage) -> Option<String> {
+    let via = msg.headers_named("Via").next()?;
+    let via = via.split(',').next().unwrap_or(via).trim();
+    Some(format!(
+        "rfc2543 {} {} {} {} {via}",
+        msg.request_uri()?,
+        msg.from_tag().unwrap_or_default(),
+        msg.call_id()?,
+        msg.cseq().ok()?.seq
+    ))
 }
 
 fn client_key(msg: &SipMessage) -> Option<ClientKey> {

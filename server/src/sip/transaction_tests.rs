@@ -649,3 +649,56 @@ fn the_ack_of_a_2xx_is_matched_by_its_dialog_not_only_call_id_and_cseq() {
         "its own ACK stops it"
     );
 }
+
+/// `request` as an RFC 2543 peer sends it: its top Via without a magic-cookie branch.
+fn rfc2543(method: &str, cseq: u32, branch: Option<&str>) -> SipMessage {
+    let mut msg = request(method, "unused", cseq);
+    let via = match branch {
+        Some(b) => format!("SIP/2.0/UDP 127.0.0.1:5080;branch={b}"),
+        None => "SIP/2.0/UDP 127.0.0.1:5080".to_owned(),
+    };
+    msg.set_header("Via", via);
+    msg
+}
+
+#[test]
+fn an_rfc2543_peers_retransmissions_and_ack_find_their_transaction() {
+    for branch in [None, Some("1")] {
+        let t0 = Instant::now();
+        let mut l = layer();
+        // An INVITE and its retransmission: one transaction, the answer repeated.
+        l.handle_message(rfc2543("INVITE", 1, branch), udp_peer(), t0);
+        let Some(TxEvent::Request { tx: Some(tx), .. }) = l.poll_event() else {
+            panic!("no request event")
+        };
+        let busy = rfc2543("INVITE", 1, branch).response(486, Some("t"));
+        l.send_response(tx, busy, t0).unwrap();
+        assert_eq!(statuses(&drain_transmits(&mut l)), vec![486]);
+        l.handle_message(rfc2543("INVITE", 1, branch), udp_peer(), t0 + 100 * MS);
+        assert!(
+            drain_events(&mut l).is_empty(),
+            "{branch:?}: no second INVITE"
+        );
+        assert_eq!(statuses(&drain_transmits(&mut l)), vec![486]);
+        // Its ACK (To tag ours now) stops the 486's retransmissions.
+        let mut ack = rfc2543("ACK", 1, branch);
+        ack.set_header("To", "<sip:alice@127.0.0.1>;tag=t");
+        l.handle_message(ack, udp_peer(), t0 + 200 * MS);
+        assert!(
+            run_until(&mut l, t0, Duration::from_secs(10)).is_empty(),
+            "{branch:?}: the ACK matched, nothing retransmitted"
+        );
+        // Another INVITE of the same call with a new CSeq is a new transaction.
+        l.handle_message(
+            rfc2543("INVITE", 2, branch),
+            udp_peer(),
+            t0 + Duration::from_secs(11),
+        );
+        assert!(
+            drain_events(&mut l)
+                .iter()
+                .any(|e| matches!(e, TxEvent::Request { tx: Some(t), .. } if *t != tx)),
+            "{branch:?}"
+        );
+    }
+}
