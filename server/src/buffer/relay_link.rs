@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::media::MediaIn;
 use crate::app::status::{Status, StatusSink};
 use crate::transport::drop_oldest::DropOldest;
-use crate::transport::media_relay::{LATE_WINDOW, SILENCE};
+use crate::transport::media_relay::{COALESCE, LATE_WINDOW, SILENCE};
 
 /// Packets waiting to be written to the distributor (all calls): when full the oldest goes.
 const TO_RELAY_QUEUE: usize = 512;
@@ -471,6 +471,10 @@ async fn write_to_relay<S>(
                 if !more {
                     break;
                 }
+                // What the other calls send in the next millisecond goes in the same write:
+                // one TLS record and one system call for all of them instead of one each.
+                tokio::time::sleep(COALESCE).await;
+                conn.queue.take_all(&mut batch);
                 for packet in batch.drain(..) {
                     if sink.feed(tungstenite::Message::Binary(packet.into())).await.is_err() {
                         return;

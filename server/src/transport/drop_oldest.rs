@@ -73,6 +73,13 @@ impl<T> DropOldest<T> {
         }
     }
 
+    /// Moves what is queued now into `out`, without waiting.
+    pub fn take_all(&self, out: &mut Vec<T>) {
+        if let Ok(mut state) = self.state.lock() {
+            out.extend(state.items.drain(..));
+        }
+    }
+
     /// No more items: the consumer gets what is queued, then the end.
     pub fn close(&self) {
         if let Ok(mut state) = self.state.lock() {

@@ -46,6 +46,11 @@ const CONTROL_QUEUE: usize = 64;
 const HEARD: usize = 4;
 /// Kernel socket buffers asked for each relayed port.
 const SOCKET_BUFFER: usize = 256 * 1024;
+/// How long a writer of relayed media waits after the first packet of a batch for more, both
+/// ends: Nagle's idea bounded at a millisecond. Each packet's own TLS record and write cost
+/// more than the relaying itself (`just bench-relay`: 1.74 ms of CPU per call-second at 50
+/// calls without, 0.96 with), for at most about a millisecond more delay each way.
+pub const COALESCE: Duration = Duration::from_millis(1);
 /// Windows of the late-packet baseline.
 pub const LATE_WINDOW: Duration = Duration::from_secs(10);
 /// A media connection silent this long is dead (the edge pings every 5 s).
@@ -587,6 +592,10 @@ async fn write_to_edge(
                 if !more {
                     break;
                 }
+                // What the other calls send in the next millisecond goes in the same write:
+                // one TLS record and one system call for all of them instead of one each.
+                tokio::time::sleep(COALESCE).await;
+                queue.take_all(&mut batch);
                 for packet in batch.drain(..) {
                     if sink.feed(Message::Binary(packet.into())).await.is_err() {
                         return;
