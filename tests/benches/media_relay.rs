@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent_edge_tests::process_usage as usage;
 use agent_edge_tests::webrtc_agent::{Received, WebRtcAgent};
 use agent_edge_tests::{
     Edge, LOOPBACK, WAIT, admin_key, caller, free_port, http, issue_edge_token, issue_token,
@@ -118,27 +119,6 @@ const CALLER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 
 /// The caller's packets per second: 236 in 7.05 s.
 const CALLER_PPS: f64 = 236.0 / 7.05;
-
-/// (CPU ticks used, of which in the kernel, resident KiB) of a process.
-fn usage(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name (which may contain spaces) start after ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let system = fields[12].parse::<u64>().unwrap();
-    let ticks = fields[11].parse::<u64>().unwrap() + system;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks, system, rss)
-}
 
 /// USER_HZ is 100 on every Linux this runs on (sysconf(_SC_CLK_TCK)).
 const TICKS_PER_SECOND: f64 = 100.0;

@@ -864,3 +864,25 @@ pub fn start_buffer_in(
         &[("AGENT_EDGE_EDGE_TOKEN", &token)],
     )
 }
+
+/// What a process has used, from /proc: (CPU ticks in all, of which in the kernel, resident
+/// KiB). Ticks are USER_HZ, 100 a second on every Linux this runs on. For the benchmarks.
+pub fn process_usage(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may contain spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let system = fields[12].parse::<u64>().unwrap();
+    let ticks = fields[11].parse::<u64>().unwrap() + system;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks, system, rss)
+}

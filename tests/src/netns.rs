@@ -412,28 +412,16 @@ impl Topology {
 
     /// What the gateway's firewall counted so far.
     pub fn counters(&self) -> Counters {
-        let out = output(
-            command_in(Some(&self.gateway), "nft").args(["-j", "list", "counters"]),
-            "reading the gateway's counters",
-        );
-        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let mut c = Counters::default();
-        for item in json["nftables"].as_array().into_iter().flatten() {
-            let Some(counter) = item.get("counter") else {
-                continue;
-            };
-            let packets = counter["packets"].as_u64().unwrap_or(0);
-            match counter["name"].as_str().unwrap_or("") {
-                "udp_out_edge_dropped" => c.udp_out_edge_dropped = packets,
-                "udp_out_lan_dropped" => c.udp_out_lan_dropped = packets,
-                "inbound_new_dropped" => c.inbound_new_dropped = packets,
-                "inbound_new_accepted" => c.inbound_new_accepted = packets,
-                "tcp443_out_accepted" => c.tcp443_out_accepted = packets,
-                "other_dropped" => c.other_dropped = packets,
-                _ => {}
-            }
+        let counts = read_counters(&self.gateway);
+        let get = |name: &str| counts.get(name).copied().unwrap_or(0);
+        Counters {
+            udp_out_edge_dropped: get("udp_out_edge_dropped"),
+            udp_out_lan_dropped: get("udp_out_lan_dropped"),
+            inbound_new_dropped: get("inbound_new_dropped"),
+            inbound_new_accepted: get("inbound_new_accepted"),
+            tcp443_out_accepted: get("tcp443_out_accepted"),
+            other_dropped: get("other_dropped"),
         }
-        c
     }
 
     /// Cuts the edge's TCP at the gateway, as a gateway that lost its NAT state would: the

@@ -104,6 +104,18 @@ impl WebRtcAgent {
         WebRtcAgent::register_at(https, "/sip", ca, agent, token).await
     }
 
+    /// Issues `agent` a token from the test system in `dir` and registers with it at `path`
+    /// on `https` (`/sip` on the edge, `/edge/<id>/sip` on the distributor), trusting the
+    /// system's CA.
+    pub async fn sign_in(dir: &Path, https: SocketAddr, path: &str, agent: &str) -> WebRtcAgent {
+        let (owned, name) = (dir.to_owned(), agent.to_owned());
+        let token = tokio::task::spawn_blocking(move || crate::issue_token(&owned, &name))
+            .await
+            .unwrap();
+        let ca = dir.join("certs").join("ca.pem");
+        WebRtcAgent::register_at(https, path, &ca, agent, &token).await
+    }
+
     /// The same at another path: `/edge/<id>/sip` on the distributor, for an exposed edge.
     pub async fn register_at(
         https: SocketAddr,

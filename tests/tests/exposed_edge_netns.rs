@@ -210,18 +210,13 @@ async fn call_with_audio_seen(
     (stats, seen)
 }
 
-/// The distributor's relay figures for edge-1's media connection, read in its namespace;
-/// none while edge-1 has no media connection.
-fn relay_connection(net: &Topology, sys: &mut Exposed) -> Option<serde_json::Value> {
-    let admin = sys.distributor.addr("distributor.admin");
-    let key = agent_edge_tests::admin_key(sys.path());
-    let (_, body) = netns::in_netns(&net.distributor, || {
-        agent_edge_tests::http(admin, "GET", "/live", Some(&key), None)
-    });
-    let live: serde_json::Value = serde_json::from_str(&body).unwrap();
-    live["media_relay"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["edge"] == "edge-1").cloned())
+impl Live {
+    /// The relay figures of edge-1's media connection; none while it has none.
+    fn relay_connection(&self) -> Option<serde_json::Value> {
+        self.get()["media_relay"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["edge"] == "edge-1").cloned())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,6 +224,7 @@ async fn twenty_callers_have_audio_both_ways_with_an_edge_that_accepts_nothing_i
     let Some(net) = Topology::start() else { return };
     let started = Instant::now();
     let (mut sys, browser) = signed_in(&net).await;
+    let live = Live::new(&net, &mut sys);
 
     // The edge's own page is on its LAN: the internet cannot open it.
     assert!(
@@ -255,7 +251,7 @@ async fn twenty_callers_have_audio_both_ways_with_an_edge_that_accepts_nothing_i
     }
 
     let c = net.counters();
-    let relay = relay_connection(&net, &mut sys).expect("edge-1's media connection");
+    let relay = live.relay_connection().expect("edge-1's media connection");
     eprintln!(
         "after {CALLS} calls ({:?}): gateway {c:?}; relay {relay}",
         started.elapsed()
@@ -295,6 +291,7 @@ async fn twenty_callers_have_audio_both_ways_with_an_edge_that_accepts_nothing_i
 async fn the_page_reconnects_through_the_distributor_after_the_edges_tunnel_is_cut() {
     let Some(net) = Topology::start() else { return };
     let (mut sys, browser) = signed_in(&net).await;
+    let live = Live::new(&net, &mut sys);
 
     // The gateway loses the edge's connections for 5 s (and until the distributor has
     // noticed, which its next heartbeat does within about 5 s): the edge's packets are
@@ -334,7 +331,7 @@ async fn the_page_reconnects_through_the_distributor_after_the_edges_tunnel_is_c
     // Its media relay connection is up (the same one, if the cut left it alone, or a new
     // one): the next call has audio both ways.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while relay_connection(&net, &mut sys).is_none() {
+    while live.relay_connection().is_none() {
         assert!(Instant::now() < deadline, "the media relay never came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

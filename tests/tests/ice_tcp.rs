@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use agent_edge_tests::webrtc_agent::{IcePath, WebRtcAgent, assert_pcap_and_echo, marked_payloads};
-use agent_edge_tests::{System, WAIT, admin_key, caller, http, issue_token};
+use agent_edge_tests::{System, WAIT, admin_key, caller, http};
 
 fn live(admin: SocketAddr, key: &str) -> serde_json::Value {
     let (_, body) = http(admin, "GET", "/live", Some(key), None);
@@ -28,12 +28,7 @@ async fn bob_signed_in() -> (System, WebRtcAgent) {
     })
     .await
     .unwrap();
-    let dir = sys.path().to_owned();
-    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
-        .await
-        .unwrap();
-    let ca = sys.path().join("certs").join("ca.pem");
-    let agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    let agent = WebRtcAgent::sign_in(sys.path(), sys.buffer_https, "/sip", "bob").await;
     (sys, agent)
 }
 

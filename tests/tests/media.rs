@@ -21,12 +21,7 @@ async fn bob_signed_in(buffer_extra: &'static str) -> (System, WebRtcAgent) {
     let sys = tokio::task::spawn_blocking(move || System::start_with("", buffer_extra))
         .await
         .unwrap();
-    let dir = sys.path().to_owned();
-    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
-        .await
-        .unwrap();
-    let ca = sys.path().join("certs").join("ca.pem");
-    let agent = WebRtcAgent::register(sys.buffer_https, &ca, "bob", &token).await;
+    let agent = WebRtcAgent::sign_in(sys.path(), sys.buffer_https, "/sip", "bob").await;
     (sys, agent)
 }
 

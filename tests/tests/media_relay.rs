@@ -52,12 +52,7 @@ async fn bob_exposed() -> (System, WebRtcAgent, SocketAddr) {
     })
     .await
     .unwrap();
-    let dir = sys.path().to_owned();
-    let token = tokio::task::spawn_blocking(move || issue_token(&dir, "bob"))
-        .await
-        .unwrap();
-    let ca = sys.path().join("certs").join("ca.pem");
-    let agent = WebRtcAgent::register_at(public, "/edge/edge-1/sip", &ca, "bob", &token).await;
+    let agent = WebRtcAgent::sign_in(sys.path(), public, "/edge/edge-1/sip", "bob").await;
     (sys, agent, public)
 }
 

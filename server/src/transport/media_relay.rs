@@ -196,7 +196,7 @@ impl MediaRelay {
     /// Everything the live view shows of the relay.
     pub fn overview(&self) -> RelayOverview {
         RelayOverview {
-            connections: self.view(),
+            connections: self.connections(),
             ice_tcp_passed: self.inner.ice.passed.load(Ordering::Relaxed),
             ice_tcp_refused: self.inner.ice.refused.load(Ordering::Relaxed),
         }
@@ -214,7 +214,7 @@ impl MediaRelay {
     }
 
     /// Each media connection's figures, by edge.
-    pub fn view(&self) -> Vec<RelayView> {
+    fn connections(&self) -> Vec<RelayView> {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut views: Vec<RelayView> = lock(&self.inner.connections)
             .values()
