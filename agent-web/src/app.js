@@ -164,8 +164,38 @@ function sendPresence(presence) {
   });
 }
 
+/**
+ * The TURN server a call's INVITE names (the distributor's public port, TLS), with
+ * credentials for this agent alone: `<turns:HOST:PORT?transport=tcp>;username="…";credential="…"`.
+ */
+function turnServer(header) {
+  const m = /^<([^>]+)>\s*;\s*username="([^"]*)"\s*;\s*credential="([^"]*)"/.exec(header || '');
+  return m ? [{ urls: m[1], username: m[2], credential: m[3] }] : [];
+}
+
+// `?ice=relay` forces every call through TURN (for checking that path; never the default).
+const forceRelay = new URLSearchParams(location.search).get('ice') === 'relay';
+// How long candidate gathering may hold up an answer once the first candidate is in: the
+// edge's own and ICE-TCP candidates need nothing gathered, and a TURN server that does not
+// answer must not delay the call.
+const GATHER_WAIT_MS = 1500;
+let callIce = [];
+
+function pcConfig() {
+  const config = { iceServers: callIce };
+  if (forceRelay) config.iceTransportPolicy = 'relay';
+  return config;
+}
+
 function incoming(s, request) {
   session = s;
+  callIce = turnServer(request.getHeader('X-Turn'));
+  let gathering = null;
+  s.on('icecandidate', (ev) => {
+    // A relay candidate is all TURN adds: answer with it rather than wait for the rest.
+    if (/ typ relay /.test(ev.candidate.candidate)) ev.ready();
+    else if (!gathering) gathering = setTimeout(ev.ready, GATHER_WAIT_MS);
+  });
   const from = request.from;
   const caller = (from.display_name || from.uri.user || 'unknown caller');
   const waited = Number(request.getHeader('X-AE-Waited') || 0);
@@ -190,6 +220,7 @@ function incoming(s, request) {
     $('hangup').focus();
   });
   const over = () => {
+    clearTimeout(gathering);
     clearInterval(durationTimer);
     $('duration').textContent = '0:00';
     $('incoming').hidden = true;
@@ -216,8 +247,22 @@ window.agentEdge = {
   async audioStats() {
     const pc = session && session.connection;
     if (!pc) return null;
-    const out = { packetsReceived: 0, totalAudioEnergy: 0, packetsSent: 0 };
-    (await pc.getStats()).forEach((s) => {
+    const out = { packetsReceived: 0, totalAudioEnergy: 0, packetsSent: 0, path: null };
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      // The pair ICE chose, and how it reaches the edge: udp, tcp (ICE-TCP), or a relay
+      // candidate and the protocol to the TURN server (tls).
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        const pair = stats.get(s.selectedCandidatePairId);
+        const local = pair && stats.get(pair.localCandidateId);
+        if (local) {
+          out.path = {
+            candidateType: local.candidateType,
+            protocol: local.protocol,
+            relayProtocol: local.relayProtocol || null,
+          };
+        }
+      }
       if (s.type === 'inbound-rtp' && s.kind === 'audio') {
         out.packetsReceived = s.packetsReceived || 0;
         out.totalAudioEnergy = s.totalAudioEnergy || 0;
@@ -233,7 +278,9 @@ $('signin-form').addEventListener('submit', (e) => {
   signIn($('token').value.trim());
 });
 $('answer').addEventListener('click', () => {
-  if (session) session.answer({ mediaConstraints: { audio: true, video: false } });
+  if (session) {
+    session.answer({ mediaConstraints: { audio: true, video: false }, pcConfig: pcConfig() });
+  }
 });
 $('decline').addEventListener('click', () => {
   if (session) session.terminate({ status_code: 486, reason_phrase: 'Declined' });

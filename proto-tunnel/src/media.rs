@@ -37,9 +37,12 @@ const ICE_SESSION: u8 = 8;
 const TCP_OPEN: u8 = 9;
 const TCP_DATA: u8 = 10;
 const TCP_CLOSE: u8 = 11;
+const TURN_DATA: u8 = 12;
 
 /// Longest ICE username fragment (RFC 8839: 4 to 256 characters).
 pub const MAX_UFRAG: usize = 256;
+/// Longest agent identifier carried.
+pub const MAX_AGENT: usize = 256;
 
 /// One message of the media WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +76,15 @@ pub enum MediaFrame {
     /// distributor for ICE-TCP (its public listener, as announced), or none.
     IceTcp { addr: Option<SocketAddr> },
     /// Edge → distributor: a WebRTC session with this local ICE username fragment is open
-    /// (or closed) here; ICE-TCP connections naming it are this edge's.
-    IceSession { ufrag: String, open: bool },
+    /// (or closed) here; ICE-TCP connections naming it are this edge's. `agent` is whose
+    /// call it is and `webrtc` the session's UDP candidate: the one peer a TURN allocation
+    /// with that agent's credentials may reach.
+    IceSession {
+        ufrag: String,
+        open: bool,
+        agent: String,
+        webrtc: Option<SocketAddr>,
+    },
     /// Distributor → edge: a browser's ICE-TCP connection for one of the edge's sessions,
     /// from `peer` (the browser's address as the distributor sees it).
     TcpOpen { conn: u64, peer: SocketAddr },
@@ -83,6 +93,15 @@ pub enum MediaFrame {
     TcpData { conn: u64, payload: Vec<u8> },
     /// Either way: the connection is over.
     TcpClose { conn: u64 },
+    /// Either way: one datagram between a browser's TURN allocation on the distributor
+    /// (`relayed`, its relayed transport address) and the edge's WebRTC socket (`peer`, as
+    /// the browser addressed it). Distributor → edge: the browser sent it; edge → distributor:
+    /// the edge sends it to the browser.
+    TurnData {
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+    },
 }
 
 /// Why a media frame could not be read.
@@ -115,10 +134,7 @@ pub fn encode_media(frame: &MediaFrame) -> Vec<u8> {
         MediaFrame::Open { flow, remote } => {
             out.push(OPEN);
             out.extend_from_slice(&flow.to_be_bytes());
-            match remote {
-                Some(addr) => put_addr(&mut out, addr),
-                None => out.push(0),
-            }
+            put_opt_addr(&mut out, remote.as_ref());
         }
         MediaFrame::Opened { flow, public } => {
             out.push(OPENED);
@@ -128,9 +144,7 @@ pub fn encode_media(frame: &MediaFrame) -> Vec<u8> {
         MediaFrame::Refused { flow, reason } => {
             out.push(REFUSED);
             out.extend_from_slice(&flow.to_be_bytes());
-            let reason = truncated(reason, MAX_REASON);
-            out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
-            out.extend_from_slice(reason.as_bytes());
+            put_text(&mut out, reason, MAX_REASON);
         }
         MediaFrame::Close { flow } => {
             out.push(CLOSE);
@@ -149,17 +163,19 @@ pub fn encode_media(frame: &MediaFrame) -> Vec<u8> {
         }
         MediaFrame::IceTcp { addr } => {
             out.push(ICE_TCP);
-            match addr {
-                Some(addr) => put_addr(&mut out, addr),
-                None => out.push(0),
-            }
+            put_opt_addr(&mut out, addr.as_ref());
         }
-        MediaFrame::IceSession { ufrag, open } => {
+        MediaFrame::IceSession {
+            ufrag,
+            open,
+            agent,
+            webrtc,
+        } => {
             out.push(ICE_SESSION);
             out.push(u8::from(*open));
-            let ufrag = truncated(ufrag, MAX_UFRAG);
-            out.extend_from_slice(&(ufrag.len() as u16).to_be_bytes());
-            out.extend_from_slice(ufrag.as_bytes());
+            put_text(&mut out, ufrag, MAX_UFRAG);
+            put_text(&mut out, agent, MAX_AGENT);
+            put_opt_addr(&mut out, webrtc.as_ref());
         }
         MediaFrame::TcpOpen { conn, peer } => {
             out.push(TCP_OPEN);
@@ -171,7 +187,22 @@ pub fn encode_media(frame: &MediaFrame) -> Vec<u8> {
             out.push(TCP_CLOSE);
             out.extend_from_slice(&conn.to_be_bytes());
         }
+        MediaFrame::TurnData {
+            relayed,
+            peer,
+            payload,
+        } => return encode_turn_data(*relayed, *peer, payload),
     }
+    out
+}
+
+/// Encodes a `TurnData` without building the frame first.
+pub fn encode_turn_data(relayed: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 40);
+    out.push(TURN_DATA);
+    put_addr(&mut out, &relayed);
+    put_addr(&mut out, &peer);
+    out.extend_from_slice(payload);
     out
 }
 
@@ -202,6 +233,20 @@ fn truncated(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A 16-bit length, then the text (cut to `max` bytes on a character boundary).
+fn put_text(out: &mut Vec<u8>, text: &str, max: usize) {
+    let text = truncated(text, max);
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_opt_addr(out: &mut Vec<u8>, addr: Option<&SocketAddr>) {
+    match addr {
+        Some(addr) => put_addr(out, addr),
+        None => out.push(0),
+    }
 }
 
 fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
@@ -241,17 +286,7 @@ pub fn decode_media(bytes: &[u8]) -> Result<MediaFrame, MediaDecodeError> {
         },
         REFUSED => {
             let flow = r.u64("flow")?;
-            let len = usize::from(r.u16("reason")?);
-            if len > MAX_REASON {
-                return Err(MediaDecodeError::TooLarge {
-                    field: "reason",
-                    len,
-                    max: MAX_REASON,
-                });
-            }
-            let reason = std::str::from_utf8(r.take(len, "reason")?)
-                .map_err(|_| MediaDecodeError::NotUtf8)?
-                .to_owned();
+            let reason = r.text("reason", MAX_REASON)?;
             MediaFrame::Refused { flow, reason }
         }
         CLOSE => MediaFrame::Close {
@@ -282,18 +317,15 @@ pub fn decode_media(bytes: &[u8]) -> Result<MediaFrame, MediaDecodeError> {
                 1 => true,
                 other => return Err(MediaDecodeError::UnknownTag(other)),
             };
-            let len = usize::from(r.u16("ufrag")?);
-            if len > MAX_UFRAG {
-                return Err(MediaDecodeError::TooLarge {
-                    field: "ufrag",
-                    len,
-                    max: MAX_UFRAG,
-                });
+            let ufrag = r.text("ufrag", MAX_UFRAG)?;
+            let agent = r.text("agent", MAX_AGENT)?;
+            let webrtc = r.opt_addr()?;
+            MediaFrame::IceSession {
+                ufrag,
+                open,
+                agent,
+                webrtc,
             }
-            let ufrag = std::str::from_utf8(r.take(len, "ufrag")?)
-                .map_err(|_| MediaDecodeError::NotUtf8)?
-                .to_owned();
-            MediaFrame::IceSession { ufrag, open }
         }
         TCP_OPEN => MediaFrame::TcpOpen {
             conn: r.u64("conn")?,
@@ -307,6 +339,16 @@ pub fn decode_media(bytes: &[u8]) -> Result<MediaFrame, MediaDecodeError> {
         TCP_CLOSE => MediaFrame::TcpClose {
             conn: r.u64("conn")?,
         },
+        TURN_DATA => {
+            let relayed = r.opt_addr()?.ok_or(MediaDecodeError::Family(0))?;
+            let peer = r.opt_addr()?.ok_or(MediaDecodeError::Family(0))?;
+            let payload = std::mem::take(&mut r.0).to_vec();
+            MediaFrame::TurnData {
+                relayed,
+                peer,
+                payload,
+            }
+        }
         other => return Err(MediaDecodeError::UnknownTag(other)),
     };
     match r.0.len() {
@@ -318,6 +360,17 @@ pub fn decode_media(bytes: &[u8]) -> Result<MediaFrame, MediaDecodeError> {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    /// A 16-bit length and that much UTF-8, at most `max` bytes.
+    fn text(&mut self, field: &'static str, max: usize) -> Result<String, MediaDecodeError> {
+        let len = usize::from(self.u16(field)?);
+        if len > max {
+            return Err(MediaDecodeError::TooLarge { field, len, max });
+        }
+        std::str::from_utf8(self.take(len, field)?)
+            .map(str::to_owned)
+            .map_err(|_| MediaDecodeError::NotUtf8)
+    }
+
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], MediaDecodeError> {
         if self.0.len() < n {
             return Err(MediaDecodeError::Truncated(field));
@@ -494,10 +547,14 @@ mod tests {
             MediaFrame::IceSession {
                 ufrag: "aB3+/xyz".into(),
                 open: true,
+                agent: "alice".into(),
+                webrtc: Some(v4(40000)),
             },
             MediaFrame::IceSession {
                 ufrag: "aB3+/xyz".into(),
                 open: false,
+                agent: String::new(),
+                webrtc: None,
             },
             MediaFrame::TcpOpen { conn: 9, peer: v6 },
             MediaFrame::TcpData {
@@ -505,6 +562,11 @@ mod tests {
                 payload: vec![0, 1, 0x21, 0x12],
             },
             MediaFrame::TcpClose { conn: 9 },
+            MediaFrame::TurnData {
+                relayed: v4(49152),
+                peer: v6,
+                payload: vec![0, 1, 0, 0],
+            },
         ] {
             assert_eq!(decode_media(&encode_media(&frame)), Ok(frame));
         }

@@ -66,6 +66,9 @@ pub struct LimitsConfig {
     /// Milliseconds of delay, beyond the quickest packet's, after which relayed caller
     /// media is dropped by its receiver (distributor and exposed edge).
     pub relay_max_age_ms: u64,
+    /// TURN allocations one address may hold on the distributor's public port (a browser
+    /// makes one per call; an office NAT shares an address). Beyond it: 486.
+    pub turn_allocations_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -76,6 +79,7 @@ impl Default for LimitsConfig {
             message_s: 10,
             ws_first_message_s: 30,
             relay_max_age_ms: 250,
+            turn_allocations_per_ip: 256,
         }
     }
 }
@@ -500,8 +504,10 @@ impl Config {
             return invalid("shutdown.grace_s must be at most 3600 and bye_wait_s 1-60 seconds");
         }
         let l = &self.limits;
-        if l.connections_per_ip == 0 {
-            return invalid("limits.connections_per_ip must be at least 1");
+        if l.connections_per_ip == 0 || l.turn_allocations_per_ip == 0 {
+            return invalid(
+                "limits.connections_per_ip and turn_allocations_per_ip must be at least 1",
+            );
         }
         if [l.header_read_s, l.message_s, l.ws_first_message_s]
             .iter()

@@ -13,3 +13,4 @@ pub mod ids;
 pub mod media;
 pub mod sip;
 pub mod transport;
+pub mod turn;

@@ -8,6 +8,7 @@ pub mod https;
 pub mod load;
 pub mod netns;
 pub mod tunnel;
+pub mod turn_client;
 pub mod webrtc_agent;
 
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,7 @@
 //! server, and real WebRTC media (full ICE, DTLS, SRTP) through str0m, as Chromium would do
 //! it. It answers one call, sends known audio payloads and records every RTP packet received.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use crate::WAIT;
+use crate::turn_client::TurnClient;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -243,6 +244,24 @@ impl WebRtcAgent {
                 rtc.add_local_candidate(active);
                 Net::new(None, tcp_local)
             }
+            IcePath::Turn => {
+                let (server, username, password) =
+                    turn_server(invite).expect("the INVITE names a TURN server (X-Turn)");
+                let mut turn = TurnClient::connect(server).await.unwrap();
+                let relayed = turn
+                    .allocate(Some((&username, &password)))
+                    .await
+                    .unwrap()
+                    .expect("a TURN allocation with the INVITE's credentials");
+                rtc.add_local_candidate(Candidate::relayed(relayed, relayed, "udp").unwrap());
+                let mut net = Net::new(None, tcp_local);
+                net.turn = Some(Turn {
+                    client: turn,
+                    relayed,
+                    permitted: HashSet::new(),
+                });
+                net
+            }
         };
         let offer = SdpOffer::from_sdp_string(body(invite)).expect("a WebRTC offer");
         let answer = rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
@@ -276,6 +295,33 @@ impl WebRtcAgent {
 pub enum IcePath {
     Udp,
     Tcp,
+    /// Only a relay candidate, allocated over TLS on the TURN server the INVITE names, as a
+    /// browser forced onto TURN (`iceTransportPolicy: 'relay'`).
+    Turn,
+}
+
+/// The TURN server and credentials of an INVITE's `X-Turn` header
+/// (`<turns:IP:PORT?transport=tcp>;username="…";credential="…"`).
+pub fn turn_server(invite: &str) -> Option<(SocketAddr, String, String)> {
+    let value = header(invite, "X-Turn")?;
+    let uri = value.strip_prefix("<turns:")?.split_once('?')?.0;
+    let quoted = |name: &str| {
+        let rest = value.split_once(&format!("{name}=\""))?.1;
+        Some(rest.split_once('"')?.0.to_owned())
+    };
+    Some((
+        uri.parse().ok()?,
+        quoted("username")?,
+        quoted("credential")?,
+    ))
+}
+
+/// The agent's TURN allocation: what str0m sends from the relay candidate goes there, in
+/// Send indications, after a permission for each new peer.
+struct Turn {
+    client: TurnClient,
+    relayed: SocketAddr,
+    permitted: HashSet<SocketAddr>,
 }
 
 /// The agent's side of the network: a UDP socket, or ICE-TCP connections it opens to the
@@ -286,6 +332,7 @@ struct Net {
     tcp: HashMap<SocketAddr, tokio::net::tcp::OwnedWriteHalf>,
     tcp_in: tokio::sync::mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     tcp_in_tx: tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    turn: Option<Turn>,
 }
 
 impl Net {
@@ -297,10 +344,18 @@ impl Net {
             tcp: HashMap::new(),
             tcp_in,
             tcp_in_tx,
+            turn: None,
         }
     }
 
     async fn send(&mut self, t: &str0m::net::Transmit) {
+        if let Some(turn) = self.turn.as_mut().filter(|turn| t.source == turn.relayed) {
+            if turn.permitted.insert(t.destination) {
+                let _ = turn.client.create_permission(t.destination).await;
+            }
+            let _ = turn.client.send(t.destination, &t.contents).await;
+            return;
+        }
         if t.proto == Protocol::Udp {
             if let Some(udp) = &self.udp {
                 let _ = udp.send_to(&t.contents, t.destination).await;
@@ -350,8 +405,18 @@ impl Net {
                 None => std::future::pending().await,
             }
         };
+        let turn = async {
+            match &mut self.turn {
+                Some(turn) => match turn.client.recv_data(Duration::from_secs(3600)).await {
+                    Ok(Some((from, bytes))) => Some((Protocol::Udp, from, turn.relayed, bytes)),
+                    _ => None,
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             got = udp => got,
+            got = turn => got,
             Some((from, frame)) = self.tcp_in.recv() => Some((Protocol::Tcp, from, self.tcp_local, frame)),
         }
     }

@@ -34,6 +34,8 @@ pub struct AdminState {
     pub exposures: crate::transport::exposure::Exposures,
     /// The caller media relay of exposed edges, for the live view.
     pub relay: crate::transport::media_relay::MediaRelay,
+    /// Agents' TURN over TLS on the public listener, for the live view.
+    pub turn: crate::transport::turn_tls::TurnServer,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -360,6 +362,8 @@ async fn live(State(state): State<AdminState>) -> Response {
                     "refused": relay.ice_tcp_refused,
                 });
                 object.insert("ice_tcp".into(), ice_tcp);
+                let turn = serde_json::to_value(state.turn.view()).unwrap_or_default();
+                object.insert("turn".into(), turn);
             }
             Json(view).into_response()
         }

@@ -18,7 +18,9 @@ use crate::media::early::EarlyMedia;
 use crate::transport::exposure::Exposures;
 use crate::transport::media_relay::{MediaRelay, RelaySettings};
 use crate::transport::per_source::PerSource;
+use crate::transport::tls_listener::Demux;
 use crate::transport::tunnel::{self, TunnelClientEvent, TunnelServerEvent};
+use crate::transport::turn_tls::TurnServer;
 use crate::transport::{self, Transports};
 use crate::{buffer, distributor};
 
@@ -124,13 +126,18 @@ pub(super) async fn start_distributor(
     let routes = tunnel::routes(&d.id, edges, tunnel_tx, exposures.clone())
         .merge(transport::exposure::routes(exposures.clone()))
         .merge(transport::media_relay::routes(relay.clone()));
+    let turn = TurnServer::new(relay.clone(), config.limits.turn_allocations_per_ip);
+    let demux = Demux {
+        raw: Some(relay.ice_tcp_acceptor()),
+        turn: Some(turn.acceptor()),
+    };
     let public_addr = transport::public::listen(
         d.public,
         tls,
         routes,
         per_ip("distributor.public"),
         deadlines.header_read,
-        relay.ice_tcp_acceptor(),
+        demux,
     )
     .await
     .context(|| format!("binding the public listener {}", d.public))?;
@@ -182,6 +189,7 @@ pub(super) async fn start_distributor(
         commands: commands.clone(),
         exposures,
         relay,
+        turn,
     };
     let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
         .await
@@ -299,7 +307,9 @@ pub(super) async fn start_buffer(
         link,
         Some(media),
         std::time::Instant::now(),
-    );
+    )
+    // Browsers' TURN credentials are minted with the credential the media connection shows.
+    .with_turn_secret(token.clone().filter(|_| !linked));
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let sources = buffer::shell::Sources {
         sip: sip_rx,

@@ -22,6 +22,12 @@ pub enum MediaIn {
         bytes: Vec<u8>,
         from: SocketAddr,
     },
+    /// A datagram from an agent's TURN allocation on the distributor, relayed over the media
+    /// connection; `from` is the allocation's relayed address.
+    WebRtcTurn {
+        bytes: Vec<u8>,
+        from: SocketAddr,
+    },
     Caller {
         id: SessionId,
         bytes: Vec<u8>,
@@ -67,6 +73,12 @@ impl CallMedia {
     /// connection), for calls set up from now on.
     pub fn set_ice_tcp(&mut self, addr: Option<SocketAddr>) {
         self.bridge.set_ice_tcp(addr);
+    }
+
+    /// The distributor's public port (ICE-TCP and TURN over TLS), while the media connection
+    /// is up.
+    pub fn ice_tcp(&self) -> Option<SocketAddr> {
+        self.bridge.ice_tcp()
     }
 
     /// The call's local ICE username fragment, when its agent may come over ICE-TCP.
@@ -141,6 +153,7 @@ impl CallMedia {
                 self.bridge.from_webrtc(&bytes, from, self.webrtc, now);
             }
             MediaIn::WebRtcTcp { bytes, from } => self.bridge.from_ice_tcp(&bytes, from, now),
+            MediaIn::WebRtcTurn { bytes, from } => self.bridge.from_turn(&bytes, from, now),
             MediaIn::Caller { id, bytes, from } => self.bridge.from_caller(id, &bytes, from, now),
         }
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::media::MediaIn;
-use super::relay_link::RelayLink;
+use super::relay_link::{IceSession, RelayLink};
 use crate::media::bridge::{SessionId, Via};
 
 /// Datagrams queued from the sockets to the buffer's task.
@@ -117,10 +117,15 @@ impl MediaSockets {
         self.relay_callers = relay_callers;
     }
 
-    /// Registers a call's WebRTC session for ICE-TCP through the distributor.
-    pub fn ice_session(&mut self, id: SessionId, ufrag: String) {
+    /// Registers a call's WebRTC session, `agent`'s, for ICE-TCP and TURN through the
+    /// distributor.
+    pub fn ice_session(&mut self, id: SessionId, ufrag: String, agent: String) {
         if let Some(link) = &self.link {
-            link.ice_session(&ufrag, true);
+            let session = IceSession {
+                agent,
+                webrtc: self.webrtc_announced,
+            };
+            link.ice_session(&ufrag, Some(session));
             self.ice_sessions.insert(id, ufrag);
         }
     }
@@ -164,7 +169,7 @@ impl MediaSockets {
             relay.close(id);
         }
         if let (Some(ufrag), Some(link)) = (self.ice_sessions.remove(&id), &self.link) {
-            link.ice_session(&ufrag, false);
+            link.ice_session(&ufrag, None);
         }
         if let Some((_, reader)) = self.callers.remove(&id) {
             reader.abort();
@@ -176,6 +181,10 @@ impl MediaSockets {
             (Via::Caller(id), Some(relay)) => relay.send(id, to, bytes),
             (Via::WebRtc, _) => self.webrtc.try_send_to(bytes, to).is_ok(),
             (Via::IceTcp, _) => self.link.as_ref().is_some_and(|l| l.send_tcp(to, bytes)),
+            (Via::Turn, _) => self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.send_turn(to, self.webrtc_announced, bytes)),
             (Via::Caller(id), None) => self
                 .callers
                 .get(&id)

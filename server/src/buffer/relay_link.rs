@@ -4,7 +4,7 @@
 //! looks as if its datagrams came to a socket of the edge's own: the source address is the
 //! caller's as the distributor saw it, so symmetric RTP latching works unchanged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use proto_tunnel::Backoff;
 use proto_tunnel::media::{
     LateFilter, MAX_MEDIA_FRAME, MEDIA_SUBPROTOCOL, MediaFrame, decode_media, encode_media,
-    encode_packet, encode_tcp_data,
+    encode_packet, encode_tcp_data, encode_turn_data,
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
@@ -75,9 +75,9 @@ struct Shared {
     origin: Instant,
     late: AtomicU64,
     overflow: AtomicU64,
-    /// The ICE username fragments of the sessions open now, registered again on every new
+    /// The sessions open now, by ICE username fragment, registered again on every new
     /// connection.
-    ice_sessions: Mutex<HashSet<String>>,
+    ice_sessions: Mutex<HashMap<String, IceSession>>,
 }
 
 /// One media connection: what is written to it, and the flows asked for and not answered.
@@ -90,6 +90,24 @@ struct Connection {
     /// Agents' ICE-TCP connections passed on to us: by the distributor's number, and by the
     /// agent's address (where the bridge sends).
     tcp: Mutex<TcpConns>,
+}
+
+/// Whose a WebRTC session is and its UDP candidate, as the distributor is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceSession {
+    pub agent: String,
+    pub webrtc: SocketAddr,
+}
+
+impl IceSession {
+    fn frame(&self, ufrag: String, open: bool) -> MediaFrame {
+        MediaFrame::IceSession {
+            ufrag,
+            open,
+            agent: self.agent.clone(),
+            webrtc: Some(self.webrtc),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +134,7 @@ impl RelayLink {
                 origin: Instant::now(),
                 late: AtomicU64::new(0),
                 overflow: AtomicU64::new(0),
-                ice_sessions: Mutex::new(HashSet::new()),
+                ice_sessions: Mutex::new(HashMap::new()),
             }),
         };
         tokio::spawn(link.clone().dial_forever(dial, media, answers));
@@ -131,23 +149,35 @@ impl RelayLink {
         lock(&self.shared.current).clone()
     }
 
-    /// A WebRTC session whose agent may come over ICE-TCP opened (or closed): the distributor
-    /// passes on connections naming `ufrag` to us.
-    pub fn ice_session(&self, ufrag: &str, open: bool) {
-        {
+    /// A WebRTC session whose agent may come over ICE-TCP or TURN opened (`Some`) or closed
+    /// (`None`): the distributor passes on connections naming `ufrag` to us, and lets that
+    /// agent's TURN allocations reach the session's UDP candidate.
+    pub fn ice_session(&self, ufrag: &str, session: Option<IceSession>) {
+        let frame = {
             let mut sessions = lock(&self.shared.ice_sessions);
-            if open {
-                sessions.insert(ufrag.to_owned());
-            } else {
-                sessions.remove(ufrag);
+            match session {
+                Some(session) => {
+                    let frame = session.frame(ufrag.to_owned(), true);
+                    sessions.insert(ufrag.to_owned(), session);
+                    frame
+                }
+                None => match sessions.remove(ufrag) {
+                    Some(gone) => gone.frame(ufrag.to_owned(), false),
+                    None => return,
+                },
             }
-        }
+        };
         if let Some(conn) = self.connection() {
-            let frame = MediaFrame::IceSession {
-                ufrag: ufrag.to_owned(),
-                open,
-            };
             let _ = conn.control.try_send(encode_media(&frame));
+        }
+    }
+
+    /// A datagram from the edge's WebRTC socket (`from`) to a browser's TURN allocation
+    /// (`relayed`); false when there is no connection.
+    pub fn send_turn(&self, relayed: SocketAddr, from: SocketAddr, bytes: &[u8]) -> bool {
+        match self.connection() {
+            Some(conn) => conn.queue.push(encode_turn_data(relayed, from, bytes)),
+            None => false,
         }
     }
 
@@ -296,9 +326,11 @@ impl RelayLink {
             tcp: Mutex::new(TcpConns::default()),
         });
         // The sessions open now, so agents reconnecting over ICE-TCP find them again.
-        let sessions: Vec<String> = lock(&self.shared.ice_sessions).iter().cloned().collect();
-        for ufrag in sessions {
-            let frame = MediaFrame::IceSession { ufrag, open: true };
+        let sessions: Vec<MediaFrame> = lock(&self.shared.ice_sessions)
+            .iter()
+            .map(|(ufrag, session)| session.frame(ufrag.clone(), true))
+            .collect();
+        for frame in sessions {
             let _ = conn.control.try_send(encode_media(&frame));
         }
         let writer = tokio::spawn(write_to_relay(
@@ -392,6 +424,17 @@ impl RelayLink {
                         if media.try_send(frame).is_err() {
                             self.shared.overflow.fetch_add(1, Ordering::Relaxed);
                         }
+                    }
+                }
+                Ok(MediaFrame::TurnData {
+                    relayed, payload, ..
+                }) => {
+                    let frame = MediaIn::WebRtcTurn {
+                        bytes: payload,
+                        from: relayed,
+                    };
+                    if media.try_send(frame).is_err() {
+                        self.shared.overflow.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(MediaFrame::TcpClose { conn: number }) => {

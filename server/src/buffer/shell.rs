@@ -116,9 +116,10 @@ impl Shell<Buffer> for BufferShell {
                 call,
                 remote,
                 ice_ufrag,
+                agent,
             } => {
                 if let Some(ufrag) = ice_ufrag {
-                    self.media.ice_session(call, ufrag);
+                    self.media.ice_session(call, ufrag, agent);
                 }
                 return match self.media.open(call, remote) {
                     Ok(Some(addr)) => Some(Input::CallerPort {

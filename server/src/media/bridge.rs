@@ -60,6 +60,9 @@ pub enum Via {
     WebRtc,
     /// On the agent's ICE-TCP connection through the distributor (one RFC 4571 frame).
     IceTcp,
+    /// To the agent's TURN allocation on the distributor (its relayed address), over the
+    /// media connection: from the shared WebRTC socket as far as ICE can tell.
+    Turn,
     /// From the call's own caller-leg socket.
     Caller(SessionId),
 }
@@ -97,7 +100,8 @@ pub struct MediaStats {
     /// The WebRTC pair in use: the agent's address as we see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_remote: Option<String>,
-    /// How the agent's WebRTC reached us: `udp`, or `tcp` (ICE-TCP through the distributor).
+    /// How the agent's WebRTC last reached us: `udp`, `tcp` (ICE-TCP through the distributor)
+    /// or `turn-tls` (the agent's TURN allocation on the distributor).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_protocol: Option<&'static str>,
     /// Milliseconds from the agent's answer to its ICE connection, once connected.
@@ -188,7 +192,10 @@ struct Session {
     dropped: u64,
     unauthenticated: u64,
     ice_remote: Option<SocketAddr>,
-    ice_protocol: Option<Protocol>,
+    ice_protocol: Option<&'static str>,
+    /// The agent's TURN allocations heard from (their relayed addresses): what is sent to
+    /// them goes over the media connection, not the WebRTC socket.
+    turn_relays: Vec<SocketAddr>,
     /// When the agent's answer was applied, and how long after it ICE first connected.
     answered: Option<Instant>,
     ice_connected_after: Option<Duration>,
@@ -262,6 +269,31 @@ pub struct Bridge {
 /// How often media inactivity is looked for: a call silent for `inactivity` is reported
 /// within this much more.
 const INACTIVITY_SWEEP: Duration = Duration::from_secs(1);
+
+/// How the agent's WebRTC reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Straight to the shared WebRTC socket.
+    Udp,
+    /// ICE-TCP through the distributor's public port.
+    Tcp,
+    /// The agent's TURN-over-TLS allocation on the distributor.
+    Turn,
+}
+
+impl Path {
+    /// As the call's statistics name it.
+    fn name(self) -> &'static str {
+        match self {
+            Path::Udp => "udp",
+            Path::Tcp => "tcp",
+            Path::Turn => "turn-tls",
+        }
+    }
+}
+
+/// TURN allocations one session follows (a browser makes one per TURN server and network).
+const MAX_TURN_RELAYS: usize = 4;
 
 /// The telephone-event payload type offered to agents.
 const AGENT_TE_PT: u8 = 101;
@@ -385,6 +417,7 @@ impl Bridge {
             unauthenticated: 0,
             ice_remote: None,
             ice_protocol: None,
+            turn_relays: Vec::new(),
             answered: None,
             ice_connected_after: None,
             ice_state: IceConnectionState::New,
@@ -509,13 +542,19 @@ impl Bridge {
         } else {
             local
         };
-        self.receive_from_agent(bytes, Protocol::Udp, from, local, now);
+        self.receive_from_agent(bytes, Path::Udp, from, local, now);
+    }
+
+    /// A datagram from an agent's TURN allocation on the distributor (`from`: its relayed
+    /// address), as if it had come to the shared WebRTC socket.
+    pub fn from_turn(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
+        self.receive_from_agent(bytes, Path::Turn, from, self.webrtc, now);
     }
 
     /// One frame of an agent's ICE-TCP connection through the distributor.
     pub fn from_ice_tcp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
         match self.ice_tcp {
-            Some(local) => self.receive_from_agent(bytes, Protocol::Tcp, from, local, now),
+            Some(local) => self.receive_from_agent(bytes, Path::Tcp, from, local, now),
             None => self.stray += 1,
         }
     }
@@ -538,11 +577,15 @@ impl Bridge {
     fn receive_from_agent(
         &mut self,
         bytes: &[u8],
-        proto: Protocol,
+        path: Path,
         from: SocketAddr,
         local: SocketAddr,
         now: Instant,
     ) {
+        let proto = match path {
+            Path::Tcp => Protocol::Tcp,
+            Path::Udp | Path::Turn => Protocol::Udp,
+        };
         let Ok(contents) = bytes.try_into() else {
             self.stray += 1;
             return;
@@ -565,7 +608,13 @@ impl Bridge {
             return;
         };
         s.ice_remote = Some(from);
-        s.ice_protocol = Some(proto);
+        s.ice_protocol = Some(path.name());
+        if path == Path::Turn
+            && !s.turn_relays.contains(&from)
+            && s.turn_relays.len() < MAX_TURN_RELAYS
+        {
+            s.turn_relays.push(from);
+        }
         if let Err(e) = s.rtc.handle_input(input) {
             tracing::debug!(session = id, error = %e, "WebRTC input refused");
             s.dropped += 1;
@@ -693,6 +742,7 @@ impl Bridge {
                 }
                 Ok(Output::Transmit(t)) => self.out.push_back(Datagram {
                     via: match t.proto {
+                        Protocol::Udp if s.turn_relays.contains(&t.destination) => Via::Turn,
                         Protocol::Udp => Via::WebRtc,
                         _ => Via::IceTcp,
                     },
@@ -777,10 +827,7 @@ fn stats_of(s: &Session) -> MediaStats {
         dropped: s.dropped,
         unauthenticated: s.unauthenticated,
         ice_remote: s.ice_remote.map(|a| a.to_string()),
-        ice_protocol: s.ice_protocol.map(|p| match p {
-            Protocol::Udp => "udp",
-            _ => "tcp",
-        }),
+        ice_protocol: s.ice_protocol,
         ice_connected_ms: s
             .ice_connected_after
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

@@ -19,6 +19,11 @@ struct Browser {
     mid: Option<Mid>,
     received: Vec<(u8, u16, Vec<u8>)>,
     failed: bool,
+    /// `at` is a TURN allocation's relayed address: its datagrams reach the bridge over the
+    /// media connection (`from_turn`), and the bridge's must go back as `Via::Turn`.
+    turn: bool,
+    /// Datagrams the bridge sent this browser on a path it does not use.
+    misrouted: usize,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -47,6 +52,8 @@ fn browser_at(at: &str, offer: &str, now: Instant) -> (Browser, String) {
             mid: None,
             received: Vec::new(),
             failed: false,
+            turn: false,
+            misrouted: 0,
         },
         answer.to_sdp_string(),
     )
@@ -82,7 +89,11 @@ fn run_all(
                     Ok(Output::Timeout(_)) => break,
                     Ok(Output::Transmit(t)) => {
                         let bytes: Vec<u8> = t.contents.into();
-                        bridge.from_webrtc(&bytes, b.at, addr(WEBRTC), *now);
+                        if b.turn {
+                            bridge.from_turn(&bytes, b.at, *now);
+                        } else {
+                            bridge.from_webrtc(&bytes, b.at, addr(WEBRTC), *now);
+                        }
                     }
                     Ok(Output::Event(Event::MediaAdded(MediaAdded { mid, .. }))) => {
                         b.mid = Some(mid)
@@ -104,10 +115,14 @@ fn run_all(
         }
         while let Some(d) = bridge.poll_datagram() {
             match d.via {
-                Via::WebRtc => {
+                Via::WebRtc | Via::Turn => {
                     let Some(b) = browsers.iter_mut().find(|b| b.at == d.to && !b.failed) else {
                         continue;
                     };
+                    if b.turn != (d.via == Via::Turn) {
+                        b.misrouted += 1;
+                        continue;
+                    }
                     let input = Input::Receive(
                         *now,
                         Receive {
@@ -231,6 +246,38 @@ fn audio_and_dtmf_cross_both_ways_unchanged() {
         (21, 10)
     );
     assert_eq!(stats.from_caller.lost, 0);
+}
+
+#[test]
+fn a_browser_on_turn_is_answered_through_its_relay_and_the_call_says_so() {
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    let (_, agent_offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    // The browser's only candidate: its relayed address on the distributor.
+    let relayed = "203.0.113.10:49152";
+    let (mut b, answer) = browser_at(relayed, &agent_offer, now);
+    b.turn = true;
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    let mut to_caller = Vec::new();
+    run(&mut bridge, &mut b, &mut to_caller, &mut now, 200);
+    assert!(
+        b.rtc.is_connected(),
+        "ICE and DTLS completed through the relay"
+    );
+    for seq in 1..=5u16 {
+        bridge.from_caller(1, &caller_rtp(8, seq, &[seq as u8; 160]), addr(CALLER), now);
+        run(&mut bridge, &mut b, &mut to_caller, &mut now, 4);
+    }
+    assert_eq!(b.received.iter().filter(|r| r.0 == 8).count(), 5);
+    assert_eq!(
+        b.misrouted, 0,
+        "nothing for the relay went out of the WebRTC socket"
+    );
+    let stats = bridge.stats(1).unwrap();
+    assert_eq!(stats.ice_protocol, Some("turn-tls"));
+    assert_eq!(stats.ice_remote.as_deref(), Some(relayed));
 }
 
 #[test]

@@ -32,22 +32,56 @@ const SILENT: Duration = Duration::from_secs(30);
 /// Frames from the edge waiting to be written to one agent's connection.
 const TO_AGENT_QUEUE: usize = 256;
 
-/// One edge media connection, as the ICE-TCP connections it was given reach it.
-#[derive(Debug, Clone)]
+/// One edge media connection, as the ICE-TCP connections and TURN allocations it was given
+/// reach it.
+#[derive(Clone)]
 pub struct EdgeLink {
     /// Which media connection (a new one of the same edge is another link).
     pub connection: u64,
+    pub edge: Arc<str>,
+    /// The credential the edge showed: the key of its browsers' TURN credentials.
+    pub secret: Arc<str>,
     pub control: mpsc::Sender<Vec<u8>>,
     pub queue: Arc<DropOldest<Vec<u8>>>,
     /// The agents' connections it was given, by number: where its frames for each go.
     pub conns: Arc<Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>>,
 }
 
-/// Which edge media connection registered each ICE username fragment, and the counts of
-/// connections that named none.
+impl std::fmt::Debug for EdgeLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeLink")
+            .field("connection", &self.connection)
+            .field("edge", &self.edge)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered WebRTC session: the media connection it came on, whose call it is, and its
+/// UDP candidate.
+#[derive(Debug, Clone)]
+struct Owner {
+    link: EdgeLink,
+    agent: String,
+    webrtc: Option<SocketAddr>,
+}
+
+/// Where datagrams from an edge to one TURN allocation go: the client connection's task.
+pub type ToTurnClient = mpsc::Sender<(SocketAddr, Vec<u8>)>;
+
+#[derive(Debug)]
+struct TurnRoute {
+    edge: Arc<str>,
+    to_client: ToTurnClient,
+}
+
+/// Which edge media connection registered each ICE username fragment, the counts of
+/// connections that named none, each edge's newest media connection and the TURN
+/// allocations open for its agents.
 #[derive(Debug, Default)]
 pub struct IceRoutes {
-    owners: Mutex<HashMap<String, EdgeLink>>,
+    owners: Mutex<HashMap<String, Owner>>,
+    edges: Mutex<HashMap<Arc<str>, EdgeLink>>,
+    turn: Mutex<HashMap<SocketAddr, TurnRoute>>,
     next_conn: AtomicU64,
     /// Connections that did not start with a Binding request naming a registered session.
     pub refused: AtomicU64,
@@ -56,30 +90,85 @@ pub struct IceRoutes {
 }
 
 impl IceRoutes {
-    /// `link` registers (or drops) `ufrag`; false when another connection holds it.
-    pub fn register(&self, ufrag: &str, link: &EdgeLink, open: bool) -> bool {
+    /// `link` registers (or drops) `ufrag`, `agent`'s session with UDP candidate `webrtc`;
+    /// false when another connection holds it.
+    pub fn register(
+        &self,
+        ufrag: &str,
+        link: &EdgeLink,
+        open: bool,
+        agent: &str,
+        webrtc: Option<SocketAddr>,
+    ) -> bool {
         let mut owners = lock(&self.owners);
         match owners.get(ufrag) {
-            Some(owner) if owner.connection != link.connection => false,
+            Some(owner) if owner.link.connection != link.connection => false,
             Some(_) if !open => {
                 owners.remove(ufrag);
                 true
             }
             None if open => {
-                owners.insert(ufrag.to_owned(), link.clone());
+                let owner = Owner {
+                    link: link.clone(),
+                    agent: agent.to_owned(),
+                    webrtc,
+                };
+                owners.insert(ufrag.to_owned(), owner);
                 true
             }
             _ => true,
         }
     }
 
+    /// A media connection came up: the edge's newest, the one its TURN traffic takes.
+    pub fn connected(&self, link: &EdgeLink) {
+        lock(&self.edges).insert(link.edge.clone(), link.clone());
+    }
+
     /// Everything `connection` registered goes with it.
     pub fn forget(&self, connection: u64) {
-        lock(&self.owners).retain(|_, link| link.connection != connection);
+        lock(&self.owners).retain(|_, owner| owner.link.connection != connection);
+        lock(&self.edges).retain(|_, link| link.connection != connection);
     }
 
     fn owner(&self, ufrag: &str) -> Option<EdgeLink> {
-        lock(&self.owners).get(ufrag).cloned()
+        lock(&self.owners).get(ufrag).map(|o| o.link.clone())
+    }
+
+    /// The edge's media connection now, if it has one.
+    pub fn edge(&self, edge: &str) -> Option<EdgeLink> {
+        lock(&self.edges).get(edge).cloned()
+    }
+
+    /// Whether `peer` is the UDP candidate of one of `agent`'s sessions on `edge`: the only
+    /// peers a TURN allocation with that agent's credentials may reach.
+    pub fn is_session_of(&self, edge: &str, agent: &str, peer: SocketAddr) -> bool {
+        lock(&self.owners)
+            .values()
+            .any(|o| &*o.link.edge == edge && o.agent == agent && o.webrtc == Some(peer))
+    }
+
+    /// A TURN allocation of one of `edge`'s agents is open at `relayed`.
+    pub fn turn_open(&self, relayed: SocketAddr, edge: Arc<str>, to_client: ToTurnClient) {
+        lock(&self.turn).insert(relayed, TurnRoute { edge, to_client });
+    }
+
+    pub fn turn_close(&self, relayed: SocketAddr) {
+        lock(&self.turn).remove(&relayed);
+    }
+
+    /// Where `edge`'s datagram for the allocation at `relayed` goes; none when there is no
+    /// such allocation or it is another edge's agent's.
+    pub fn turn_client(&self, relayed: SocketAddr, edge: &str) -> Option<ToTurnClient> {
+        lock(&self.turn)
+            .get(&relayed)
+            .filter(|route| &*route.edge == edge)
+            .map(|route| route.to_client.clone())
+    }
+
+    /// TURN allocations open now.
+    pub fn turn_allocations(&self) -> usize {
+        lock(&self.turn).len()
     }
 }
 

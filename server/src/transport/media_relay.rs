@@ -193,6 +193,11 @@ impl MediaRelay {
         tx
     }
 
+    /// Agents' routes to edges (ICE-TCP, TURN), shared with the TURN server.
+    pub fn ice_routes(&self) -> Arc<IceRoutes> {
+        self.inner.ice.clone()
+    }
+
     /// Everything the live view shows of the relay.
     pub fn overview(&self) -> RelayOverview {
         RelayOverview {
@@ -248,7 +253,7 @@ impl MediaRelay {
 
     /// Binds a port for a flow: from the range, trying each once from where the last search
     /// stopped, or any free one.
-    fn bind_port(&self) -> Result<(std::net::UdpSocket, SocketAddr), String> {
+    pub(super) fn bind_port(&self) -> Result<(std::net::UdpSocket, SocketAddr), String> {
         let s = &self.inner.settings;
         let public_ip = self.public_ip()?;
         let bind = |port: u16| {
@@ -298,6 +303,13 @@ async fn media_upgrade(
         Ok(edge) => edge,
         Err(refusal) => return *refusal,
     };
+    // Verified just now, so present: the key its browsers' TURN credentials are minted with.
+    let secret: Arc<str> = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::admin::tokens::bearer(Some(v)).ok())
+        .unwrap_or_default()
+        .into();
     let ws = ws
         .protocols([MEDIA_SUBPROTOCOL])
         .max_frame_size(MAX_MEDIA_FRAME)
@@ -310,7 +322,7 @@ async fn media_upgrade(
         )
             .into_response();
     }
-    ws.on_upgrade(move |socket| serve(relay, socket, edge, peer))
+    ws.on_upgrade(move |socket| serve(relay, socket, edge, secret, peer))
 }
 
 /// One relayed call: its port and who may be sent to from it.
@@ -336,12 +348,20 @@ impl Drop for Flow {
     }
 }
 
-async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketAddr) {
+async fn serve(
+    relay: MediaRelay,
+    socket: WebSocket,
+    edge: String,
+    secret: Arc<str>,
+    peer: SocketAddr,
+) {
     let id = relay.inner.next_connection.fetch_add(1, Ordering::Relaxed);
     let queue = Arc::new(DropOldest::new(TO_EDGE_QUEUE));
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let link = EdgeLink {
         connection: id,
+        edge: edge.as_str().into(),
+        secret,
         control: control.clone(),
         queue: queue.clone(),
         conns: Arc::new(Mutex::new(HashMap::new())),
@@ -365,6 +385,7 @@ async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketA
         link: link.clone(),
     });
     lock(&relay.inner.connections).insert(id, counters.clone());
+    relay.inner.ice.connected(&link);
     info!(%edge, %peer, "media relay connection up");
     let (sink, mut stream) = socket.split();
     // First, where its agents reach us for ICE-TCP.
@@ -439,11 +460,20 @@ async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketA
                 counters.edge_late.store(late, Ordering::Relaxed);
                 counters.edge_overflow.store(full, Ordering::Relaxed);
             }
-            MediaFrame::IceSession { ufrag, open } => {
+            MediaFrame::IceSession {
+                ufrag,
+                open,
+                agent,
+                webrtc,
+            } => {
                 let known = ice_sessions.contains(&ufrag);
                 if open && !known && ice_sessions.len() >= relay.inner.settings.max_flows {
                     counters.ice_refused.fetch_add(1, Ordering::Relaxed);
-                } else if relay.inner.ice.register(&ufrag, &link, open) {
+                } else if relay
+                    .inner
+                    .ice
+                    .register(&ufrag, &link, open, &agent, webrtc)
+                {
                     if open {
                         ice_sessions.insert(ufrag);
                     } else {
@@ -472,6 +502,20 @@ async fn serve(relay: MediaRelay, socket: WebSocket, edge: String, peer: SocketA
             MediaFrame::TcpClose { conn } => {
                 lock(&link.conns).remove(&conn);
             }
+            MediaFrame::TurnData {
+                relayed,
+                peer,
+                payload,
+            } => match relay.inner.ice.turn_client(relayed, &edge) {
+                Some(client) => {
+                    if client.try_send((peer, payload)).is_err() {
+                        counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    counters.unknown_flow.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             MediaFrame::Opened { .. }
             | MediaFrame::Refused { .. }
             | MediaFrame::IceTcp { .. }

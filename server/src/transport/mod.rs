@@ -17,6 +17,7 @@ mod serve;
 pub mod stream;
 pub mod tls_listener;
 pub mod tunnel;
+pub mod turn_tls;
 pub mod udp;
 
 use std::collections::HashMap;

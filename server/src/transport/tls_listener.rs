@@ -2,7 +2,9 @@
 //! client never holds up the next one's accept, and each source address may hold only so many
 //! connections ([`PerSource`]), handshakes included. A listener may also take connections
 //! that are not TLS at all (the distributor's public port: agents' ICE-TCP), told apart by
-//! their first byte.
+//! their first byte, and TLS connections that carry TURN rather than HTTP, told apart by
+//! their first byte inside TLS (a STUN message starts with two zero bits; every HTTP/1
+//! method and the HTTP/2 preface with a capital letter).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -26,10 +28,23 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_QUEUE: usize = 256;
 /// A TLS connection's first byte: a handshake record (RFC 8446 §5.1, content type 22).
 const TLS_HANDSHAKE: u8 = 0x16;
+/// Inside TLS, a first byte below this is STUN's (RFC 8489 §5: the two top bits are 0).
+const FIRST_HTTP_BYTE: u8 = 0x40;
 
 /// Where a listener hands connections that do not start with TLS, with their place among
 /// their address's connections.
 pub type RawConnections = mpsc::Sender<(TcpStream, SocketAddr, Admitted)>;
+
+/// Where a listener hands TLS connections whose first bytes are STUN (TURN over TLS), with
+/// the bytes already read.
+pub type TurnConnections = mpsc::Sender<(TlsStream<TcpStream>, Vec<u8>, SocketAddr, Admitted)>;
+
+/// Where a listener sends what is not HTTPS.
+#[derive(Debug, Clone, Default)]
+pub struct Demux {
+    pub raw: Option<RawConnections>,
+    pub turn: Option<TurnConnections>,
+}
 
 #[derive(Debug)]
 pub struct TlsListener {
@@ -41,6 +56,8 @@ pub struct TlsListener {
 #[derive(Debug)]
 pub struct Conn {
     tls: TlsStream<TcpStream>,
+    /// Bytes read to tell HTTP from TURN, given back first.
+    prefix: Vec<u8>,
     _place: Admitted,
 }
 
@@ -50,6 +67,12 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -90,15 +113,16 @@ impl TlsListener {
         config: Arc<rustls::ServerConfig>,
         per_source: PerSource,
     ) -> std::io::Result<Self> {
-        TlsListener::bind_with_raw(addr, config, per_source, None).await
+        TlsListener::bind_with(addr, config, per_source, Demux::default()).await
     }
 
-    /// The same, handing connections whose first byte is not TLS's to `raw`.
-    pub async fn bind_with_raw(
+    /// The same, handing connections whose first byte is not TLS's to `demux.raw`, and TLS
+    /// connections that start with STUN to `demux.turn`.
+    pub async fn bind_with(
         addr: SocketAddr,
         config: Arc<rustls::ServerConfig>,
         per_source: PerSource,
-        raw: Option<RawConnections>,
+        demux: Demux,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
@@ -123,9 +147,9 @@ impl TlsListener {
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
-                let raw = raw.clone();
+                let demux = demux.clone();
                 tokio::spawn(async move {
-                    if let Some(raw) = raw {
+                    if let Some(raw) = demux.raw {
                         let mut first = [0u8; 1];
                         let peeked =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
@@ -139,8 +163,29 @@ impl TlsListener {
                         }
                     }
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((Conn { tls, _place: place }, peer)).await;
+                        Ok(Ok(mut tls)) => {
+                            let mut prefix = Vec::new();
+                            if let Some(turn) = demux.turn {
+                                let mut first = [0u8; 512];
+                                let read =
+                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read(&mut first))
+                                        .await;
+                                let Ok(Ok(n @ 1..)) = read else {
+                                    return;
+                                };
+                                if first[0] < FIRST_HTTP_BYTE {
+                                    let _ =
+                                        turn.send((tls, first[..n].to_vec(), peer, place)).await;
+                                    return;
+                                }
+                                prefix.extend_from_slice(&first[..n]);
+                            }
+                            let conn = Conn {
+                                tls,
+                                prefix,
+                                _place: place,
+                            };
+                            let _ = tx.send((conn, peer)).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),

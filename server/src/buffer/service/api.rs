@@ -100,11 +100,13 @@ pub enum Output {
     /// distributor's relay when the edge is exposed); the answer comes back as
     /// [`Input::CallerPort`], at once or later. `remote`: where the caller's SDP says it
     /// receives. `ice_ufrag`: the call's WebRTC session's ICE username fragment, when its
-    /// agent may reach it over ICE-TCP through the distributor (registered there with it).
+    /// agent may reach it over ICE-TCP or TURN through the distributor (registered there
+    /// with it and `agent`, whose call it is).
     OpenCallerPort {
         call: SessionId,
         remote: Option<SocketAddr>,
         ice_ufrag: Option<String>,
+        agent: String,
     },
     /// Close it, and its ICE-TCP registration: the call ended.
     CloseCallerPort { call: SessionId },

@@ -33,6 +33,10 @@ pub use api::{BoundAddrs, Command, Input, Link, Output};
 use calls::{Calls, TxRole};
 use upstream::{STATS_EVERY, STATS_SLICES};
 
+/// How long the TURN credentials a call carries stay valid: every Refresh of the allocation
+/// is checked against them, so they must outlast the longest call.
+const TURN_CREDENTIAL_TTL_S: u64 = 12 * 3600;
+
 /// The buffer server core: registrar, routing table and re-addressing B2BUA, with no sockets
 /// and no clock reads (see [`crate::driver::Core`] for the rule its caller follows).
 pub struct Buffer {
@@ -76,6 +80,9 @@ pub struct Buffer {
     out: VecDeque<Output>,
     /// Shutting down: new calls get 503.
     draining: bool,
+    /// The edge's credential, which the distributor also holds: the key its browsers' TURN
+    /// credentials are minted with.
+    turn_secret: Option<String>,
     /// BYEs sent by [`Command::HangUpAll`] whose transactions have not ended, so a shutdown
     /// waits for both legs to hear of the end before the process goes.
     hangups: HashSet<TxId>,
@@ -202,7 +209,29 @@ impl Buffer {
             out: VecDeque::new(),
             draining: false,
             hangups: HashSet::new(),
+            turn_secret: None,
         }
+    }
+
+    /// Browser agents' calls carry TURN-over-TLS credentials minted with `secret` (the edge's
+    /// credential), for the distributor's public port.
+    pub fn with_turn_secret(mut self, secret: Option<String>) -> Buffer {
+        self.turn_secret = secret;
+        self
+    }
+
+    /// The `X-Turn` header value for a call offered to `agent`'s browser: the distributor's
+    /// TURN-over-TLS server (its public port, where ICE-TCP also goes) and credentials for
+    /// `agent` alone, or none without a media connection to the distributor.
+    fn turn_header(&self, agent: &str) -> Option<String> {
+        let secret = self.turn_secret.as_deref()?;
+        let addr = self.media.as_ref()?.ice_tcp()?;
+        let expiry = crate::admin::tokens::now_unix().saturating_add(TURN_CREDENTIAL_TTL_S);
+        let credential = crate::turn::credentials::mint(secret.as_bytes(), &self.id, agent, expiry);
+        Some(format!(
+            "<turns:{addr}?transport=tcp>;username=\"{}\";credential=\"{}\"",
+            credential.username, credential.password
+        ))
     }
 
     fn status(&mut self, status: Status) {

@@ -76,6 +76,10 @@ impl Buffer {
                 return;
             }
         };
+        let turn = match binding.target.kind {
+            TransportKind::Wss => self.turn_header(&agent),
+            _ => None,
+        };
         if binding.target.kind == TransportKind::Wss
             && let Some(media) = self.media.as_mut()
         {
@@ -84,6 +88,9 @@ impl Buffer {
                 Ok(agent_offer) => {
                     out.set_header("Content-Type", "application/sdp");
                     out.body = Bytes::from(agent_offer);
+                    if let Some(turn) = &turn {
+                        out.set_header("X-Turn", turn);
+                    }
                     // The caller's answer follows once its port is open.
                     let remote = media.caller_destination(key.0);
                     let ice_ufrag = media.ice_tcp_ufrag(key.0);
@@ -92,6 +99,7 @@ impl Buffer {
                         call: key.0,
                         remote,
                         ice_ufrag,
+                        agent: agent.clone(),
                     });
                 }
                 Err(e) => {
