@@ -27,6 +27,8 @@ need_pkg chromedriver chromium-driver
 need_pkg ip iproute2
 need_pkg nft nftables
 need_pkg sysctl procps
+# The metrics test scrapes the distributor with a real Prometheus (and checks with promtool).
+need_pkg prometheus prometheus
 # The agent page is bundled by server/build.rs with npm (Node.js comes with the machine).
 command -v npm >/dev/null || { echo "npm is needed to build the agent page" >&2; exit 1; }
 

@@ -173,8 +173,11 @@ function turnServer(header) {
   return m ? [{ urls: m[1], username: m[2], credential: m[3] }] : [];
 }
 
-// `?ice=relay` forces every call through TURN (for checking that path; never the default).
-const forceRelay = new URLSearchParams(location.search).get('ice') === 'relay';
+// For checking one path (never the default): `?ice=relay` forces every call through TURN,
+// `?ice=norelay` leaves TURN out (the edge's own UDP candidate and ICE-TCP only). Otherwise
+// WebRTC takes whichever works; where both ICE-TCP and TURN do, Chromium picks either.
+const icePolicy = new URLSearchParams(location.search).get('ice');
+const forceRelay = icePolicy === 'relay';
 // How long candidate gathering may hold up an answer once the first candidate is in: the
 // edge's own and ICE-TCP candidates need nothing gathered, and a TURN server that does not
 // answer must not delay the call.
@@ -189,7 +192,7 @@ function pcConfig() {
 
 function incoming(s, request) {
   session = s;
-  callIce = turnServer(request.getHeader('X-Turn'));
+  callIce = icePolicy === 'norelay' ? [] : turnServer(request.getHeader('X-Turn'));
   let gathering = null;
   s.on('icecandidate', (ev) => {
     // A relay candidate is all TURN adds: answer with it rather than wait for the rest.

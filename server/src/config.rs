@@ -46,6 +46,25 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// What one peer may hold.
     pub limits: LimitsConfig,
+    /// The Prometheus metrics at the admin API's `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// What the metrics count against.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Seconds within which an answered call counts as answered in target (the service
+    /// level's threshold: 80 % of calls in 20 s is a common goal).
+    pub service_level_s: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            service_level_s: 20,
+        }
+    }
 }
 
 /// Bounds on what one peer may hold, so one host cannot starve the others.
@@ -516,6 +535,9 @@ impl Config {
             return invalid(
                 "limits.header_read_s, message_s and ws_first_message_s must be 1-3600",
             );
+        }
+        if !(1..=3600).contains(&self.metrics.service_level_s) {
+            return invalid("metrics.service_level_s must be 1-3600 seconds");
         }
         if !(20..=5000).contains(&l.relay_max_age_ms) {
             return invalid("limits.relay_max_age_ms must be 20-5000");

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod handoff;
 pub mod ids;
 pub mod media;
+pub mod metrics;
 pub mod sip;
 pub mod transport;
 pub mod turn;

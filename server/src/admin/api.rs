@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,6 +36,8 @@ pub struct AdminState {
     pub relay: crate::transport::media_relay::MediaRelay,
     /// Agents' TURN over TLS on the public listener, for the live view.
     pub turn: crate::transport::turn_tls::TurnServer,
+    /// What `/metrics` exposes.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -76,6 +78,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/keys/rotate", post(rotate_keys))
         .route("/live", get(live))
         .route("/events", get(events))
+        .route("/metrics", get(metrics))
         .route("/agents/{id}/presence", axum::routing::put(put_presence))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
@@ -470,6 +473,34 @@ async fn events(State(state): State<AdminState>) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The Prometheus metrics (scraped with the admin key as a bearer token): OpenMetrics text
+/// for a client that asks for it, as Prometheus does, the Prometheus text format otherwise.
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    use crate::metrics::{OPENMETRICS, PROMETHEUS_TEXT};
+    let open_metrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (encoded, media_type) = if open_metrics {
+        (state.metrics.encode(), OPENMETRICS)
+    } else {
+        (state.metrics.encode_prometheus_text(), PROMETHEUS_TEXT)
+    };
+    match encoded {
+        Ok(text) => {
+            let mut resp = text.into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+            resp
+        }
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded",
+        ),
+    }
 }
 
 async fn jwks(State(state): State<AdminState>) -> Response {

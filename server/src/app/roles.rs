@@ -130,6 +130,7 @@ pub(super) async fn start_distributor(
     let demux = Demux {
         raw: Some(relay.ice_tcp_acceptor()),
         turn: Some(turn.acceptor()),
+        first_bytes: None,
     };
     let public_addr = transport::public::listen(
         d.public,
@@ -154,6 +155,9 @@ pub(super) async fn start_distributor(
         .context(|| "reading revoked tokens".into())?;
     let (early_media, player) = queue_media(d, status).await?.unzip();
     let early_media_addr = early_media.as_ref().map(|m| m.from);
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        std::time::Duration::from_secs(config.metrics.service_level_s),
+    ));
     let core = distributor::service::Distributor::new(
         d.clone(),
         &config.sip,
@@ -170,7 +174,8 @@ pub(super) async fn start_distributor(
             clock: crate::admin::tokens::WallClock::read(),
         },
         early_media,
-    );
+    )
+    .with_metrics(metrics.clone());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let shell = distributor::shell::DistributorShell::new(
         transports,
@@ -190,6 +195,7 @@ pub(super) async fn start_distributor(
         exposures,
         relay,
         turn,
+        metrics,
     };
     let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
         .await

@@ -100,8 +100,8 @@ pub struct MediaStats {
     /// The WebRTC pair in use: the agent's address as we see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_remote: Option<String>,
-    /// How the agent's WebRTC last reached us: `udp`, `tcp` (ICE-TCP through the distributor)
-    /// or `turn-tls` (the agent's TURN allocation on the distributor).
+    /// How the agent's media (DTLS, SRTP) last reached us: `udp`, `tcp` (ICE-TCP through the
+    /// distributor) or `turn-tls` (the agent's TURN allocation on the distributor).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_protocol: Option<&'static str>,
     /// Milliseconds from the agent's answer to its ICE connection, once connected.
@@ -607,8 +607,12 @@ impl Bridge {
             self.stray += 1;
             return;
         };
-        s.ice_remote = Some(from);
-        s.ice_protocol = Some(path.name());
+        // Where the media comes from (DTLS, SRTP: RFC 7983's first byte 20 and up), not the
+        // connectivity checks, which the browser keeps sending on its other pairs too.
+        if bytes.first().is_some_and(|b| *b >= 20) {
+            s.ice_remote = Some(from);
+            s.ice_protocol = Some(path.name());
+        }
         if path == Path::Turn
             && !s.turn_relays.contains(&from)
             && s.turn_relays.len() < MAX_TURN_RELAYS

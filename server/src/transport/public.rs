@@ -20,8 +20,10 @@ pub async fn listen(
     routes: Router,
     per_source: PerSource,
     header_read: std::time::Duration,
-    demux: Demux,
+    mut demux: Demux,
 ) -> std::io::Result<SocketAddr> {
+    // A client silent after its handshake is cut at the header deadline, TURN or not.
+    demux.first_bytes = Some(header_read);
     // What is not TLS may be an agent's ICE-TCP (RFC 4571-framed STUN first); what is TLS
     // but not HTTP, an agent's TURN.
     let listener = TlsListener::bind_with(addr, tls, per_source, demux).await?;

@@ -44,6 +44,10 @@ pub type TurnConnections = mpsc::Sender<(TlsStream<TcpStream>, Vec<u8>, SocketAd
 pub struct Demux {
     pub raw: Option<RawConnections>,
     pub turn: Option<TurnConnections>,
+    /// How long a TLS client has to send its first bytes when `turn` must be told from
+    /// HTTPS: the HTTPS listener's header deadline (a handshake alone is
+    /// [`HANDSHAKE_TIMEOUT`]'s when none is given).
+    pub first_bytes: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -167,9 +171,8 @@ impl TlsListener {
                             let mut prefix = Vec::new();
                             if let Some(turn) = demux.turn {
                                 let mut first = [0u8; 512];
-                                let read =
-                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read(&mut first))
-                                        .await;
+                                let wait = demux.first_bytes.unwrap_or(HANDSHAKE_TIMEOUT);
+                                let read = tokio::time::timeout(wait, tls.read(&mut first)).await;
                                 let Ok(Ok(n @ 1..)) = read else {
                                     return;
                                 };

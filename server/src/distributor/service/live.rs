@@ -167,6 +167,7 @@ impl Distributor {
     /// subscribers when there are any.
     pub(super) fn publish_acd_events(&mut self) {
         while let Some(event) = self.acd.poll_event() {
+            self.metrics.observe(&event);
             match &event {
                 acd::AcdEvent::Agent(view) => self.tell_page(view),
                 acd::AcdEvent::CallEnded { call, .. } => {

@@ -76,6 +76,8 @@ pub struct Distributor {
     draining: bool,
     /// What to do, in order; drained by [`crate::driver::Core::poll_output`].
     out: std::collections::VecDeque<Output>,
+    /// Counted from the ACD's events, read by the admin API's `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Distributor {
@@ -185,7 +187,15 @@ impl Distributor {
             media_stats: HashMap::new(),
             draining: false,
             out: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(Duration::from_secs(20))),
         }
+    }
+
+    /// Counts into `metrics` (the admin API's `/metrics` reads them) instead of a registry
+    /// of its own.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Distributor {
+        self.metrics = metrics;
+        self
     }
 
     fn status(&mut self, status: Status) {

@@ -1,0 +1,412 @@
+//! The distributor's Prometheus metrics, as OpenMetrics text at `/metrics` on the admin
+//! listener (behind the admin key, which Prometheus sends as a bearer token). Built with the
+//! Prometheus project's `prometheus-client`. Every label comes from configuration or from
+//! this code (queues, outcomes, the ACD's fixed reasons, agent states), never from a peer:
+//! agent ids and Call-IDs are not labels, so the number of series stays bounded whatever
+//! callers send.
+//!
+//! The ACD's events drive them ([`Metrics::observe`], called by the distributor core as it
+//! publishes each event): what a supervisor's wallboard shows, in a form a monitoring system
+//! can keep and alert on.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::acd::{AcdEvent, AgentState, Outcome};
+
+/// The media type of the OpenMetrics exposition.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The media type of the Prometheus text format, for clients that do not ask for
+/// OpenMetrics.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Wait-time buckets, in seconds: a contact centre's targets sit between 10 and 60 s.
+const WAIT_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Every agent state, so each has a series from the start.
+const STATES: [AgentState; 7] = [
+    AgentState::Offline,
+    AgentState::Available,
+    AgentState::Reserved,
+    AgentState::Ringing,
+    AgentState::OnCall,
+    AgentState::WrapUp,
+    AgentState::Away,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    queue: String,
+    outcome: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    queue: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+type WaitHistograms = Family<WaitLabels, Histogram, fn() -> Histogram>;
+
+/// The registry and the metrics in it.
+pub struct Metrics {
+    registry: Registry,
+    service_level: Duration,
+    calls_queued: Family<QueueLabels, Counter>,
+    calls_ended: Family<EndLabels, Counter>,
+    answered_in_target: Family<QueueLabels, Counter>,
+    wait: WaitHistograms,
+    queue_waiting: Family<QueueLabels, Gauge>,
+    queue_offering: Family<QueueLabels, Gauge>,
+    queue_longest_wait: Family<QueueLabels, Gauge<f64, AtomicU64>>,
+    agents: Family<StateLabels, Gauge>,
+    /// Each signed-in agent's state, to move it between the `agents` gauges.
+    agent_states: Mutex<HashMap<String, AgentState>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("service_level", &self.service_level)
+            .finish_non_exhaustive()
+    }
+}
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS)
+}
+
+/// How an outcome reads as a label.
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Answered => "answered",
+        Outcome::Abandoned => "abandoned",
+        Outcome::TimedOut => "timed-out",
+        Outcome::Refused => "refused",
+    }
+}
+
+/// How a state reads as a label (as in the live view).
+fn state_label(state: AgentState) -> &'static str {
+    match state {
+        AgentState::Offline => "offline",
+        AgentState::Available => "available",
+        AgentState::Reserved => "reserved",
+        AgentState::Ringing => "ringing",
+        AgentState::OnCall => "on-call",
+        AgentState::WrapUp => "wrap-up",
+        AgentState::Away => "away",
+    }
+}
+
+fn seconds(ms: u64) -> f64 {
+    Duration::from_millis(ms).as_secs_f64()
+}
+
+impl Metrics {
+    /// `service_level`: the wait within which an answered call counts as answered in target
+    /// (the "20" of an 80/20 service level).
+    pub fn new(service_level: Duration) -> Metrics {
+        let mut registry = Registry::with_prefix("agent_edge");
+        let calls_queued = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "calls_queued",
+            "Calls that entered a queue",
+            calls_queued.clone(),
+        );
+        let calls_ended = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "calls_ended",
+            "Calls the ACD finished with, by queue, outcome (answered, abandoned, timed-out, \
+             refused) and reason",
+            calls_ended.clone(),
+        );
+        let answered_in_target = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "calls_answered_in_target",
+            "Calls answered within the service-level target wait; divided by calls ended \
+             (answered, abandoned, timed-out) it is the service level",
+            answered_in_target.clone(),
+        );
+        let wait: WaitHistograms = Family::new_with_constructor(wait_histogram);
+        registry.register(
+            "call_wait_seconds",
+            "How long calls waited, from arrival to their end in the ACD (answered or not)",
+            wait.clone(),
+        );
+        let queue_waiting = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_waiting",
+            "Calls waiting in the queue for an agent",
+            queue_waiting.clone(),
+        );
+        let queue_offering = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_offering",
+            "Calls of the queue being offered to an agent",
+            queue_offering.clone(),
+        );
+        let queue_longest_wait = Family::<QueueLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "queue_longest_wait_seconds",
+            "The longest current wait in the queue",
+            queue_longest_wait.clone(),
+        );
+        let agents = Family::<StateLabels, Gauge>::default();
+        registry.register("agents", "Signed-in agents by state", agents.clone());
+        for state in STATES {
+            let _ = agents.get_or_create(&StateLabels {
+                state: state_label(state),
+            });
+        }
+        let target = Gauge::<f64, AtomicU64>::default();
+        target.set(service_level.as_secs_f64());
+        registry.register(
+            "service_level_target_seconds",
+            "The configured service-level target wait ([metrics] service_level_s)",
+            target,
+        );
+        Metrics {
+            registry,
+            service_level,
+            calls_queued,
+            calls_ended,
+            answered_in_target,
+            wait,
+            queue_waiting,
+            queue_offering,
+            queue_longest_wait,
+            agents,
+            agent_states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one event of the ACD.
+    pub fn observe(&self, event: &AcdEvent) {
+        match event {
+            AcdEvent::CallQueued { queue, .. } => {
+                let queue = queue.clone();
+                self.calls_queued
+                    .get_or_create(&QueueLabels { queue })
+                    .inc();
+            }
+            AcdEvent::CallEnded {
+                queue,
+                outcome,
+                reason,
+                waited_ms,
+                ..
+            } => {
+                let outcome = outcome_label(*outcome);
+                let end = EndLabels {
+                    queue: queue.clone(),
+                    outcome,
+                    reason: reason.clone(),
+                };
+                self.calls_ended.get_or_create(&end).inc();
+                let wait = WaitLabels {
+                    queue: queue.clone(),
+                    outcome,
+                };
+                self.wait.get_or_create(&wait).observe(seconds(*waited_ms));
+                if outcome == "answered" && Duration::from_millis(*waited_ms) <= self.service_level
+                {
+                    let queue = queue.clone();
+                    self.answered_in_target
+                        .get_or_create(&QueueLabels { queue })
+                        .inc();
+                }
+            }
+            AcdEvent::Queue(view) => {
+                let labels = QueueLabels {
+                    queue: view.queue.clone(),
+                };
+                let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                self.queue_waiting
+                    .get_or_create(&labels)
+                    .set(count(view.depth));
+                self.queue_offering
+                    .get_or_create(&labels)
+                    .set(count(view.offering));
+                self.queue_longest_wait
+                    .get_or_create(&labels)
+                    .set(seconds(view.longest_wait_ms));
+            }
+            AcdEvent::Agent(view) => self.agent_state(&view.agent, view.state),
+            AcdEvent::CallOffered { .. } => {}
+        }
+    }
+
+    /// Moves `agent` from the state it was counted in to `state` (offline: no longer
+    /// counted).
+    fn agent_state(&self, agent: &str, state: AgentState) {
+        let mut states = self
+            .agent_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = if state == AgentState::Offline {
+            states.remove(agent)
+        } else {
+            states.insert(agent.to_owned(), state)
+        };
+        if let Some(before) = before {
+            self.agents
+                .get_or_create(&StateLabels {
+                    state: state_label(before),
+                })
+                .dec();
+        }
+        if state != AgentState::Offline {
+            self.agents
+                .get_or_create(&StateLabels {
+                    state: state_label(state),
+                })
+                .inc();
+        }
+    }
+
+    /// The exposition, in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// The same in the Prometheus text format 0.0.4, for what does not ask for OpenMetrics
+    /// (`promtool check metrics`, older scrapers): there a counter's family carries its
+    /// `_total` in HELP and TYPE, and there is no `# EOF` or `# UNIT`. The samples are the
+    /// same.
+    pub fn encode_prometheus_text(&self) -> Result<String, std::fmt::Error> {
+        Ok(to_prometheus_text(&self.encode()?))
+    }
+}
+
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acd::{AgentView, QueueView};
+
+    fn agent(agent: &str, state: AgentState) -> AcdEvent {
+        AcdEvent::Agent(AgentView {
+            agent: agent.into(),
+            state,
+            reason: None,
+            calls: 0,
+            wrap_up_left_ms: None,
+        })
+    }
+
+    fn ended(outcome: Outcome, reason: &str, waited_ms: u64) -> AcdEvent {
+        AcdEvent::CallEnded {
+            call: "c".into(),
+            queue: "sales".into(),
+            outcome,
+            reason: reason.into(),
+            agent: None,
+            waited_ms,
+        }
+    }
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(series))
+    }
+
+    #[test]
+    fn calls_waits_queues_and_agents_are_counted() {
+        let m = Metrics::new(Duration::from_secs(20));
+        m.observe(&ended(Outcome::Answered, "answered", 5_000));
+        m.observe(&ended(Outcome::Answered, "answered", 30_000));
+        m.observe(&ended(Outcome::Abandoned, "caller hung up", 2_000));
+        m.observe(&AcdEvent::Queue(QueueView {
+            queue: "sales".into(),
+            depth: 3,
+            offering: 1,
+            longest_wait_ms: 12_500,
+        }));
+        m.observe(&agent("alice", AgentState::Available));
+        m.observe(&agent("bob", AgentState::Available));
+        m.observe(&agent("alice", AgentState::OnCall));
+        m.observe(&agent("bob", AgentState::Offline));
+        let text = m.encode().unwrap();
+        let value = |series: &str| {
+            line(&text, series)
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(
+            value(
+                r#"agent_edge_calls_ended_total{queue="sales",outcome="answered",reason="answered"}"#
+            ),
+            "2"
+        );
+        assert_eq!(
+            value(r#"agent_edge_calls_answered_in_target_total{queue="sales"}"#),
+            "1"
+        );
+        assert_eq!(value(r#"agent_edge_queue_waiting{queue="sales"}"#), "3");
+        assert_eq!(
+            value(r#"agent_edge_queue_longest_wait_seconds{queue="sales"}"#),
+            "12.5"
+        );
+        assert_eq!(value(r#"agent_edge_agents{state="on-call"}"#), "1");
+        assert_eq!(value(r#"agent_edge_agents{state="available"}"#), "0");
+        assert_eq!(
+            value(r#"agent_edge_call_wait_seconds_count{queue="sales",outcome="answered"}"#),
+            "2"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let old = m.encode_prometheus_text().unwrap();
+        assert!(
+            old.contains("# TYPE agent_edge_calls_ended_total counter\n")
+                && old.contains("# HELP agent_edge_calls_ended_total ")
+                && old.contains("# TYPE agent_edge_queue_waiting gauge\n")
+                && !old.contains("# EOF"),
+            "{old}"
+        );
+    }
+}
