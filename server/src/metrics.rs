@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::acd::{AcdEvent, AgentState, Outcome};
+use crate::sip::{Method, SipMessage};
 
 /// The media type of the OpenMetrics exposition.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -32,6 +33,12 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Wait-time buckets, in seconds: a contact centre's targets sit between 10 and 60 s.
 const WAIT_BUCKETS: [f64; 11] = [
     1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Post-dial delay buckets, in seconds: ringback should come within tens of milliseconds,
+/// an answer within the agent's ring time.
+const SETUP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Every agent state, so each has a series from the start.
@@ -68,6 +75,68 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    direction: &'static str,
+    /// The status code (100-699: bounded whatever a peer sends).
+    code: u64,
+}
+
+/// Edge ids come from the credentials the operator issues, so they are bounded by the
+/// deployment, not by peers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeLabels {
+    edge: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrameLabels {
+    edge: String,
+    direction: &'static str,
+}
+
+/// Which way a SIP message or a tunnel frame went, as the distributor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// A request method as a label: the ones SIP defines, anything else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match method {
+        Method::Invite => "INVITE",
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Register => "REGISTER",
+        Method::Options => "OPTIONS",
+        Method::Info => "INFO",
+        Method::Update => "UPDATE",
+        Method::Message => "MESSAGE",
+        Method::Notify => "NOTIFY",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Refer => "REFER",
+        Method::Prack => "PRACK",
+        Method::Other(_) => "other",
+    }
+}
+
 type WaitHistograms = Family<WaitLabels, Histogram, fn() -> Histogram>;
 
 /// The registry and the metrics in it.
@@ -84,6 +153,14 @@ pub struct Metrics {
     agents: Family<StateLabels, Gauge>,
     /// Each signed-in agent's state, to move it between the `agents` gauges.
     agent_states: Mutex<HashMap<String, AgentState>>,
+    sip_requests: Family<RequestLabels, Counter>,
+    sip_responses: Family<ResponseLabels, Counter>,
+    sip_timeouts: Counter,
+    invite_to_ringback: Histogram,
+    invite_to_answer: Histogram,
+    edges_connected: Gauge,
+    edge_connections: Family<EdgeLabels, Counter>,
+    tunnel_frames: Family<FrameLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -188,9 +265,67 @@ impl Metrics {
             "The configured service-level target wait ([metrics] service_level_s)",
             target,
         );
+        let sip_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "sip_requests",
+            "SIP requests the distributor received (in) and sent (out, retransmissions \
+             included), by method",
+            sip_requests.clone(),
+        );
+        let sip_responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "sip_responses",
+            "SIP responses the distributor received and sent, by status code",
+            sip_responses.clone(),
+        );
+        let sip_timeouts = Counter::default();
+        registry.register(
+            "sip_transaction_timeouts",
+            "Client transactions of the distributor that got no final answer in time",
+            sip_timeouts.clone(),
+        );
+        let invite_to_ringback = Histogram::new(SETUP_BUCKETS);
+        registry.register(
+            "invite_to_ringback_seconds",
+            "From a caller's INVITE to the ringback (180, or 183 with the queue's \
+             announcement) the distributor sends it",
+            invite_to_ringback.clone(),
+        );
+        let invite_to_answer = Histogram::new(SETUP_BUCKETS);
+        registry.register(
+            "invite_to_answer_seconds",
+            "From a caller's INVITE to the agent's 200 passed on to it",
+            invite_to_answer.clone(),
+        );
+        let edges_connected = Gauge::default();
+        registry.register(
+            "edges_connected",
+            "Buffer servers (edges) connected now, over a tunnel or plain SIP",
+            edges_connected.clone(),
+        );
+        let edge_connections = Family::<EdgeLabels, Counter>::default();
+        registry.register(
+            "edge_connections",
+            "Times each edge connected: more than once is a reconnect",
+            edge_connections.clone(),
+        );
+        let tunnel_frames = Family::<FrameLabels, Counter>::default();
+        registry.register(
+            "tunnel_frames",
+            "Tunnel frames from (in) and to (out) each edge",
+            tunnel_frames.clone(),
+        );
         Metrics {
             registry,
             service_level,
+            sip_requests,
+            sip_responses,
+            sip_timeouts,
+            invite_to_ringback,
+            invite_to_answer,
+            edges_connected,
+            edge_connections,
+            tunnel_frames,
             calls_queued,
             calls_ended,
             answered_in_target,
@@ -257,6 +392,86 @@ impl Metrics {
             AcdEvent::Agent(view) => self.agent_state(&view.agent, view.state),
             AcdEvent::CallOffered { .. } => {}
         }
+    }
+
+    /// A SIP message that came in or went out.
+    pub fn sip(&self, direction: Direction, msg: &SipMessage) {
+        let direction = direction.label();
+        match (msg.method(), msg.status()) {
+            (Some(method), _) => {
+                let method = method_label(method);
+                self.sip_requests
+                    .get_or_create(&RequestLabels { direction, method })
+                    .inc();
+            }
+            (None, Some(code)) => {
+                let code = u64::from(code);
+                self.sip_responses
+                    .get_or_create(&ResponseLabels { direction, code })
+                    .inc();
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// An outgoing message as the transaction layer wrote it: counted by its start line
+    /// (`SIP/2.0 <code>` or `<METHOD> `), so nothing is parsed again.
+    pub fn sip_sent(&self, bytes: &[u8]) {
+        let direction = Direction::Out.label();
+        let line = bytes.split(|b| *b == b' ').next().unwrap_or_default();
+        if line.is_empty() {
+            return;
+        }
+        if line == b"SIP/2.0" {
+            let code = bytes
+                .get(8..11)
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .and_then(|c| c.parse::<u64>().ok());
+            if let Some(code) = code {
+                self.sip_responses
+                    .get_or_create(&ResponseLabels { direction, code })
+                    .inc();
+            }
+        } else if let Ok(method) = std::str::from_utf8(line).map(Method::parse) {
+            let method = method.map_or("other", |m| method_label(&m));
+            self.sip_requests
+                .get_or_create(&RequestLabels { direction, method })
+                .inc();
+        }
+    }
+
+    pub fn sip_timeout(&self) {
+        self.sip_timeouts.inc();
+    }
+
+    /// The caller got its ringback `after` its INVITE arrived.
+    pub fn ringback(&self, after: Duration) {
+        self.invite_to_ringback.observe(after.as_secs_f64());
+    }
+
+    /// The agent's answer reached the caller `after` its INVITE arrived.
+    pub fn answered(&self, after: Duration) {
+        self.invite_to_answer.observe(after.as_secs_f64());
+    }
+
+    pub fn edge_up(&self, edge: &str) {
+        self.edges_connected.inc();
+        let edge = edge.to_owned();
+        self.edge_connections
+            .get_or_create(&EdgeLabels { edge })
+            .inc();
+    }
+
+    pub fn edge_down(&self) {
+        self.edges_connected.dec();
+    }
+
+    pub fn tunnel_frame(&self, edge: &str, direction: Direction) {
+        let labels = FrameLabels {
+            edge: edge.to_owned(),
+            direction: direction.label(),
+        };
+        self.tunnel_frames.get_or_create(&labels).inc();
     }
 
     /// Moves `agent` from the state it was counted in to `state` (offline: no longer
@@ -353,6 +568,29 @@ mod tests {
 
     fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(series))
+    }
+
+    #[test]
+    fn sent_sip_is_counted_by_its_start_line() {
+        let m = Metrics::new(Duration::from_secs(20));
+        m.sip_sent(b"SIP/2.0 487 Request Terminated\r\nVia: x\r\n\r\n");
+        m.sip_sent(b"INVITE sip:a@b SIP/2.0\r\n\r\n");
+        m.sip_sent(b"FROB sip:a@b SIP/2.0\r\n\r\n");
+        m.sip_sent(b"SIP/2.0 4");
+        m.sip_sent(b"");
+        let text = m.encode().unwrap();
+        for series in [
+            r#"agent_edge_sip_responses_total{direction="out",code="487"} 1"#,
+            r#"agent_edge_sip_requests_total{direction="out",method="INVITE"} 1"#,
+            r#"agent_edge_sip_requests_total{direction="out",method="other"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("agent_edge_sip_responses_total{").count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]

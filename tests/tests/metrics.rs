@@ -1,8 +1,9 @@
 //! The Prometheus metrics (issue 18), scraped by a real Prometheus (Debian's package, started
 //! here on its own port and data directory) from the admin API's `/metrics` with the admin
 //! key as bearer token, while SIPp makes calls that are answered, abandoned in the queue and
-//! timed out; the counts are read back through Prometheus's query API. `promtool check
-//! metrics` reads the exposition, and `/metrics` without the key is refused.
+//! timed out; the counts (and the SIP, post-dial delay and tunnel figures) are read back
+//! through Prometheus's query API. `promtool check metrics` reads the exposition, and
+//! `/metrics` without the key is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -219,6 +220,35 @@ fn prometheus_scrapes_the_calls_sipp_made() {
         (r#"agent_edge_agents{state="available"}"#, 0.0),
         (r#"agent_edge_queue_waiting{queue="default"}"#, 0.0),
         (r#"agent_edge_service_level_target_seconds"#, 20.0),
+        // SIP and the tunnel, as the distributor saw them (`bool` comparisons read 1 when
+        // they hold).
+        (
+            r#"sum(agent_edge_sip_requests_total{direction="in",method="INVITE"}) >= bool 4"#,
+            1.0,
+        ),
+        (
+            r#"sum(agent_edge_sip_requests_total{direction="in",method="CANCEL"})"#,
+            1.0,
+        ),
+        (
+            r#"sum(agent_edge_sip_responses_total{direction="out",code="503"}) >= bool 1"#,
+            1.0,
+        ),
+        (
+            r#"sum(agent_edge_sip_responses_total{direction="out",code="487"}) >= bool 1"#,
+            1.0,
+        ),
+        (r#"agent_edge_invite_to_answer_seconds_count"#, 2.0),
+        (
+            r#"agent_edge_invite_to_ringback_seconds_count >= bool 2"#,
+            1.0,
+        ),
+        (r#"agent_edge_edges_connected"#, 1.0),
+        (r#"agent_edge_edge_connections_total{edge="edge-1"}"#, 1.0),
+        (
+            r#"sum(agent_edge_tunnel_frames_total{edge="edge-1",direction="out"}) > bool 0"#,
+            1.0,
+        ),
     ] {
         if let Err(got) = prometheus.wait_for(query, want) {
             panic!("{query}: Prometheus read {got:?}, not {want}");

@@ -80,6 +80,7 @@ impl Distributor {
                 let link = register::target_for(&contact, &from);
                 if !self.edges.contains_key(&conn) {
                     info!(edge = %edge_id, handoff = mode.as_str(), "edge up over plain SIP");
+                    self.metrics.edge_up(&edge_id);
                     self.status(Status::EdgeUp {
                         edge: edge_id.clone(),
                         handoff: mode.as_str(),

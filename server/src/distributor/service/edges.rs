@@ -15,6 +15,7 @@ use crate::app::status::Status;
 use crate::distributor::agents::ClaimError;
 use crate::handoff::{self, Mode};
 use crate::ids;
+use crate::metrics::Direction;
 use crate::sip::transaction::{self, Transmit};
 use crate::sip::{ConnId, SipMessage, Target, TransportKind};
 
@@ -65,8 +66,16 @@ impl Distributor {
     /// A frame into an edge's tunnel; plain-SIP edges take no frames.
     pub(super) fn send_frame(&mut self, conn: ConnId, frame: Frame) {
         if self.edges.get(&conn).is_some_and(|e| e.tunneled) {
-            self.out.push_back(Output::Frame { conn, frame });
+            self.push_frame(conn, frame);
         }
+    }
+
+    /// Every frame to an edge goes out here, counted.
+    fn push_frame(&mut self, conn: ConnId, frame: Frame) {
+        if let Some(edge) = self.edges.get(&conn) {
+            self.metrics.tunnel_frame(&edge.id, Direction::Out);
+        }
+        self.out.push_back(Output::Frame { conn, frame });
     }
 
     pub(super) fn edge_up(
@@ -85,6 +94,7 @@ impl Distributor {
             self.edge_down(old, now);
         }
         info!(edge = %edge_id, handoff = mode.as_str(), "edge up");
+        self.metrics.edge_up(&edge_id);
         self.status(Status::EdgeUp {
             edge: edge_id.clone(),
             handoff: mode.as_str(),
@@ -110,6 +120,7 @@ impl Distributor {
         let Some(edge_id) = self.edges.get(&conn).map(|e| e.id.clone()) else {
             return;
         };
+        self.metrics.tunnel_frame(&edge_id, Direction::In);
         // An edge speaks only for the agents it proved with their own tokens.
         match frame {
             Frame::AgentUp { agent, token } => match self.prove(&agent, &token, now) {
@@ -145,6 +156,7 @@ impl Distributor {
         let Some(edge) = self.edges.remove(&conn) else {
             return;
         };
+        self.metrics.edge_down();
         if self.edge_ids.get(&edge.id) == Some(&conn) {
             self.edge_ids.remove(&edge.id);
         }
@@ -167,7 +179,10 @@ impl Distributor {
 
     fn on_tunnel_sip(&mut self, bytes: &[u8], conn: ConnId, now: Instant) {
         match SipMessage::parse_checked(bytes) {
-            Ok(msg) => self.on_edge_msg(msg, tunnel_target(conn), conn, now),
+            Ok(msg) => {
+                self.metrics.sip(Direction::In, &msg);
+                self.on_edge_msg(msg, tunnel_target(conn), conn, now);
+            }
             // An edge sending bad SIP is a bug on its side; answering would only echo it.
             Err(rejected) => warn!(error = %rejected.error, "bad SIP from an edge"),
         }
@@ -275,26 +290,24 @@ impl Distributor {
         let Some(edge) = self.edges.get(&conn) else {
             return;
         };
-        let message = if edge.tunneled {
-            Output::Frame {
-                conn,
-                frame: Frame::Sip {
-                    agent: None,
-                    message: bytes,
-                },
-            }
+        if edge.tunneled {
+            let frame = Frame::Sip {
+                agent: None,
+                message: bytes,
+            };
+            self.push_frame(conn, frame);
         } else {
-            Output::Sip {
+            self.out.push_back(Output::Sip {
                 to: to.clone(),
                 bytes,
-            }
-        };
-        self.out.push_back(message);
+            });
+        }
     }
 
     /// Sends what the layer queued.
     pub(super) fn flush(&mut self) {
         while let Some(t) = self.layer.poll_transmit() {
+            self.metrics.sip_sent(&t.bytes);
             if let Some(conn) = self.edge_conn_of(&t.to) {
                 self.send_edge(conn, t);
             } else if t.to.kind == TransportKind::Tunnel {
@@ -359,7 +372,7 @@ impl Distributor {
             });
         }
         for frame in frames {
-            self.out.push_back(Output::Frame { conn, frame });
+            self.push_frame(conn, frame);
         }
     }
 }

@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Direction;
+
 use proto_tunnel::Frame;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -95,10 +97,13 @@ impl crate::driver::Core for Distributor {
 
     fn handle(&mut self, input: Input, now: Instant) {
         match input {
-            Input::Sip { msg, from } => match self.edge_conn_of(&from) {
-                Some(conn) => self.on_edge_msg(msg, from, conn, now),
-                None => self.layer.handle_message(msg, from, now),
-            },
+            Input::Sip { msg, from } => {
+                self.metrics.sip(Direction::In, &msg);
+                match self.edge_conn_of(&from) {
+                    Some(conn) => self.on_edge_msg(msg, from, conn, now),
+                    None => self.layer.handle_message(msg, from, now),
+                }
+            }
             Input::Closed { conn } => self.layer.connection_closed(conn),
             Input::EdgeUp {
                 conn,
@@ -283,7 +288,10 @@ impl Distributor {
             TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
             TxEvent::Response { tx, msg } => self.on_response(tx, msg, now),
             TxEvent::StrayResponse { msg, from } => self.on_stray_response(msg, &from),
-            TxEvent::Timeout { tx } => self.on_failure(tx, FailCause::Timeout, now),
+            TxEvent::Timeout { tx } => {
+                self.metrics.sip_timeout();
+                self.on_failure(tx, FailCause::Timeout, now);
+            }
             TxEvent::TransportError { tx } => self.on_failure(tx, FailCause::Transport, now),
             TxEvent::Terminated { tx } => {
                 if let Some((call_id, TxKind::Caller)) = self.calls.of_tx(tx) {

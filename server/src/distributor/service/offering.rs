@@ -135,7 +135,11 @@ impl Distributor {
         // The early dialog's remote target (RFC 3261 §12.1.1).
         let (addr, transport) = self.addrs.for_kind(c.target.kind);
         resp.push_header("Contact", format!("<sip:{addr};transport={transport}>"));
-        let _ = self.layer.send_response(c.server_tx, resp, now);
+        if self.layer.send_response(c.server_tx, resp, now).is_ok()
+            && let Some((_, waited)) = self.acd.call_info(call, now)
+        {
+            self.metrics.ringback(waited);
+        }
     }
 
     pub(super) fn stop_early_media(&mut self, call: &str) {
@@ -273,14 +277,16 @@ impl Distributor {
             return;
         }
         self.rewrite_contact(&mut resp, caller.kind, &edge_id);
-        if self
-            .layer
-            .send_response(server_tx, resp.clone(), now)
-            .is_err()
-            && code < 300
-        {
+        match self.layer.send_response(server_tx, resp.clone(), now) {
+            Ok(_) if (200..300).contains(&code) => {
+                if let Some((_, waited)) = self.acd.call_info(&call_id, now) {
+                    self.metrics.answered(waited);
+                }
+            }
+            Ok(_) => {}
             // A retransmitted 2xx after the server transaction accepted the first one.
-            self.layer.send_stateless(resp, caller);
+            Err(_) if code < 300 => self.layer.send_stateless(resp, caller),
+            Err(_) => {}
         }
     }
 
