@@ -119,22 +119,7 @@ impl Direction {
 
 /// A request method as a label: the ones SIP defines, anything else `other`.
 fn method_label(method: &Method) -> &'static str {
-    match method {
-        Method::Invite => "INVITE",
-        Method::Ack => "ACK",
-        Method::Bye => "BYE",
-        Method::Cancel => "CANCEL",
-        Method::Register => "REGISTER",
-        Method::Options => "OPTIONS",
-        Method::Info => "INFO",
-        Method::Update => "UPDATE",
-        Method::Message => "MESSAGE",
-        Method::Notify => "NOTIFY",
-        Method::Subscribe => "SUBSCRIBE",
-        Method::Refer => "REFER",
-        Method::Prack => "PRACK",
-        Method::Other(_) => "other",
-    }
+    method.standard().unwrap_or("other")
 }
 
 type WaitHistograms = Family<WaitLabels, Histogram, fn() -> Histogram>;

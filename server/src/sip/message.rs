@@ -57,6 +57,14 @@ impl Method {
 
     pub fn as_str(&self) -> &str {
         match self {
+            Method::Other(s) => s,
+            known => known.standard().unwrap_or_default(),
+        }
+    }
+
+    /// The name of a method SIP's RFCs define; `None` for any other.
+    pub fn standard(&self) -> Option<&'static str> {
+        Some(match self {
             Method::Invite => "INVITE",
             Method::Ack => "ACK",
             Method::Bye => "BYE",
@@ -70,8 +78,8 @@ impl Method {
             Method::Subscribe => "SUBSCRIBE",
             Method::Refer => "REFER",
             Method::Prack => "PRACK",
-            Method::Other(s) => s,
-        }
+            Method::Other(_) => return None,
+        })
     }
 }
 
