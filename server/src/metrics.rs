@@ -96,6 +96,11 @@ struct EdgeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrameLabels {
     edge: String,
     direction: &'static str,
@@ -146,6 +151,8 @@ pub struct Metrics {
     edges_connected: Gauge,
     edge_connections: Family<EdgeLabels, Counter>,
     tunnel_frames: Family<FrameLabels, Counter>,
+    agents_signed_in: Family<EdgeLabels, Gauge>,
+    claims_refused: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -300,9 +307,24 @@ impl Metrics {
             "Tunnel frames from (in) and to (out) each edge",
             tunnel_frames.clone(),
         );
+        let agents_signed_in = Family::<EdgeLabels, Gauge>::default();
+        registry.register(
+            "agents_signed_in",
+            "Agents signed in through each edge (their registrations proved with their tokens)",
+            agents_signed_in.clone(),
+        );
+        let claims_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "agent_claims_refused",
+            "An edge's claims of an agent refused, by why (the agent's token: none, forged, \
+             expired, revoked, another agent's...)",
+            claims_refused.clone(),
+        );
         Metrics {
             registry,
             service_level,
+            agents_signed_in,
+            claims_refused,
             sip_requests,
             sip_responses,
             sip_timeouts,
@@ -449,6 +471,27 @@ impl Metrics {
 
     pub fn edge_down(&self) {
         self.edges_connected.dec();
+    }
+
+    /// An agent signed in through `edge` (`true`) or left it.
+    pub fn agent_signed_in(&self, edge: &str, up: bool) {
+        let gauge = self.agents_signed_in.get_or_create(&EdgeLabels {
+            edge: edge.to_owned(),
+        });
+        if up {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+    }
+
+    /// An edge's claim of an agent was refused, for `reason` (a [`ClaimError`] label).
+    ///
+    /// [`ClaimError`]: crate::distributor::agents::ClaimError
+    pub fn claim_refused(&self, reason: &'static str) {
+        self.claims_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn tunnel_frame(&self, edge: &str, direction: Direction) {

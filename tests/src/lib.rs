@@ -150,6 +150,35 @@ pub fn http(
     (status, body)
 }
 
+/// The admin API's `/metrics` exposition in the format `accept` asks for, with its media type:
+/// read whole (HTTP/1.0, so the body is not chunked).
+pub fn metrics_text(admin: SocketAddr, key: &str, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {admin}\r\nAuthorization: Bearer {key}\r\n\
+         Accept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let media_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (media_type, body.to_owned())
+}
+
 /// Revokes the token `jti` through the admin API at `admin`.
 pub fn revoke(admin: SocketAddr, key: &str, jti: &str) {
     let body = format!(r#"{{"jti":"{jti}"}}"#);

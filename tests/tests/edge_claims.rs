@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agent_edge_tests::load::{LoadAgents, LoadOptions};
 use agent_edge_tests::tunnel::{Ws, next_frame, send, tunnel};
 use agent_edge_tests::{
-    Edge, System, WAIT, admin_key, caller, http, issue_edge_token, issue_token,
+    Edge, System, WAIT, admin_key, caller, http, issue_edge_token, issue_token, metrics_text,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -205,6 +205,25 @@ fn an_agent_up_frame_from_another_edge_cannot_take_an_agent() {
         },
     );
     wait_refusal(&mut edge_9, ALICE, "the last claim");
+    // Each refusal counted by why, for the operator's dashboards.
+    let (_, metrics) = metrics_text(admin, &admin_key(sys.path()), "*/*");
+    for (reason, times) in [
+        // The empty token twice, and "not.a.token".
+        ("malformed", 3),
+        ("bad-signature", 1),
+        ("expired", 1),
+        ("revoked", 1),
+        ("another-agent", 1),
+        ("wrong-audience", 1),
+    ] {
+        let series =
+            format!("agent_edge_agent_claims_refused_total{{reason=\"{reason}\"}} {times}");
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(r#"agent_edge_agents_signed_in{edge="edge-1"} 1"#),
+        "{metrics}"
+    );
     assert_eq!(
         where_is_alice(admin, sys.path()),
         Some(("edge-1".into(), "available".into())),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_edge_tests::{System, admin_key, agent, caller, free_port, http, register};
+use agent_edge_tests::{System, admin_key, agent, caller, free_port, http, metrics_text, register};
 
 /// A Prometheus of the test's own, ended (by its id) when dropped.
 struct Prometheus {
@@ -96,35 +96,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The exposition, read whole (HTTP/1.0, so the body is not chunked), in the format
-/// `accept` asks for.
-fn exposition(admin: SocketAddr, key: &str, accept: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.0\r\nHost: {admin}\r\nAuthorization: Bearer {key}\r\n\
-         Accept: {accept}\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    let media_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (media_type, body.to_owned())
 }
 
 const QUEUE: &str =
@@ -257,13 +228,13 @@ fn prometheus_scrapes_the_calls_sipp_made() {
 
     // OpenMetrics for whoever asks (Prometheus did, above); the Prometheus text format
     // otherwise, which is what promtool reads.
-    let (media_type, open_metrics) = exposition(admin, &key, "application/openmetrics-text");
+    let (media_type, open_metrics) = metrics_text(admin, &key, "application/openmetrics-text");
     assert!(
         media_type.starts_with("application/openmetrics-text"),
         "{media_type}"
     );
     assert!(open_metrics.ends_with("# EOF\n"), "{open_metrics}");
-    let (media_type, exposition) = exposition(admin, &key, "*/*");
+    let (media_type, exposition) = metrics_text(admin, &key, "*/*");
     assert!(
         media_type.starts_with("text/plain; version=0.0.4"),
         "{media_type}"

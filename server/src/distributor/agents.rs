@@ -25,6 +25,28 @@ pub enum ClaimError {
     Revoked,
 }
 
+impl ClaimError {
+    /// Why, as a metric's label: one of a fixed few.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClaimError::Token(e) => match e {
+                TokenError::Missing => "no-token",
+                TokenError::Malformed => "malformed",
+                TokenError::UnknownKey => "unknown-key",
+                TokenError::BadSignature => "bad-signature",
+                TokenError::Expired => "expired",
+                TokenError::NotYetValid => "not-yet-valid",
+                TokenError::WrongAudience => "wrong-audience",
+                TokenError::MissingClaim => "missing-claim",
+                TokenError::UnsupportedCritical => "unsupported-critical",
+                TokenError::Signing(_) => "signing",
+            },
+            ClaimError::OtherAgent { .. } => "another-agent",
+            ClaimError::Revoked => "revoked",
+        }
+    }
+}
+
 /// What proved an agent on an edge: the token's id, so revoking it takes her off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proof {

@@ -228,6 +228,7 @@ impl Distributor {
             return;
         };
         edge.refused.claims += 1;
+        self.metrics.claim_refused(error.label());
         if edge.refused.claims == 1 {
             warn!(edge = %edge.id, %agent, %error, "refusing an edge's claim of an agent");
         } else {

@@ -204,6 +204,11 @@ impl Distributor {
     }
 
     fn status(&mut self, status: Status) {
+        match &status {
+            Status::AgentUp { edge, .. } => self.metrics.agent_signed_in(edge, true),
+            Status::AgentDown { edge, .. } => self.metrics.agent_signed_in(edge, false),
+            _ => {}
+        }
         self.out.push_back(Output::Status(status));
     }
 
