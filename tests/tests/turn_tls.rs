@@ -172,7 +172,9 @@ async fn turn_relays_only_to_the_agents_own_sessions_and_refuses_everything_else
         .expect("a permission for carol's session");
 
     // Both ways over the edge's media connection, first as Send and Data indications,
-    // then on a channel.
+    // then on a channel. A datagram bigger than any media is dropped before the edge's
+    // media connection, which takes nothing over 1,500 bytes.
+    c1.send(webrtc, &[0x80; 4000]).await.unwrap();
     c1.send(webrtc, b"browser to edge").await.unwrap();
     let media = edge_answers(
         media,
@@ -278,6 +280,7 @@ async fn turn_relays_only_to_the_agents_own_sessions_and_refuses_everything_else
             "{code}: {turn}"
         );
     }
+    assert_eq!(turn["dropped_oversized"], 1, "{turn}");
     drop(media);
     drop(sys);
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proto_tunnel::media::encode_turn_data;
+use proto_tunnel::media::{MAX_DATAGRAM, encode_turn_data};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -57,6 +57,8 @@ struct Inner {
     allocated: AtomicU64,
     challenged: AtomicU64,
     refused: Mutex<HashMap<u16, u64>>,
+    /// Datagrams for an edge larger than the media connection carries, dropped.
+    oversized: AtomicU64,
 }
 
 /// The TURN server in the live view.
@@ -69,6 +71,9 @@ pub struct TurnView {
     /// first Allocate), and requests refused since start, by error code.
     pub challenged: u64,
     pub refused: std::collections::BTreeMap<u16, u64>,
+    /// Datagrams a browser sent to an edge larger than any media datagram (over 1,500
+    /// bytes), dropped here: the edge's media connection takes nothing bigger.
+    pub dropped_oversized: u64,
 }
 
 impl TurnServer {
@@ -92,6 +97,7 @@ impl TurnServer {
                 allocated: AtomicU64::new(0),
                 challenged: AtomicU64::new(0),
                 refused: Mutex::new(HashMap::new()),
+                oversized: AtomicU64::new(0),
             }),
         }
     }
@@ -114,6 +120,7 @@ impl TurnServer {
             allocations: self.inner.routes.turn_allocations(),
             allocated: self.inner.allocated.load(Ordering::Relaxed),
             challenged: self.inner.challenged.load(Ordering::Relaxed),
+            dropped_oversized: self.inner.oversized.load(Ordering::Relaxed),
             refused: lock(&self.inner.refused)
                 .iter()
                 .map(|(code, n)| (*code, *n))
@@ -244,6 +251,9 @@ impl TurnServer {
                         to_client.clone(),
                     );
                 }
+            }
+            Event::ToPeer { payload, .. } if payload.len() > MAX_DATAGRAM => {
+                self.inner.oversized.fetch_add(1, Ordering::Relaxed);
             }
             Event::ToPeer { peer, payload } => {
                 let link = session
