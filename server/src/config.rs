@@ -48,6 +48,28 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The Prometheus metrics at the admin API's `/metrics`.
     pub metrics: MetricsConfig,
+    /// Call records in the store (`[admin] db`), at the admin API's `/calls`.
+    pub records: RecordsConfig,
+}
+
+/// How long call records are kept, and how many may wait while the store fails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    /// Records of calls that ended longer ago are deleted (checked at start and hourly).
+    pub retention_days: u64,
+    /// Records kept in memory while the store cannot be written, retried every 2 s; past
+    /// this many the oldest are given up (and counted).
+    pub max_pending: usize,
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        RecordsConfig {
+            retention_days: 90,
+            max_pending: 100_000,
+        }
+    }
 }
 
 /// What the metrics count against.
@@ -535,6 +557,12 @@ impl Config {
             return invalid(
                 "limits.header_read_s, message_s and ws_first_message_s must be 1-3600",
             );
+        }
+        if !(1..=36_500).contains(&self.records.retention_days) {
+            return invalid("records.retention_days must be 1-36500 days");
+        }
+        if self.records.max_pending == 0 {
+            return invalid("records.max_pending must be at least 1");
         }
         if !(1..=3600).contains(&self.metrics.service_level_s) {
             return invalid("metrics.service_level_s must be 1-3600 seconds");

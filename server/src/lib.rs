@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod ids;
 pub mod media;
 pub mod metrics;
+pub mod records;
 pub mod sip;
 pub mod transport;
 pub mod turn;

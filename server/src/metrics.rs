@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::acd::{AcdEvent, AgentState, Outcome};
+use crate::acd::{AcdEvent, AgentState};
 use crate::sip::{Method, SipMessage};
 
 /// The media type of the OpenMetrics exposition.
@@ -127,7 +127,22 @@ fn method_label(method: &Method) -> &'static str {
     method.standard().unwrap_or("other")
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 type WaitHistograms = Family<WaitLabels, Histogram, fn() -> Histogram>;
+type QueueHistograms = Family<QueueLabels, Histogram, fn() -> Histogram>;
+
+/// Talk-time buckets, in seconds: a contact centre's calls last minutes.
+const TALK_BUCKETS: [f64; 12] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+
+fn talk_histogram() -> Histogram {
+    Histogram::new(TALK_BUCKETS)
+}
 
 /// The registry and the metrics in it.
 pub struct Metrics {
@@ -153,6 +168,13 @@ pub struct Metrics {
     tunnel_frames: Family<FrameLabels, Counter>,
     agents_signed_in: Family<EdgeLabels, Gauge>,
     claims_refused: Family<ReasonLabels, Counter>,
+    offers_ended: Family<ResultLabels, Counter>,
+    ring: QueueHistograms,
+    talk: QueueHistograms,
+    records_written: Counter,
+    record_write_failures: Counter,
+    records_pending: Gauge,
+    records_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,16 +187,6 @@ impl std::fmt::Debug for Metrics {
 
 fn wait_histogram() -> Histogram {
     Histogram::new(WAIT_BUCKETS)
-}
-
-/// How an outcome reads as a label.
-fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Answered => "answered",
-        Outcome::Abandoned => "abandoned",
-        Outcome::TimedOut => "timed-out",
-        Outcome::Refused => "refused",
-    }
 }
 
 /// How a state reads as a label (as in the live view).
@@ -320,8 +332,59 @@ impl Metrics {
              expired, revoked, another agent's...)",
             claims_refused.clone(),
         );
+        let offers_ended = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "offers_ended",
+            "Offers of calls to agents, by how they ended (answered, declined, no-answer, \
+             failed, unacceptable, caller-hung-up, signed-out)",
+            offers_ended.clone(),
+        );
+        let ring: QueueHistograms = Family::new_with_constructor(wait_histogram);
+        registry.register(
+            "call_ring_seconds",
+            "How long the answering agent's offer rang before the answer, per answered call",
+            ring.clone(),
+        );
+        let talk: QueueHistograms = Family::new_with_constructor(talk_histogram);
+        registry.register(
+            "call_talk_seconds",
+            "From the answer to the hang-up, per answered call",
+            talk.clone(),
+        );
+        let records_written = Counter::default();
+        registry.register(
+            "call_records_written",
+            "Call records written to the store",
+            records_written.clone(),
+        );
+        let record_write_failures = Counter::default();
+        registry.register(
+            "call_record_write_failures",
+            "Attempts to write call records that failed (the records are kept and retried)",
+            record_write_failures.clone(),
+        );
+        let records_pending = Gauge::default();
+        registry.register(
+            "call_records_pending",
+            "Call records waiting to be written",
+            records_pending.clone(),
+        );
+        let records_dropped = Counter::default();
+        registry.register(
+            "call_records_dropped",
+            "Call records given up: more waiting than [records] max_pending while the store \
+             failed",
+            records_dropped.clone(),
+        );
         Metrics {
             registry,
+            offers_ended,
+            ring,
+            talk,
+            records_written,
+            record_write_failures,
+            records_pending,
+            records_dropped,
             service_level,
             agents_signed_in,
             claims_refused,
@@ -361,7 +424,7 @@ impl Metrics {
                 waited_ms,
                 ..
             } => {
-                let outcome = outcome_label(*outcome);
+                let outcome = outcome.label();
                 let end = EndLabels {
                     queue: queue.clone(),
                     outcome,
@@ -398,7 +461,34 @@ impl Metrics {
             }
             AcdEvent::Agent(view) => self.agent_state(&view.agent, view.state),
             AcdEvent::CallOffered { .. } => {}
+            AcdEvent::OfferEnded { result, .. } => {
+                let result = result.label();
+                self.offers_ended
+                    .get_or_create(&ResultLabels { result })
+                    .inc();
+            }
         }
+    }
+
+    /// An answered call's record is complete: how long it rang and how long it was talked.
+    pub fn answered_call(&self, queue: &str, ring: Duration, talk: Duration) {
+        let labels = QueueLabels {
+            queue: queue.to_owned(),
+        };
+        self.ring.get_or_create(&labels).observe(ring.as_secs_f64());
+        self.talk.get_or_create(&labels).observe(talk.as_secs_f64());
+    }
+
+    /// The record writer's counts: `written` and `failed` just now, `pending` and
+    /// `dropped` as they stand.
+    pub fn records(&self, written: u64, failed: bool, pending: usize, dropped: u64) {
+        self.records_written.inc_by(written);
+        if failed {
+            self.record_write_failures.inc();
+        }
+        self.records_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.records_dropped.inc_by(dropped);
     }
 
     /// A SIP message that came in or went out.
@@ -571,7 +661,7 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acd::{AgentView, QueueView};
+    use crate::acd::{AgentView, Outcome, QueueView};
 
     fn agent(agent: &str, state: AgentState) -> AcdEvent {
         AcdEvent::Agent(AgentView {

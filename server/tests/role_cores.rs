@@ -19,6 +19,7 @@ use agent_edge::config::{BufferConfig, DistributorConfig, SipConfig};
 use agent_edge::distributor::service::{self as distributor, Distributor};
 use agent_edge::driver::Core;
 use agent_edge::handoff::Mode;
+use agent_edge::records::RecordOutput;
 use agent_edge::sip::{ConnId, SipMessage, Target};
 use proto_tunnel::Frame;
 
@@ -53,6 +54,8 @@ struct Sim {
     /// SIP each agent phone received, by its address.
     agents: HashMap<SocketAddr, Vec<SipMessage>>,
     status: Vec<Status>,
+    /// Call records the distributor finished.
+    records: Vec<agent_edge::records::CallRecord>,
     /// Frames the distributor sent into tunnels other than edge-1's, which the test plays.
     others: Vec<(ConnId, Frame)>,
     issuer: TokenIssuer,
@@ -132,6 +135,7 @@ impl Sim {
             caller: Vec::new(),
             agents: HashMap::new(),
             status: Vec::new(),
+            records: Vec::new(),
             others: Vec::new(),
             issuer,
             _keys: keys,
@@ -232,8 +236,13 @@ impl Sim {
                         }
                     }
                     distributor::Output::Status(s) => self.status.push(s),
+                    distributor::Output::Record(RecordOutput::Write(r)) => self.records.push(*r),
+                    distributor::Output::RecordsFlushed { reply } => {
+                        let _ = reply.send(());
+                    }
                     distributor::Output::EarlyMediaStart { .. }
-                    | distributor::Output::EarlyMediaStop { .. } => {}
+                    | distributor::Output::EarlyMediaStop { .. }
+                    | distributor::Output::Record(_) => {}
                 }
             }
             while let Some(out) = self.edge.poll_output() {
@@ -597,6 +606,22 @@ fn a_call_answered_and_hung_up_by_the_caller() {
     sim.agent_answers(addr(ALICE), &bye, 200);
     let last = sim.caller.last().unwrap();
     assert_eq!((last.status(), last.cseq().unwrap().seq), (Some(200), 2));
+    // Its record, once the edge's last media statistics had their second.
+    assert!(sim.records.is_empty());
+    sim.advance(Duration::from_secs(2));
+    let [record] = sim.records.as_slice() else {
+        panic!("one record: {:?}", sim.records);
+    };
+    assert_eq!(record.call_id, "call-1");
+    assert_eq!(
+        (record.outcome.as_str(), record.reason.as_str()),
+        ("answered", "caller hung up")
+    );
+    assert_eq!(record.hung_up_by.as_deref(), Some("caller"));
+    assert_eq!(record.agent.as_deref(), Some("alice"));
+    assert_eq!(record.edge.as_deref(), Some("edge-1"));
+    assert_eq!(record.offers.len(), 1);
+    assert_eq!(record.offers[0].result.as_deref(), Some("answered"));
 }
 
 #[test]
@@ -616,6 +641,12 @@ fn a_call_answered_and_hung_up_by_the_agent() {
     let ok = bye.response(200, None);
     sim.caller_sends(ok);
     assert_eq!(sim.last_to_agent(addr(ALICE)).status(), Some(200));
+    sim.advance(Duration::from_secs(2));
+    let [record] = sim.records.as_slice() else {
+        panic!("one record: {:?}", sim.records);
+    };
+    assert_eq!(record.reason, "agent hung up");
+    assert_eq!(record.hung_up_by.as_deref(), Some("agent"));
 }
 
 #[test]
@@ -713,6 +744,27 @@ fn ring_no_answer_goes_to_the_next_agent() {
         .expect("bob's phone never rang");
     sim.agent_answers(addr(BOB), &bob, 200);
     assert!(sim.caller_statuses().contains(&200));
+    // Still in progress: its record is written at the shutdown, with both offers.
+    let (reply, _flushed) = tokio::sync::oneshot::channel();
+    let flush = distributor::Command::FlushRecords { reply };
+    sim.dist.handle(distributor::Input::Command(flush), sim.now);
+    sim.pump();
+    let [record] = sim.records.as_slice() else {
+        panic!("one record: {:?}", sim.records);
+    };
+    let offers: Vec<(&str, Option<&str>)> = record
+        .offers
+        .iter()
+        .map(|o| (o.agent.as_str(), o.result.as_deref()))
+        .collect();
+    assert_eq!(
+        offers,
+        [("alice", Some("no-answer")), ("bob", Some("answered"))]
+    );
+    assert_eq!(
+        (record.outcome.as_str(), record.reason.as_str()),
+        ("answered", "shutting down")
+    );
 }
 
 const EDGE_9: ConnId = ConnId(9);

@@ -110,6 +110,50 @@ pub enum Outcome {
     Refused,
 }
 
+impl Outcome {
+    /// As the event stream, the metrics and the call records spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Abandoned => "abandoned",
+            Outcome::TimedOut => "timed-out",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// How an offer ended, for the call's record and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfferResult {
+    Answered,
+    /// Busy or declined at the agent's side.
+    Declined,
+    /// Rang for the queue's ring timeout.
+    NoAnswer,
+    /// The agent's side failed to answer at all (timeout, lost connection, an error status).
+    Failed,
+    /// No media in common (488, 606): the call was refused.
+    Unacceptable,
+    CallerHungUp,
+    /// The agent signed out (or its edge went) while it rang.
+    SignedOut,
+}
+
+impl OfferResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            OfferResult::Answered => "answered",
+            OfferResult::Declined => "declined",
+            OfferResult::NoAnswer => "no-answer",
+            OfferResult::Failed => "failed",
+            OfferResult::Unacceptable => "unacceptable",
+            OfferResult::CallerHungUp => "caller-hung-up",
+            OfferResult::SignedOut => "signed-out",
+        }
+    }
+}
+
 /// An agent's state as supervisors see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -163,6 +207,14 @@ pub enum AcdEvent {
     CallOffered {
         call: String,
         agent: String,
+    },
+    /// What became of an offer, once the ACD is done with it. An answer that races the
+    /// withdrawal of an offer that rang out stands, so `no-answer` may be followed by
+    /// `answered` for the same offer.
+    OfferEnded {
+        call: String,
+        agent: String,
+        result: OfferResult,
     },
     CallEnded {
         call: String,
@@ -347,6 +399,11 @@ impl Acd {
         set_wrap_up(&mut self.wrapping, agent, &mut a, None);
         self.recheck_all = true;
         if let Some(call) = a.offer {
+            // Not when its offer is already being withdrawn (it rang out): that one has ended.
+            if matches!(self.calls.get(&call), Some(c) if matches!(c.state, CallState::Offered { .. }))
+            {
+                self.offer_over(&call, agent, OfferResult::SignedOut);
+            }
             self.withdraw(&call, false, now);
         }
         // Answered calls continue on the SIP side; they no longer count against the agent,
@@ -425,9 +482,11 @@ impl Acd {
         };
         match c.state.clone() {
             CallState::Connected { .. } => return self.call_ended(call, now),
-            CallState::Offered { agent, .. } | CallState::Withdrawing { agent, .. } => {
+            CallState::Offered { agent, .. } => {
+                self.offer_over(call, &agent, OfferResult::CallerHungUp);
                 self.clear_offer(&agent, call);
             }
+            CallState::Withdrawing { agent, .. } => self.clear_offer(&agent, call),
             CallState::Queued => {}
         }
         self.finish(call, Outcome::Abandoned, "caller hung up", None, now);
@@ -491,6 +550,7 @@ impl Acd {
                 self.connect(call, agent, false, now);
             }
             (CallState::Offered { agent: a, .. }, OfferEnd::Declined { status }) if a == agent => {
+                self.offer_over(call, agent, OfferResult::Declined);
                 self.clear_offer(agent, call);
                 if let Some(c) = self.calls.get_mut(call) {
                     c.declined.insert(agent.to_owned());
@@ -501,11 +561,13 @@ impl Acd {
             (CallState::Offered { agent: a, .. }, OfferEnd::Unacceptable { status })
                 if a == agent =>
             {
+                self.offer_over(call, agent, OfferResult::Unacceptable);
                 self.clear_offer(agent, call);
                 self.refuse(call, status, Outcome::Refused, "not acceptable here", now);
             }
             (CallState::Offered { agent: a, .. }, OfferEnd::Failed { cause }) if a == agent => {
                 tracing::info!(call, agent, ?cause, "offer failed: the agent is made away");
+                self.offer_over(call, agent, OfferResult::Failed);
                 self.clear_offer(agent, call);
                 self.make_away(agent, &cause.reason());
                 self.requeue_at_head(call);
@@ -559,6 +621,7 @@ impl Acd {
             match state {
                 CallState::Offered { agent, .. } => {
                     tracing::info!(%call, %agent, "ring-no-answer: withdrawing the offer");
+                    self.offer_over(&call, &agent, OfferResult::NoAnswer);
                     self.make_away(&agent, "no answer");
                     self.withdraw(&call, true, now);
                 }
@@ -706,6 +769,14 @@ impl Acd {
         self.index.set(call, entry);
     }
 
+    fn offer_over(&mut self, call: &str, agent: &str, result: OfferResult) {
+        self.events.push_back(AcdEvent::OfferEnded {
+            call: call.to_owned(),
+            agent: agent.to_owned(),
+            result,
+        });
+    }
+
     fn clear_offer(&mut self, agent: &str, call: &str) {
         if let Some(a) = self.agents.get_mut(agent)
             && a.offer.as_deref() == Some(call)
@@ -787,6 +858,7 @@ impl Acd {
             }
             self.dirty_agents.insert(agent.to_owned());
         }
+        self.offer_over(call, agent, OfferResult::Answered);
         self.events.push_back(AcdEvent::CallEnded {
             call: call.to_owned(),
             queue,

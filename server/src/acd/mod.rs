@@ -8,8 +8,8 @@ pub mod engine;
 pub mod rules;
 
 pub use engine::{
-    Acd, AcdEvent, AgentState, AgentView, CallView, Decision, FailCause, OfferEnd, Outcome,
-    Presence, Profile, QueueView, Snapshot,
+    Acd, AcdEvent, AgentState, AgentView, CallView, Decision, FailCause, OfferEnd, OfferResult,
+    Outcome, Presence, Profile, QueueView, Snapshot,
 };
 pub use rules::{CallFacts, CallType, Classifier};
 

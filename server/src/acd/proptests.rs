@@ -12,7 +12,8 @@ use proptest::prelude::*;
 
 use super::config::{QueueConfig, Strategy as Pick};
 use super::{
-    Acd, AcdEvent, AgentState, CallType, Decision, FailCause, OfferEnd, Outcome, Presence, Profile,
+    Acd, AcdEvent, AgentState, CallType, Decision, FailCause, OfferEnd, OfferResult, Outcome,
+    Presence, Profile,
 };
 
 const AGENTS: [&str; 4] = ["ann", "bea", "cat", "dan"];
@@ -124,6 +125,9 @@ struct World {
     refused: BTreeSet<String>,
     /// Each agent's line count, fixed at its first sign-in (a profile keeps its lines).
     lines: BTreeMap<usize, u32>,
+    /// Offers published (`call-offered`) whose `offer-ended` has not come yet, by call: what
+    /// a call's record is built from.
+    unended_offers: BTreeMap<String, String>,
 }
 
 impl World {
@@ -142,18 +146,49 @@ impl World {
             }
         }
         while let Some(e) = acd.poll_event() {
-            if let AcdEvent::CallEnded {
-                call,
-                outcome,
-                reason,
-                ..
-            } = e
-            {
-                prop_assert!(!reason.is_empty());
-                prop_assert!(
-                    self.ended.insert(call.clone(), (outcome, reason)).is_none(),
-                    "{call} ended twice"
-                );
+            match e {
+                AcdEvent::CallOffered { call, agent } => {
+                    let open = self.unended_offers.insert(call.clone(), agent);
+                    prop_assert!(
+                        open.is_none(),
+                        "{call} offered again before its offer ended"
+                    );
+                }
+                AcdEvent::OfferEnded {
+                    call,
+                    agent,
+                    result,
+                } => {
+                    // An answer racing a withdrawal comes after the offer's no-answer.
+                    if result == OfferResult::Answered && !self.unended_offers.contains_key(&call) {
+                        continue;
+                    }
+                    let open = self.unended_offers.remove(&call);
+                    prop_assert_eq!(
+                        open.as_deref(),
+                        Some(agent.as_str()),
+                        "{} {:?}",
+                        call,
+                        result
+                    );
+                }
+                AcdEvent::CallEnded {
+                    call,
+                    outcome,
+                    reason,
+                    ..
+                } => {
+                    prop_assert!(!reason.is_empty());
+                    prop_assert!(
+                        !self.unended_offers.contains_key(&call),
+                        "{call} ended with its offer open"
+                    );
+                    prop_assert!(
+                        self.ended.insert(call.clone(), (outcome, reason)).is_none(),
+                        "{call} ended twice"
+                    );
+                }
+                _ => {}
             }
         }
         acd.audit().map_err(TestCaseError::fail)

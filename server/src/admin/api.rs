@@ -38,6 +38,8 @@ pub struct AdminState {
     pub turn: crate::transport::turn_tls::TurnServer,
     /// What `/metrics` exposes.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The call records, read by `/calls`.
+    pub calls: super::calls_api::CallsDb,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -79,6 +81,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/live", get(live))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/calls", get(super::calls_api::list))
+        .route("/calls.csv", get(super::calls_api::csv))
         .route("/agents/{id}/presence", axum::routing::put(put_presence))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
@@ -90,7 +94,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// An RFC 9457 problem: `title` is the status's phrase, `detail` says what happened.
-fn problem(status: StatusCode, detail: &str) -> Response {
+pub(super) fn problem(status: StatusCode, detail: &str) -> Response {
     let body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),

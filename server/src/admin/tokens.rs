@@ -3,7 +3,7 @@
 //! with the public key are refused before any claim is read.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
@@ -94,30 +94,45 @@ pub fn now_unix() -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
     at: Instant,
-    unix_s: u64,
+    unix_ms: u64,
 }
 
 impl WallClock {
     /// The wall clock now: for the code that builds a core, not for the core.
     pub fn read() -> WallClock {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         WallClock {
             at: Instant::now(),
-            unix_s: now_unix(),
+            unix_ms,
         }
     }
 
     /// `unix_s` was the Unix time at `at`.
     pub fn at(at: Instant, unix_s: u64) -> WallClock {
-        WallClock { at, unix_s }
+        WallClock {
+            at,
+            unix_ms: unix_s.saturating_mul(1000),
+        }
     }
 
     /// The Unix time at `now` (whole seconds; an instant before the reading counts back).
     pub fn unix(&self, now: Instant) -> u64 {
+        self.unix_ms(now) / 1000
+    }
+
+    /// The Unix time of the reading, in milliseconds.
+    pub fn read_ms(&self) -> u64 {
+        self.unix_ms
+    }
+
+    /// The Unix time at `now` in milliseconds, for records of when things happened.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         match now.checked_duration_since(self.at) {
-            Some(d) => self.unix_s.saturating_add(d.as_secs()),
-            None => self
-                .unix_s
-                .saturating_sub(self.at.duration_since(now).as_secs()),
+            Some(d) => self.unix_ms.saturating_add(ms(d)),
+            None => self.unix_ms.saturating_sub(ms(self.at.duration_since(now))),
         }
     }
 }

@@ -269,18 +269,29 @@ async fn drain(roles: &Started, settings: &ShutdownConfig, status: &StatusSink) 
     if let Some(d) = &roles.distributor {
         let _ = d.send(D::RefuseWaiting).await;
     }
-    let Some(b) = &roles.buffer else {
-        return;
-    };
-    let _ = b.send(B::HangUpAll).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.bye_wait_s);
-    while tokio::time::Instant::now() < deadline {
-        match buffer_calls(b).await {
-            Some((_, 0)) | None => break,
-            Some(_) => tokio::time::sleep(DRAIN_POLL).await,
+    if let Some(b) = &roles.buffer {
+        let _ = b.send(B::HangUpAll).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.bye_wait_s);
+        while tokio::time::Instant::now() < deadline {
+            match buffer_calls(b).await {
+                Some((_, 0)) | None => break,
+                Some(_) => tokio::time::sleep(DRAIN_POLL).await,
+            }
+        }
+    }
+    // The hang-ups' records wait a moment for the edge's last media statistics; then every
+    // record still open is written before the process ends.
+    if let Some(d) = &roles.distributor {
+        tokio::time::sleep(crate::records::recorder::MEDIA_SETTLE).await;
+        let (reply, written) = oneshot::channel();
+        if d.send(D::FlushRecords { reply }).await.is_ok() {
+            let _ = tokio::time::timeout(RECORDS_FLUSH_WAIT, written).await;
         }
     }
 }
+
+/// How long a shutdown waits for the last call records to be written.
+const RECORDS_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// The calls the system still carries: at the edge when it runs one (that is where calls
 /// live), else those the distributor's ACD holds.

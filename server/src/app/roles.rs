@@ -177,6 +177,15 @@ pub(super) async fn start_distributor(
     )
     .with_metrics(metrics.clone());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let records = crate::records::RecordWriter::start(
+        crate::records::WriterSettings {
+            db: config.admin.db.clone(),
+            retention_days: config.records.retention_days,
+            max_pending: config.records.max_pending,
+        },
+        metrics.clone(),
+    )
+    .context(|| format!("opening the call records in {}", config.admin.db.display()))?;
     let shell = distributor::shell::DistributorShell::new(
         transports,
         sip_rx,
@@ -184,7 +193,8 @@ pub(super) async fn start_distributor(
         command_rx,
         player,
         status.clone(),
-    );
+    )
+    .with_records(records);
     tokio::spawn(shell.run(core));
     let admin = AdminState {
         store,
@@ -196,6 +206,8 @@ pub(super) async fn start_distributor(
         relay,
         turn,
         metrics,
+        calls: crate::admin::calls_api::CallsDb::open(&config.admin.db)
+            .context(|| format!("reading the call records in {}", config.admin.db.display()))?,
     };
     let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
         .await

@@ -12,6 +12,7 @@ use super::service::{Command, Distributor, Input, Output};
 use crate::app::status::StatusSink;
 use crate::driver::Shell;
 use crate::media::early::EarlyMedia;
+use crate::records::RecordWriter;
 use crate::sip::ConnId;
 use crate::transport::tunnel::TunnelServerEvent;
 use crate::transport::{TransportEvent, Transports};
@@ -28,6 +29,8 @@ pub struct DistributorShell {
     /// Plays queue announcements, when a queue has one.
     player: Option<EarlyMedia>,
     status: StatusSink,
+    /// Writes call records (none: they are not kept, as in the core's own tests).
+    records: Option<RecordWriter>,
 }
 
 impl DistributorShell {
@@ -47,7 +50,14 @@ impl DistributorShell {
             tunnels: HashMap::new(),
             player,
             status,
+            records: None,
         }
+    }
+
+    /// Call records go to `writer`.
+    pub fn with_records(mut self, writer: RecordWriter) -> DistributorShell {
+        self.records = Some(writer);
+        self
     }
 
     /// Serves until the transports or the tunnel endpoint stop.
@@ -115,6 +125,17 @@ impl Shell<Distributor> for DistributorShell {
                 }
             }
             Output::Status(status) => self.status.emit(status),
+            Output::Record(record) => {
+                if let Some(writer) = &self.records {
+                    writer.send(record);
+                }
+            }
+            Output::RecordsFlushed { reply } => match &self.records {
+                Some(writer) => writer.flush(reply),
+                None => {
+                    let _ = reply.send(());
+                }
+            },
         }
         None
     }

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use proto_tunnel::Frame;
 use tracing::{debug, info, warn};
 
 use crate::buffer::readdress;
@@ -316,14 +317,23 @@ impl Buffer {
         }
     }
 
+    /// The call is over here: its entry goes, and its bridge, whose last statistics go to
+    /// the distributor for the call's record.
     pub(super) fn end_call(&mut self, key: CallKey) {
-        if let Some(entry) = self.calls.remove(key) {
+        let call_id = self.calls.remove(key).map(|entry| {
             debug!(call = ?key, agent = %entry.agent, "call ended");
-        }
+            entry.client.call_id
+        });
         if let Some(stats) = self.media.as_mut().and_then(|m| m.close(key.0)) {
             let stats = serde_json::to_string(&stats).unwrap_or_default();
             info!(call = ?key, %stats, "media statistics at hang-up");
             self.out.push_back(Output::CloseCallerPort { call: key.0 });
+            if let Some(call_id) = call_id {
+                self.send_frame(Frame::CallStats {
+                    call_id,
+                    json: stats,
+                });
+            }
         }
     }
 }

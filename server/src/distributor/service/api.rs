@@ -49,6 +49,9 @@ pub enum Command {
     Drain,
     /// The shutdown's grace is over: calls still waiting in a queue are refused with 503.
     RefuseWaiting,
+    /// The last step of a shutdown: every call record still open is finished and written;
+    /// `reply` is told when the writer has tried them.
+    FlushRecords { reply: oneshot::Sender<()> },
 }
 
 /// The distributor's state as the admin API shows it.
@@ -158,6 +161,10 @@ pub enum Output {
     EarlyMediaStop { call: String },
     /// For the operator.
     Status(Status),
+    /// A finished call record (or an update of one), for the writer.
+    Record(crate::records::RecordOutput),
+    /// Tell `reply` once the writer has tried every record handed over before this.
+    RecordsFlushed { reply: oneshot::Sender<()> },
 }
 
 /// Where agents' skills and call limits come from (the admin store; a map in tests).

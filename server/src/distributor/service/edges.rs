@@ -138,6 +138,7 @@ impl Distributor {
             }
             Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
             Frame::CallStats { call_id, json } => {
+                self.media_for_record(&call_id, &edge_id, &json);
                 // Kept only for calls the ACD holds, and dropped when the ACD says a call
                 // ended, so the map cannot grow; and only from the edge of the call's agent.
                 match self.acd.agent_of(&call_id).map(str::to_owned) {

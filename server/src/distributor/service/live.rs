@@ -165,9 +165,18 @@ impl Distributor {
 
     /// Publishes what the ACD says changed: to the agents' pages, and to the event stream's
     /// subscribers when there are any.
-    pub(super) fn publish_acd_events(&mut self) {
+    pub(super) fn publish_acd_events(&mut self, now: Instant) {
         while let Some(event) = self.acd.poll_event() {
             self.metrics.observe(&event);
+            let edge = match &event {
+                acd::AcdEvent::CallOffered { agent, .. } => self
+                    .agents
+                    .edge_of(agent)
+                    .and_then(|c| self.edges.get(&c))
+                    .map(|e| e.id.clone()),
+                _ => None,
+            };
+            self.records.observe(&event, edge.as_deref(), now);
             match &event {
                 acd::AcdEvent::Agent(view) => self.tell_page(view),
                 acd::AcdEvent::CallEnded { call, .. } => {

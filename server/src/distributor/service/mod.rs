@@ -18,6 +18,7 @@ mod edges;
 mod live;
 mod offering;
 mod proxy;
+mod recording;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub struct Distributor {
     out: std::collections::VecDeque<Output>,
     /// Counted from the ACD's events, read by the admin API's `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Each call's record, until it is handed to the writer.
+    records: crate::records::Recorder,
 }
 
 impl std::fmt::Debug for Distributor {
@@ -121,6 +124,7 @@ impl crate::driver::Core for Distributor {
     fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.acd.handle_timeout(now);
+        self.records.handle_timeout(now);
         self.drive(now);
     }
 
@@ -129,10 +133,14 @@ impl crate::driver::Core for Distributor {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        [self.layer.poll_timeout(), self.acd.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.layer.poll_timeout(),
+            self.acd.poll_timeout(),
+            self.records.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -193,6 +201,7 @@ impl Distributor {
             draining: false,
             out: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(Duration::from_secs(20))),
+            records: crate::records::Recorder::new(clock),
         }
     }
 
@@ -267,6 +276,13 @@ impl Distributor {
                 self.draining = true;
             }
             Command::RefuseWaiting => self.acd.refuse_waiting(503, "shutting down", now),
+            Command::FlushRecords { reply } => {
+                // Whatever the ACD still says first, then every record still open.
+                self.run_acd(now);
+                self.records.finish_all(now);
+                self.flush_records();
+                self.out.push_back(Output::RecordsFlushed { reply });
+            }
         }
     }
 
@@ -279,6 +295,7 @@ impl Distributor {
             self.on_tx_event(ev, now);
         }
         self.flush();
+        self.flush_records();
     }
 
     fn on_tx_event(&mut self, ev: TxEvent<Handoff>, now: Instant) {
@@ -370,6 +387,9 @@ impl Distributor {
             // stays until its transaction's end is reported.
             let call_id = call_id.to_owned();
             warn!(%call_id, ?cause, "caller's leg failed: no ACK for the answer");
+            let reason = Some("no ACK for the answer");
+            self.records
+                .hung_up(&call_id, crate::records::Side::System, reason, now);
             self.acd.call_ended(&call_id, now);
             return;
         }

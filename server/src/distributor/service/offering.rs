@@ -30,6 +30,7 @@ impl Distributor {
             resp.set_reason("Shutting down");
             resp.push_header("Retry-After", "30");
             let _ = self.layer.send_response(tx, resp, now);
+            self.records.refused(&invite, "shutting down", now);
             return;
         }
         if self.calls.caller(&call_id).is_some() || self.acd.call_info(&call_id, now).is_some() {
@@ -48,6 +49,7 @@ impl Distributor {
             target: from,
             tag: ids::tag(),
         };
+        self.records.arrived(&caller.invite, now);
         self.calls.insert_caller(&call_id, caller);
         self.acd.call_arrived(&call_id, call_type, now);
     }
@@ -88,7 +90,7 @@ impl Distributor {
                 }
             }
         }
-        self.publish_acd_events();
+        self.publish_acd_events(now);
     }
 
     /// Tells a caller the call waits: 183 with the queue's announcement as early media when

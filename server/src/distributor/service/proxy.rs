@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use super::Distributor;
 use super::calls::Proxied;
+use crate::records::Side;
 use crate::sip::transaction::{self, TxId};
-use crate::sip::{ConnId, Method, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
+use crate::sip::{ConnId, NameAddr, SipMessage, SipUri, Target, TransportKind, Via};
 
 /// URI parameter naming the edge behind a Contact the distributor rewrote, so a caller's
 /// in-dialog request finds its way back into the right tunnel.
@@ -94,7 +95,7 @@ impl Distributor {
             }
             return;
         }
-        self.note_bye(&msg, now);
+        self.note_bye(&msg, Side::Caller, now);
         let target = self.edge_target(conn);
         self.prepare_forward(&mut msg, target.kind);
         self.forward(tx, msg, target, Some(from.kind), edge_id, now);
@@ -184,20 +185,10 @@ impl Distributor {
             addr: SocketAddr::new(ip, dest.port.unwrap_or(5060)),
             conn: flow,
         };
-        self.note_bye(&msg, now);
+        self.note_bye(&msg, Side::Agent, now);
         self.rewrite_contact(&mut msg, kind, &edge_id);
         self.prepare_forward(&mut msg, kind);
         self.forward(tx, msg, target, None, edge_id, now);
-    }
-
-    /// A BYE either way ends the call for the ACD.
-    fn note_bye(&mut self, msg: &SipMessage, now: Instant) {
-        if msg.method() == Some(&Method::Bye)
-            && let Some(call_id) = msg.call_id()
-        {
-            self.media_stats.remove(call_id);
-            self.acd.call_ended(call_id, now);
-        }
     }
 
     /// A response no transaction waits for: a 2xx retransmitted after its transaction ended.
