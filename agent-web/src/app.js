@@ -116,9 +116,9 @@ function signIn(token) {
   ua.on('newMessage', (e) => {
     if (e.originator !== 'remote') return;
     const type = e.request.getHeader('Content-Type') || '';
-    if (!type.includes('agent-edge.state')) return;
     try {
-      showAcdState(JSON.parse(e.request.body));
+      if (type.includes('agent-edge.state')) showAcdState(JSON.parse(e.request.body));
+      if (type.includes('agent-edge.call-quality')) showQuality(JSON.parse(e.request.body));
     } catch { /* not ours to read */ }
   });
   ua.on('newRTCSession', (e) => {
@@ -130,6 +130,19 @@ function signIn(token) {
     incoming(e.session, e.request);
   });
   ua.start();
+}
+
+/** What the edge hears of this call's audio: one way missing is said, in the agent's words. */
+const ONE_WAY_NOTICE = {
+  'caller-silent': 'You cannot hear the caller: no audio arrives from their side.',
+  'agent-silent': 'The caller cannot hear you: no audio from you reaches the edge. Check your microphone.',
+};
+
+function showQuality(notice) {
+  if (!session || notice.call_id !== sessionCallId) return;
+  const text = ONE_WAY_NOTICE[notice.one_way] || '';
+  $('quality-notice').textContent = text;
+  $('quality-notice').hidden = !text;
 }
 
 let wrapTimer = null;
@@ -190,8 +203,12 @@ function pcConfig() {
   return config;
 }
 
+/** The Call-ID of the call in progress: what the edge's notices about it name. */
+let sessionCallId = null;
+
 function incoming(s, request) {
   session = s;
+  sessionCallId = request.call_id;
   callIce = icePolicy === 'norelay' ? [] : turnServer(request.getHeader('X-Turn'));
   let gathering = null;
   s.on('icecandidate', (ev) => {
@@ -230,6 +247,8 @@ function incoming(s, request) {
     $('incall').hidden = true;
     $('mute').setAttribute('aria-pressed', 'false');
     $('hold').setAttribute('aria-pressed', 'false');
+    $('quality-notice').textContent = '';
+    $('quality-notice').hidden = true;
     session = null;
     if (ua && ua.isRegistered()) setState('registered', 'registered');
   };

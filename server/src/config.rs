@@ -368,6 +368,10 @@ pub struct BufferConfig {
     /// Seconds without media either way (and not on hold) after which a call is ended with
     /// BYE on both legs.
     pub media_timeout_s: u64,
+    /// Seconds one direction of a bridged call may carry nothing while the other flows
+    /// before it is flagged as one-way audio (the page, the live view, the metrics and the
+    /// call record say so).
+    pub one_way_audio_s: u64,
     /// Seconds a SIP WebSocket has, from its first message, to register an agent; one that
     /// talks without registering is closed then.
     pub ws_register_s: u64,
@@ -390,6 +394,7 @@ impl Default for BufferConfig {
             media: SocketAddr::from(([127, 0, 0, 1], 16100)),
             media_public_ip: None,
             media_timeout_s: 60,
+            one_way_audio_s: 5,
             ws_register_s: 30,
         }
     }
@@ -537,6 +542,9 @@ impl Config {
             if self.buffer.keys_file.is_none() {
                 return invalid("buffer.distributor_sip needs buffer.keys_file (the JWK set)");
             }
+        }
+        if !(2..=600).contains(&self.buffer.one_way_audio_s) {
+            return invalid("buffer.one_way_audio_s must be 2-600 seconds");
         }
         if !(5..=3600).contains(&self.buffer.media_timeout_s) {
             return invalid("buffer.media_timeout_s must be 5-3600 seconds");

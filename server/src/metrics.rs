@@ -128,6 +128,11 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SilentLabels {
+    silent: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -175,6 +180,7 @@ pub struct Metrics {
     record_write_failures: Counter,
     records_pending: Gauge,
     records_dropped: Counter,
+    one_way_audio: Family<SilentLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -376,8 +382,16 @@ impl Metrics {
              failed",
             records_dropped.clone(),
         );
+        let one_way_audio = Family::<SilentLabels, Counter>::default();
+        registry.register(
+            "one_way_audio",
+            "Bridged calls flagged with one-way audio, by the side that went silent (caller: \
+             the agent heard nothing; agent: the caller heard nothing)",
+            one_way_audio.clone(),
+        );
         Metrics {
             registry,
+            one_way_audio,
             offers_ended,
             ring,
             talk,
@@ -477,6 +491,18 @@ impl Metrics {
         };
         self.ring.get_or_create(&labels).observe(ring.as_secs_f64());
         self.talk.get_or_create(&labels).observe(talk.as_secs_f64());
+    }
+
+    /// A call's audio went one-way (`caller-silent` or `agent-silent`).
+    pub fn one_way_audio(&self, which: &str) {
+        let silent = if which == "caller-silent" {
+            "caller"
+        } else {
+            "agent"
+        };
+        self.one_way_audio
+            .get_or_create(&SilentLabels { silent })
+            .inc();
     }
 
     /// The record writer's counts: `written` and `failed` just now, `pending` and

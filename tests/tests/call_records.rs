@@ -30,7 +30,7 @@ const RECORD_WAIT: Duration = Duration::from_secs(15);
 const CSV_HEADER: &str = "id,call_id,arrived,answered,ended,caller,caller_name,dialled,\
 call_type,queue,priority,outcome,reason,hung_up_by,agent,edge,offers,wait_ms,ring_ms,talk_ms,\
 wrap_up_ms,caller_packets,caller_lost,caller_jitter_ms,caller_mos,agent_packets,agent_lost,\
-agent_jitter_ms,agent_mos,path,disposition,notes";
+agent_jitter_ms,agent_mos,path,one_way_audio,disposition,notes";
 
 /// One `agent-edge` (distributor and buffer server in one process) on a config of the test's.
 struct Site {
@@ -327,6 +327,7 @@ fn check_record(r: &Value, e: &Expected<'_>, dist_udp: SocketAddr) {
     );
     // Plain-UDP SIPp agents have no media bridge: nothing to measure.
     assert_eq!(r["media"], Value::Null, "{what}");
+    assert_eq!(r["one_way_audio"], serde_json::json!([]), "{what}");
     assert_eq!(r["disposition"], Value::Null, "{what}");
     assert_eq!(r["notes"], Value::Null, "{what}");
     assert!(
@@ -791,6 +792,7 @@ fn a_mixed_run_leaves_one_correct_record_per_call_and_they_survive_a_restart() {
             "agent_jitter_ms",
             "agent_mos",
             "path",
+            "one_way_audio",
         ] {
             assert_eq!(row[col(field)], "", "no media, CSV {field}: {row:?}");
         }

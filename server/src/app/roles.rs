@@ -314,10 +314,11 @@ pub(super) async fn start_buffer(
         drop(relay_tx);
     }
     let media_addr = sockets.webrtc_addr();
-    let media = buffer::media::CallMedia::new(
+    let mut media = buffer::media::CallMedia::new(
         media_addr,
         std::time::Duration::from_secs(b.media_timeout_s),
     );
+    media.set_one_way_after(std::time::Duration::from_secs(b.one_way_audio_s));
     let core = buffer::service::Buffer::new(
         b.clone(),
         &config.sip,

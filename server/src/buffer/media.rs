@@ -54,6 +54,11 @@ impl CallMedia {
         }
     }
 
+    /// Quiet one way this long, the other flowing, is one-way audio.
+    pub fn set_one_way_after(&mut self, after: Duration) {
+        self.bridge.set_one_way_after(after);
+    }
+
     pub fn webrtc_addr(&self) -> SocketAddr {
         self.webrtc
     }

@@ -107,6 +107,10 @@ pub struct MediaStats {
     /// Milliseconds from the agent's answer to its ICE connection, once connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ice_connected_ms: Option<u64>,
+    /// One direction carries nothing while the other flows: `caller-silent` (the agent
+    /// hears nothing) or `agent-silent` (the caller hears nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_way: Option<&'static str>,
     pub ice_state: String,
 }
 
@@ -201,6 +205,10 @@ struct Session {
     ice_connected_after: Option<Duration>,
     ice_state: IceConnectionState,
     last_media: Instant,
+    /// When media last came from each side (an agent's SRTP only once it authenticated).
+    heard_caller: Option<Instant>,
+    heard_agent: Option<Instant>,
+    one_way: Option<Silent>,
     timeout: Instant,
     created: Instant,
     /// The `o=` version of our SDP to the caller and what it last said (our address, the
@@ -230,9 +238,31 @@ impl Session {
     }
 }
 
+/// The side of a call that went quiet while the other still sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silent {
+    /// Nothing from the caller: the agent hears nothing.
+    Caller,
+    /// Nothing from the agent (or only SRTP that fails authentication): the caller hears
+    /// nothing.
+    Agent,
+}
+
+impl Silent {
+    pub fn label(self) -> &'static str {
+        match self {
+            Silent::Caller => "caller-silent",
+            Silent::Agent => "agent-silent",
+        }
+    }
+}
+
 /// Everything the bridge decided that the service must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BridgeEvent {
+    /// One-way audio began (`Some`) or ended (`None`): one direction has carried nothing for
+    /// the configured time while the other flowed.
+    OneWay(SessionId, Option<Silent>),
     /// No media either way for the configured time: end the call.
     Inactive(SessionId),
     /// The agent's ICE connection lost consent (it may come back; media inactivity decides).
@@ -248,6 +278,8 @@ pub struct Bridge {
     /// The shared WebRTC address as announced (ICE candidate).
     webrtc: SocketAddr,
     inactivity: Duration,
+    /// Quiet one way for this long, the other flowing, is one-way audio.
+    one_way_after: Duration,
     sessions: HashMap<SessionId, Session>,
     out: VecDeque<Datagram>,
     events: VecDeque<BridgeEvent>,
@@ -265,6 +297,11 @@ pub struct Bridge {
     /// a key and a certificate per call; each DTLS handshake still agrees fresh keys.
     dtls_cert: Option<DtlsCert>,
 }
+
+/// One-way audio's time unless configured: long enough for a pause in speech to be
+/// covered by comfort noise or silence packets (G.711 sends them), short enough to tell the
+/// agent while the caller is still there.
+pub const DEFAULT_ONE_WAY_AFTER: Duration = Duration::from_secs(5);
 
 /// How often media inactivity is looked for: a call silent for `inactivity` is reported
 /// within this much more.
@@ -305,6 +342,7 @@ impl Bridge {
         Bridge {
             webrtc,
             inactivity,
+            one_way_after: DEFAULT_ONE_WAY_AFTER,
             sessions: HashMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -314,6 +352,11 @@ impl Bridge {
             next_sweep: None,
             dtls_cert: super::dtls::provider().dtls_provider.generate_certificate(),
         }
+    }
+
+    /// Quiet one way for `after`, while the other flows, is reported as one-way audio.
+    pub fn set_one_way_after(&mut self, after: Duration) {
+        self.one_way_after = after;
     }
 
     /// A new call: answers the caller's offer (media at `caller_local`, its own socket) and
@@ -422,6 +465,9 @@ impl Bridge {
             ice_connected_after: None,
             ice_state: IceConnectionState::New,
             last_media: now,
+            heard_caller: None,
+            heard_agent: None,
+            one_way: None,
             timeout: now,
             created: now,
             caller_sdp: (id, None),
@@ -666,6 +712,7 @@ impl Bridge {
             s.latched = true;
         }
         s.last_media = now;
+        s.heard_caller = Some(now);
         let created = s.created;
         s.from_caller
             .record(p.ssrc, p.seq, p.timestamp, p.payload.len(), now, created);
@@ -696,14 +743,23 @@ impl Bridge {
             return;
         }
         self.next_sweep = (!self.sessions.is_empty()).then(|| now + INACTIVITY_SWEEP);
-        let inactivity = self.inactivity;
+        let (inactivity, one_way_after) = (self.inactivity, self.one_way_after);
         for (id, s) in &mut self.sessions {
             // On hold either way, silence is expected.
             let held = s.caller_direction != Direction::SendRecv
                 || s.agent_direction != Direction::SendRecv;
-            if !held && now.saturating_duration_since(s.last_media) >= inactivity {
+            if held {
+                continue;
+            }
+            if now.saturating_duration_since(s.last_media) >= inactivity {
                 s.last_media = now; // report once per period
                 self.events.push_back(BridgeEvent::Inactive(*id));
+            }
+            if let Some(flag) = one_way(s, now, one_way_after)
+                && flag != s.one_way
+            {
+                s.one_way = flag;
+                self.events.push_back(BridgeEvent::OneWay(*id, flag));
             }
         }
     }
@@ -765,6 +821,7 @@ impl Bridge {
                             continue;
                         };
                         s.last_media = now;
+                        s.heard_agent = Some(now);
                         let ssrc: u32 = *p.header.ssrc;
                         let seq = p.header.sequence_number;
                         let ts = p.header.timestamp;
@@ -824,6 +881,21 @@ fn to_rtc(d: Direction) -> RtcDirection {
     }
 }
 
+/// Whether the session's audio is one-way now: `Some(None)` when both ways flow, `None`
+/// when it cannot be told (not answered yet, or both quiet, which is inactivity's business).
+/// Each side is expected to send from the agent's answer on.
+fn one_way(s: &Session, now: Instant, after: Duration) -> Option<Option<Silent>> {
+    let answered = s.answered?;
+    let quiet =
+        |heard: Option<Instant>| now.saturating_duration_since(heard.unwrap_or(answered)) >= after;
+    match (quiet(s.heard_caller), quiet(s.heard_agent)) {
+        (false, false) => Some(None),
+        (true, false) => Some(Some(Silent::Caller)),
+        (false, true) => Some(Some(Silent::Agent)),
+        (true, true) => None,
+    }
+}
+
 fn stats_of(s: &Session) -> MediaStats {
     MediaStats {
         from_caller: s.from_caller.stats,
@@ -836,6 +908,7 @@ fn stats_of(s: &Session) -> MediaStats {
             .ice_connected_after
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         ice_state: format!("{:?}", s.ice_state),
+        one_way: s.one_way.map(Silent::label),
     }
 }
 

@@ -564,3 +564,74 @@ fn jitter_is_kept_per_stream_so_two_ssrcs_on_unrelated_clocks_do_not_read_as_hou
     }
     assert!(late.stats.jitter_ms >= 10, "{:?}", late.stats);
 }
+
+/// 20 ms of audio each way (both when `caller`/`agent` say so), as the clock moves on.
+fn talk(
+    bridge: &mut Bridge,
+    b: &mut Browser,
+    now: &mut Instant,
+    seq: &mut u16,
+    (caller, agent): (bool, bool),
+    ms: u32,
+) -> Vec<BridgeEvent> {
+    let mut events = Vec::new();
+    let mut to_caller = Vec::new();
+    let mid = b.mid.expect("the browser saw the audio m-line");
+    for _ in 0..ms / 20 {
+        *seq = seq.wrapping_add(1);
+        if caller {
+            bridge.from_caller(1, &caller_rtp(8, *seq, &[1; 160]), addr(CALLER), *now);
+        }
+        if agent {
+            let write = RtpWrite::new(
+                8.into(),
+                u64::from(*seq).into(),
+                u32::from(*seq) * 160,
+                *now,
+                &[2u8; 160][..],
+            );
+            b.rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .unwrap()
+                .write_rtp(write);
+        }
+        run(bridge, b, &mut to_caller, now, 4);
+        events.extend(std::iter::from_fn(|| bridge.poll_event()));
+    }
+    events
+}
+
+#[test]
+fn one_way_audio_is_flagged_after_its_time_and_cleared_when_both_ways_flow() {
+    let mut now = Instant::now();
+    let mut bridge = Bridge::new(addr(WEBRTC), Duration::from_secs(30));
+    bridge.set_one_way_after(Duration::from_secs(3));
+    let (_, agent_offer) = bridge
+        .create(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let (mut b, answer) = browser(&agent_offer, now);
+    bridge.agent_answer(1, answer.as_bytes(), now).unwrap();
+    run(&mut bridge, &mut b, &mut Vec::new(), &mut now, 200);
+    let mut seq = 0;
+    let both = talk(&mut bridge, &mut b, &mut now, &mut seq, (true, true), 5000);
+    assert!(both.is_empty(), "both ways flow: {both:?}");
+    assert_eq!(bridge.stats(1).unwrap().one_way, None);
+
+    // The caller goes quiet: flagged after 3 s (the check is once a second), not before.
+    let early = talk(&mut bridge, &mut b, &mut now, &mut seq, (false, true), 2800);
+    assert!(early.is_empty(), "{early:?}");
+    let flagged = talk(&mut bridge, &mut b, &mut now, &mut seq, (false, true), 1400);
+    assert_eq!(flagged, [BridgeEvent::OneWay(1, Some(Silent::Caller))]);
+    assert_eq!(bridge.stats(1).unwrap().one_way, Some("caller-silent"));
+    let more = talk(&mut bridge, &mut b, &mut now, &mut seq, (false, true), 3000);
+    assert!(more.is_empty(), "flagged once: {more:?}");
+
+    // It comes back: cleared at the next check.
+    let back = talk(&mut bridge, &mut b, &mut now, &mut seq, (true, true), 1200);
+    assert_eq!(back, [BridgeEvent::OneWay(1, None)]);
+    // Now the agent is the quiet one.
+    let agent = talk(&mut bridge, &mut b, &mut now, &mut seq, (true, false), 4500);
+    assert_eq!(agent, [BridgeEvent::OneWay(1, Some(Silent::Agent))]);
+    assert_eq!(bridge.stats(1).unwrap().one_way, Some("agent-silent"));
+}

@@ -49,6 +49,10 @@ pub struct CallRecord {
     /// From the hang-up to the end of the agent's wrap-up; filled in when that ends.
     pub wrap_up_ms: Option<u64>,
     pub media: Option<MediaSummary>,
+    /// One-way audio the bridge flagged during the call, in the order seen: `caller-silent`
+    /// (the agent heard nothing), `agent-silent` (the caller heard nothing).
+    #[serde(default)]
+    pub one_way_audio: Vec<String>,
     /// Set by the agent's page in wrap-up (not yet: the page has no form for it).
     pub disposition: Option<String>,
     pub notes: Option<String>,
@@ -117,6 +121,7 @@ struct ReportedStats {
     from_caller: ReportedFlow,
     from_agent: ReportedFlow,
     ice_protocol: Option<String>,
+    one_way: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,17 +133,23 @@ struct ReportedFlow {
 }
 
 impl MediaSummary {
-    /// From an edge's statistics report (JSON); none when it does not parse.
-    pub fn from_report(json: &str) -> Option<MediaSummary> {
+    /// From an edge's statistics report (JSON), with the one-way audio it flags now (if
+    /// any); none when it does not parse.
+    pub fn from_report(json: &str) -> Option<(MediaSummary, Option<String>)> {
         let r: ReportedStats = serde_json::from_str(json).ok()?;
         let leg = |f: &ReportedFlow| LegSummary::new(f.packets, f.lost, f.jitter_ms);
-        Some(MediaSummary {
+        let summary = MediaSummary {
             caller: leg(&r.from_caller),
             agent: leg(&r.from_agent),
             path: r.ice_protocol.map(|p| truncate(&p, 16)),
-        })
+        };
+        let one_way = r.one_way.filter(|w| ONE_WAY.contains(&w.as_str()));
+        Some((summary, one_way))
     }
 }
+
+/// What the bridge flags as one-way audio (anything else an edge says is ignored).
+pub const ONE_WAY: [&str; 2] = ["caller-silent", "agent-silent"];
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -183,7 +194,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 /// The CSV export's columns, in order.
-pub const CSV_HEADER: [&str; 32] = [
+pub const CSV_HEADER: [&str; 33] = [
     "id",
     "call_id",
     "arrived",
@@ -214,6 +225,7 @@ pub const CSV_HEADER: [&str; 32] = [
     "agent_jitter_ms",
     "agent_mos",
     "path",
+    "one_way_audio",
     "disposition",
     "notes",
 ];
@@ -246,7 +258,7 @@ impl CallRecord {
         };
         let [cp, cl, cj, cm] = leg(|m| &m.caller);
         let [ap, al, aj, am] = leg(|m| &m.agent);
-        let fields: [String; 32] = [
+        let fields: [String; 33] = [
             self.id.clone(),
             inert(&self.call_id),
             time(Some(self.arrived)),
@@ -280,6 +292,7 @@ impl CallRecord {
                 .as_ref()
                 .and_then(|m| m.path.clone())
                 .unwrap_or_default(),
+            self.one_way_audio.join(";"),
             inert(self.disposition.as_deref().unwrap_or("")),
             inert(self.notes.as_deref().unwrap_or("")),
         ];
@@ -411,14 +424,19 @@ mod tests {
         let json = r#"{"from_caller":{"packets":990,"bytes":1,"lost":10,"jitter_ms":3},
             "from_agent":{"packets":1000,"bytes":1,"lost":0,"jitter_ms":1},
             "dropped":0,"unauthenticated":0,"ice_protocol":"tcp","ice_state":"Connected"}"#;
-        let m = MediaSummary::from_report(json).unwrap();
+        let (m, one_way) = MediaSummary::from_report(json).unwrap();
+        assert_eq!(one_way, None);
         assert_eq!(m.caller.loss_pct, 1.0);
         assert_eq!(m.agent.loss_pct, 0.0);
         assert_eq!(m.path.as_deref(), Some("tcp"));
         assert!(m.caller.mos < m.agent.mos);
         assert_eq!(MediaSummary::from_report("not json"), None);
-        let silent = MediaSummary::from_report("{}").unwrap();
+        let (silent, _) = MediaSummary::from_report("{}").unwrap();
         assert_eq!(silent.caller.mos, None);
+        let flagged = MediaSummary::from_report(r#"{"one_way":"caller-silent"}"#).unwrap();
+        assert_eq!(flagged.1.as_deref(), Some("caller-silent"));
+        let odd = MediaSummary::from_report(r#"{"one_way":"<script>"}"#).unwrap();
+        assert_eq!(odd.1, None);
     }
 
     #[test]

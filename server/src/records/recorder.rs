@@ -55,6 +55,8 @@ struct Open {
     record: CallRecord,
     /// Hung up: written at this instant (the media settle).
     closing_at: Option<Instant>,
+    /// The one-way audio the edge's last report flagged.
+    one_way: Option<String>,
 }
 
 /// An agent's wrap-up after an answered call, being timed.
@@ -132,6 +134,7 @@ impl Recorder {
             talk_ms: None,
             wrap_up_ms: None,
             media: None,
+            one_way_audio: Vec::new(),
             disposition: None,
             notes: None,
         }
@@ -148,6 +151,7 @@ impl Recorder {
             Open {
                 record,
                 closing_at: None,
+                one_way: None,
             },
         );
     }
@@ -300,14 +304,25 @@ impl Recorder {
     }
 
     /// The latest media statistics of a call from `edge`; taken only from the edge of the
-    /// agent who answered.
-    pub fn media(&mut self, call_id: &str, edge: &str, json: &str) {
-        if let Some(o) = self.open.get_mut(call_id)
-            && o.record.edge.as_deref() == Some(edge)
-            && let Some(summary) = MediaSummary::from_report(json)
-        {
-            o.record.media = Some(summary);
+    /// agent who answered. Returns the one-way audio flagged now when that changed with
+    /// this report (`Some(None)`: it flows both ways again).
+    pub fn media(&mut self, call_id: &str, edge: &str, json: &str) -> Option<Option<String>> {
+        let o = self.open.get_mut(call_id)?;
+        if o.record.edge.as_deref() != Some(edge) {
+            return None;
         }
+        let (summary, one_way) = MediaSummary::from_report(json)?;
+        o.record.media = Some(summary);
+        if one_way == o.one_way {
+            return None;
+        }
+        if let Some(w) = &one_way
+            && !o.record.one_way_audio.contains(w)
+        {
+            o.record.one_way_audio.push(w.clone());
+        }
+        o.one_way.clone_from(&one_way);
+        Some(one_way)
     }
 
     /// Whether the call has a record being built that an edge's statistics could still be

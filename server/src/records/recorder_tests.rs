@@ -122,11 +122,20 @@ fn a_ring_no_answer_then_an_answer_then_the_callers_bye() {
         .offer_ended("c1", "quick", OfferEnd::Answered, w.at(3000));
     w.settle(3000);
     assert!(w.written.is_empty(), "not written before the hang-up");
-    w.rec.media(
-        "c1",
-        "edge-1",
-        r#"{"from_caller":{"packets":500,"lost":5,"jitter_ms":2},"from_agent":{"packets":500}}"#,
+    let flagged = r#"{"from_caller":{"packets":500},"one_way":"caller-silent"}"#;
+    assert_eq!(
+        w.rec.media("c1", "edge-1", flagged),
+        Some(Some("caller-silent".into()))
     );
+    assert_eq!(w.rec.media("c1", "edge-1", flagged), None, "no change");
+    assert_eq!(
+        w.rec.media("c1", "edge-9", flagged),
+        None,
+        "not the call's edge"
+    );
+    let both =
+        r#"{"from_caller":{"packets":500,"lost":5,"jitter_ms":2},"from_agent":{"packets":500}}"#;
+    assert_eq!(w.rec.media("c1", "edge-1", both), Some(None), "cleared");
     w.acd.call_ended("c1", w.at(13_000));
     w.rec.hung_up("c1", Side::Caller, None, w.at(13_000));
     w.settle(13_000);
@@ -164,6 +173,7 @@ fn a_ring_no_answer_then_an_answer_then_the_callers_bye() {
     let media = r.media.as_ref().unwrap();
     assert_eq!((media.caller.packets, media.caller.lost), (500, 5));
     assert!(media.caller.mos.is_some());
+    assert_eq!(r.one_way_audio, ["caller-silent"]);
 }
 
 #[test]

@@ -211,9 +211,14 @@ impl Buffer {
         self.respond(tx, msg, if sent { 200 } else { 503 }, now);
     }
 
-    /// The distributor's view of an agent changed: a MESSAGE to the agent's page. Only
-    /// browsers (WSS) get it: a desk phone has no use for it and may refuse it.
+    /// The distributor's view of an agent changed: a MESSAGE to the agent's page.
     pub(super) fn send_agent_state(&mut self, agent: &str, json: String, now: Instant) {
+        self.tell_page(agent, STATE_TYPE, &json, now);
+    }
+
+    /// A MESSAGE of `content_type` to the agent's page. Only browsers (WSS) get it: a desk
+    /// phone has no use for it and may refuse it.
+    pub(super) fn tell_page(&mut self, agent: &str, content_type: &str, json: &str, now: Instant) {
         let Some(binding) = self
             .registrar
             .get(agent)
@@ -226,7 +231,7 @@ impl Buffer {
         let text = format!(
             "MESSAGE {contact} SIP/2.0\r\nVia: SIP/2.0/{transport} {sent_by};branch={branch};rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:acd@{host}>;tag={tag}\r\nTo: <sip:{agent}@{host}>\r\n\
-             Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: {STATE_TYPE}\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: {content_type}\r\n\
              Content-Length: {len}\r\n\r\n{json}",
             contact = binding.contact,
             transport = local.transport,
@@ -241,7 +246,7 @@ impl Buffer {
             Ok(msg) => {
                 self.layer.send_request(msg, binding.target, now);
             }
-            Err(e) => warn!(%agent, error = %e, "agent state not sent"),
+            Err(e) => warn!(%agent, error = %e, "message to the agent's page not sent"),
         }
     }
 

@@ -27,6 +27,7 @@ mod api;
 mod calls;
 mod dialog;
 mod offering;
+mod quality;
 mod upstream;
 
 pub use api::{BoundAddrs, Command, Input, Link, Output};
@@ -338,6 +339,10 @@ impl Buffer {
     fn drive(&mut self, now: Instant) {
         while let Some(ev) = self.media.as_mut().and_then(CallMedia::poll_event) {
             let id = match ev {
+                BridgeEvent::OneWay(id, silent) => {
+                    self.one_way_audio(CallKey(id), silent, now);
+                    continue;
+                }
                 BridgeEvent::Inactive(id) | BridgeEvent::Failed(id) => id,
                 BridgeEvent::Disconnected(id) => {
                     info!(call = id, "the agent's ICE connection lost consent");

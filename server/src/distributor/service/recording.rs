@@ -2,7 +2,11 @@
 //! events (a BYE and who sent it, an edge's media statistics), and the finished records
 //! handed to the writer as outputs.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tracing::{info, warn};
 
 use super::{Distributor, Output};
 use crate::records::{RecordOutput, Side};
@@ -23,9 +27,31 @@ impl Distributor {
 
     /// The edge's media statistics for a call whose record is being built, from the edge of
     /// the agent who answered (its last report comes after the BYE).
+    /// One-way audio the report starts or ends is counted and told on the event stream.
     pub(super) fn media_for_record(&mut self, call_id: &str, edge_id: &str, json: &str) {
-        if self.records.wants_media(call_id, edge_id) {
-            self.records.media(call_id, edge_id, json);
+        if !self.records.wants_media(call_id, edge_id) {
+            return;
+        }
+        let Some(one_way) = self.records.media(call_id, edge_id, json) else {
+            return;
+        };
+        let agent = self.acd.agent_of(call_id).map(str::to_owned);
+        match &one_way {
+            Some(w) => {
+                warn!(%call_id, agent = ?agent, one_way = %w, "one-way audio");
+                self.metrics.one_way_audio(w);
+            }
+            None => info!(%call_id, "audio flows both ways again"),
+        }
+        let event = json!({
+            "type": "one-way-audio",
+            "call": call_id,
+            "agent": agent,
+            "edge": edge_id,
+            "one_way": one_way,
+        });
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::from(event.to_string()));
         }
     }
 
