@@ -217,6 +217,13 @@ struct Session {
 }
 
 impl Session {
+    /// A hold began or ended: each side is expected to send (again) only from now on, not
+    /// measured from before (a resumed side needs a moment to start).
+    fn media_resumes(&mut self, now: Instant) {
+        self.heard_caller = Some(now);
+        self.heard_agent = Some(now);
+    }
+
     /// Our SDP to the caller (an answer, or an offer of our own) from `local` with
     /// `direction`. RFC 3264 §8: its `o=` version goes up whenever the description changes,
     /// and stays the same when it does not; phones that honour it ignore a change without.
@@ -523,6 +530,9 @@ impl Bridge {
             s.latched = false;
         }
         let changed = o.direction != s.caller_direction;
+        if changed {
+            s.media_resumes(now);
+        }
         s.caller_direction = o.direction;
         s.last_media = now;
         let agent_offer = if changed {
@@ -559,6 +569,9 @@ impl Bridge {
             .accept_offer(parsed)
             .map_err(|e| BridgeError::BadAnswer(e.to_string()))?;
         let direction = sdp::audio_direction(offer);
+        if direction != s.agent_direction {
+            s.media_resumes(now);
+        }
         s.agent_direction = direction;
         s.last_media = now;
         let caller_offer = s.caller_sdp(id, caller_local, direction);
@@ -749,6 +762,10 @@ impl Bridge {
             let held = s.caller_direction != Direction::SendRecv
                 || s.agent_direction != Direction::SendRecv;
             if held {
+                // Silence on hold is no fault: a flag raised before it ends.
+                if s.one_way.take().is_some() {
+                    self.events.push_back(BridgeEvent::OneWay(*id, None));
+                }
                 continue;
             }
             if now.saturating_duration_since(s.last_media) >= inactivity {

@@ -634,4 +634,31 @@ fn one_way_audio_is_flagged_after_its_time_and_cleared_when_both_ways_flow() {
     let agent = talk(&mut bridge, &mut b, &mut now, &mut seq, (true, false), 4500);
     assert_eq!(agent, [BridgeEvent::OneWay(1, Some(Silent::Agent))]);
     assert_eq!(bridge.stats(1).unwrap().one_way, Some("agent-silent"));
+
+    // A hold ends the flag (silence on hold is no fault), and after the resume each side
+    // gets the full time again before the other's silence counts.
+    let hold = OFFER.replace(
+        "m=audio 4000 RTP/AVP 8 0 101\r\n",
+        "m=audio 4000 RTP/AVP 8 0 101\r\na=sendonly\r\n",
+    );
+    bridge
+        .caller_reoffer(1, hold.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let held = talk(
+        &mut bridge,
+        &mut b,
+        &mut now,
+        &mut seq,
+        (false, false),
+        5000,
+    );
+    assert_eq!(held, [BridgeEvent::OneWay(1, None)]);
+    bridge
+        .caller_reoffer(1, OFFER.as_bytes(), addr(CALLER_LOCAL), now)
+        .unwrap();
+    let resumed = talk(&mut bridge, &mut b, &mut now, &mut seq, (true, false), 2800);
+    assert!(
+        resumed.is_empty(),
+        "not measured from before the hold: {resumed:?}"
+    );
 }

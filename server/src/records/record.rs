@@ -49,7 +49,8 @@ pub struct CallRecord {
     /// From the hang-up to the end of the agent's wrap-up; filled in when that ends.
     pub wrap_up_ms: Option<u64>,
     pub media: Option<MediaSummary>,
-    /// One-way audio the bridge flagged during the call, in the order seen: `caller-silent`
+    /// One-way audio the bridge flagged during the call, each kind once, in the order first
+    /// seen (the metric counts every flag): `caller-silent`
     /// (the agent heard nothing), `agent-silent` (the caller heard nothing).
     #[serde(default)]
     pub one_way_audio: Vec<String>,
