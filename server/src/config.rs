@@ -56,6 +56,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordsConfig {
+    /// Off: no call is recorded (and `/calls` shows what was recorded before).
+    pub enabled: bool,
     /// Records of calls that ended longer ago are deleted (checked at start and hourly).
     pub retention_days: u64,
     /// Records kept in memory while the store cannot be written, retried every 2 s; past
@@ -66,6 +68,7 @@ pub struct RecordsConfig {
 impl Default for RecordsConfig {
     fn default() -> Self {
         RecordsConfig {
+            enabled: true,
             retention_days: 90,
             max_pending: 100_000,
         }
@@ -76,6 +79,8 @@ impl Default for RecordsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
+    /// Off: nothing is counted and `/metrics` answers 404.
+    pub enabled: bool,
     /// Seconds within which an answered call counts as answered in target (the service
     /// level's threshold: 80 % of calls in 20 s is a common goal).
     pub service_level_s: u64,
@@ -84,6 +89,7 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
+            enabled: true,
             service_level_s: 20,
         }
     }
@@ -168,6 +174,10 @@ pub struct AdminConfig {
     pub db: PathBuf,
     /// The admin key when `AGENT_EDGE_ADMIN_KEY` is not set; generated (0600) when missing.
     pub key_file: PathBuf,
+    /// Where agents open their page (e.g. `https://edge.example:8443/`): sign-in links the
+    /// admin API and the console issue are this with `?token=`. The all-in-one system knows
+    /// its own; a distributor alone issues bare tokens without it.
+    pub agent_page_url: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -176,6 +186,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             db: PathBuf::from(".agent-edge/agent-edge.db"),
             key_file: PathBuf::from(".agent-edge/admin-key"),
+            agent_page_url: None,
         }
     }
 }

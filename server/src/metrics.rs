@@ -151,6 +151,8 @@ fn talk_histogram() -> Histogram {
 
 /// The registry and the metrics in it.
 pub struct Metrics {
+    /// Off (`[metrics] enabled = false`): nothing is counted and `/metrics` is not served.
+    on: bool,
     registry: Registry,
     service_level: Duration,
     calls_queued: Family<QueueLabels, Counter>,
@@ -390,6 +392,7 @@ impl Metrics {
             one_way_audio.clone(),
         );
         Metrics {
+            on: true,
             registry,
             one_way_audio,
             offers_ended,
@@ -422,8 +425,29 @@ impl Metrics {
         }
     }
 
+    /// Metrics that count nothing, for a system configured without them.
+    pub fn disabled(service_level: Duration) -> Metrics {
+        Metrics {
+            on: false,
+            ..Metrics::new(service_level)
+        }
+    }
+
+    /// Whether anything is counted (and `/metrics` served).
+    pub fn enabled(&self) -> bool {
+        self.on
+    }
+
+    /// The service level's target wait.
+    pub fn service_level(&self) -> Duration {
+        self.service_level
+    }
+
     /// Counts one event of the ACD.
     pub fn observe(&self, event: &AcdEvent) {
+        if !self.on {
+            return;
+        }
         match event {
             AcdEvent::CallQueued { queue, .. } => {
                 let queue = queue.clone();
@@ -486,6 +510,9 @@ impl Metrics {
 
     /// An answered call's record is complete: how long it rang and how long it was talked.
     pub fn answered_call(&self, queue: &str, ring: Duration, talk: Duration) {
+        if !self.on {
+            return;
+        }
         let labels = QueueLabels {
             queue: queue.to_owned(),
         };
@@ -495,6 +522,9 @@ impl Metrics {
 
     /// A call's audio went one-way (`caller-silent` or `agent-silent`).
     pub fn one_way_audio(&self, which: &str) {
+        if !self.on {
+            return;
+        }
         let silent = if which == "caller-silent" {
             "caller"
         } else {
@@ -508,6 +538,9 @@ impl Metrics {
     /// The record writer's counts: `written` and `failed` just now, `pending` and
     /// `dropped` as they stand.
     pub fn records(&self, written: u64, failed: bool, pending: usize, dropped: u64) {
+        if !self.on {
+            return;
+        }
         self.records_written.inc_by(written);
         if failed {
             self.record_write_failures.inc();
@@ -519,6 +552,9 @@ impl Metrics {
 
     /// A SIP message that came in or went out.
     pub fn sip(&self, direction: Direction, msg: &SipMessage) {
+        if !self.on {
+            return;
+        }
         let direction = direction.label();
         match (msg.method(), msg.status()) {
             (Some(method), _) => {
@@ -540,6 +576,9 @@ impl Metrics {
     /// An outgoing message as the transaction layer wrote it: counted by its start line
     /// (`SIP/2.0 <code>` or `<METHOD> `), so nothing is parsed again.
     pub fn sip_sent(&self, bytes: &[u8]) {
+        if !self.on {
+            return;
+        }
         let direction = Direction::Out.label();
         let line = bytes.split(|b| *b == b' ').next().unwrap_or_default();
         if line.is_empty() {
@@ -564,20 +603,32 @@ impl Metrics {
     }
 
     pub fn sip_timeout(&self) {
+        if !self.on {
+            return;
+        }
         self.sip_timeouts.inc();
     }
 
     /// The caller got its ringback `after` its INVITE arrived.
     pub fn ringback(&self, after: Duration) {
+        if !self.on {
+            return;
+        }
         self.invite_to_ringback.observe(after.as_secs_f64());
     }
 
     /// The agent's answer reached the caller `after` its INVITE arrived.
     pub fn answered(&self, after: Duration) {
+        if !self.on {
+            return;
+        }
         self.invite_to_answer.observe(after.as_secs_f64());
     }
 
     pub fn edge_up(&self, edge: &str) {
+        if !self.on {
+            return;
+        }
         self.edges_connected.inc();
         let edge = edge.to_owned();
         self.edge_connections
@@ -586,11 +637,17 @@ impl Metrics {
     }
 
     pub fn edge_down(&self) {
+        if !self.on {
+            return;
+        }
         self.edges_connected.dec();
     }
 
     /// An agent signed in through `edge` (`true`) or left it.
     pub fn agent_signed_in(&self, edge: &str, up: bool) {
+        if !self.on {
+            return;
+        }
         let gauge = self.agents_signed_in.get_or_create(&EdgeLabels {
             edge: edge.to_owned(),
         });
@@ -605,12 +662,18 @@ impl Metrics {
     ///
     /// [`ClaimError`]: crate::distributor::agents::ClaimError
     pub fn claim_refused(&self, reason: &'static str) {
+        if !self.on {
+            return;
+        }
         self.claims_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
     pub fn tunnel_frame(&self, edge: &str, direction: Direction) {
+        if !self.on {
+            return;
+        }
         let labels = FrameLabels {
             edge: edge.to_owned(),
             direction: direction.label(),

@@ -17,7 +17,7 @@
 //! It appends a dated row per figure to `bench/results.md` (`BENCH_RESULTS`) and prints the
 //! steps. Settings from the environment: `BENCH_STEP_S` (30), `BENCH_AGENTS` (4000, the call
 //! agents), `BENCH_HOLD_MS` (1000), `BENCH_START_RATE` (100), `BENCH_MAX_RATE` (6400),
-//! `BENCH_IDLE` (`1000,10000`).
+//! `BENCH_IDLE` (`1000,10000`), `BENCH_CONFIG` (TOML sections added to the configuration).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -75,7 +75,14 @@ impl Bench {
         let dir = test_dir();
         // Every load agent connects from the one loopback address: lift the per-address
         // limit of the edge's HTTPS listener above the 10,000 idle agents.
-        let config = write_config(dir.path(), "", "\n[limits]\nconnections_per_ip = 100000");
+        // `BENCH_CONFIG`: more TOML sections, e.g. `[records]\nenabled = false` to measure
+        // what a feature costs.
+        let extra = std::env::var("BENCH_CONFIG").unwrap_or_default();
+        let config = write_config(
+            dir.path(),
+            "",
+            &format!("\n[limits]\nconnections_per_ip = 100000\n{extra}"),
+        );
         let mut edge = Edge::start_with_env(
             &[],
             &config,

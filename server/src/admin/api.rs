@@ -40,6 +40,8 @@ pub struct AdminState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The call records, read by `/calls`.
     pub calls: super::calls_api::CallsDb,
+    /// The agent page's address, for sign-in links (`?token=`), once known.
+    pub agent_page: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -83,9 +85,21 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/calls", get(super::calls_api::list))
         .route("/calls.csv", get(super::calls_api::csv))
+        .route("/calls/summary", get(super::calls_api::summary))
         .route("/agents/{id}/presence", axum::routing::put(put_presence))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    use super::console;
     Router::new()
+        .route("/console", get(console::page))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/console/uPlot.min.css", get(console::chart_style))
+        .route(
+            "/console/session",
+            get(console::check)
+                .post(console::sign_in)
+                .delete(console::sign_out),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(openapi))
         .merge(private)
@@ -109,19 +123,18 @@ pub(super) fn problem(status: StatusCode, detail: &str) -> Response {
     resp
 }
 
+/// The admin key as a bearer token, or the console's session cookie (see
+/// [`super::console`]).
 async fn require_key(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let ok = aws_lc_rs::constant_time::verify_slices_are_equal(
-        presented.as_bytes(),
-        state.admin_key.as_bytes(),
-    )
-    .is_ok();
-    if !ok {
+    use super::console::{Authorized, authorize};
+    let auth = authorize(&state.admin_key, request.method(), request.headers());
+    if auth == Authorized::SessionWithoutHeader {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "a console session changes nothing without the X-AE-Console header",
+        );
+    }
+    if auth == Authorized::No {
         let mut resp = problem(
             StatusCode::UNAUTHORIZED,
             "the admin key is missing or wrong",
@@ -286,6 +299,7 @@ async fn issue_token(
         .issue_claims(&agent.id, Some(&agent.name), &agent.skills, ttl)
     {
         Ok((token, claims)) => Json(json!({
+            "link": state.agent_page.get().map(|page| format!("{page}?token={token}")),
             "token": token,
             "jti": claims.jti,
             "expires": claims.exp,
@@ -483,6 +497,12 @@ async fn events(State(state): State<AdminState>) -> Response {
 /// for a client that asks for it, as Prometheus does, the Prometheus text format otherwise.
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     use crate::metrics::{OPENMETRICS, PROMETHEUS_TEXT};
+    if !state.metrics.enabled() {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "metrics are off ([metrics] enabled = false)",
+        );
+    }
     let open_metrics = headers
         .get_all(header::ACCEPT)
         .iter()

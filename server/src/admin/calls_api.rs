@@ -44,20 +44,8 @@ impl CallsDb {
         .await;
         match result {
             Ok(Ok(page)) => Ok(page),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "reading call records failed");
-                Err(problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "reading the call records failed",
-                ))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading call records failed");
-                Err(problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "reading the call records failed",
-                ))
-            }
+            Ok(Err(e)) => Err(read_failed(&e)),
+            Err(e) => Err(read_failed(&e)),
         }
     }
 }
@@ -139,6 +127,51 @@ pub async fn list(
         }
         Err(resp) => resp,
     }
+}
+
+/// `GET /calls/summary?from=&to=`: per queue, calls by outcome and those answered within
+/// the service-level target, for the console's wallboard (service level today).
+pub async fn summary(
+    State(state): State<AdminState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut from = 0;
+    let mut to = u64::MAX;
+    for (name, value) in &params {
+        let parsed = match name.as_str() {
+            "from" => time_param(name, value).map(|t| from = t),
+            "to" => time_param(name, value).map(|t| to = t),
+            other => Err(format!("unknown parameter {other:?}: from, to")),
+        };
+        if let Err(detail) = parsed {
+            return problem(StatusCode::BAD_REQUEST, &detail);
+        }
+    }
+    let target = state.metrics.service_level();
+    let target_ms = u64::try_from(target.as_millis()).unwrap_or(u64::MAX);
+    let db = state.calls.0.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let db = db.lock().unwrap_or_else(|p| p.into_inner());
+        store::summary(&db, from, to, target_ms)
+    })
+    .await;
+    match result {
+        Ok(Ok(queues)) => axum::Json(json!({
+            "service_level_s": target.as_secs(),
+            "queues": queues,
+        }))
+        .into_response(),
+        Ok(Err(e)) => read_failed(&e),
+        Err(e) => read_failed(&e),
+    }
+}
+
+fn read_failed(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "reading call records failed");
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "reading the call records failed",
+    )
 }
 
 pub async fn csv(

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod calls_api;
+pub mod console;
 pub mod keys;
 pub mod store;
 pub mod tokens;

@@ -210,6 +210,10 @@ async fn start(
                 .issue(&config.buffer.id, None, config.identity.edge_token_ttl_s)
                 .context(|| "issuing the edge's credential".into())?;
             let b = roles::start_buffer(config, url, Some(token), status).await?;
+            let page =
+                (b.exposed_page.clone()).unwrap_or_else(|| format!("https://{}/", b.addrs.https));
+            // Sign-in links from the admin API open this system's own agent page.
+            let _ = d.agent_page.set(page.clone());
             // Something to try at once: a sign-in link for a demo agent, short-lived, and only
             // where nobody else can reach the system (a link in a shared terminal or a log is a
             // credential).
@@ -218,8 +222,6 @@ async fn start(
                 let demo = identity::token_issuer(config, &ring)
                     .issue("demo", Some("Demo agent"), ttl)
                     .context(|| "issuing the demo agent's token".into())?;
-                let page = (b.exposed_page.clone())
-                    .unwrap_or_else(|| format!("https://{}/", b.addrs.https));
                 status.emit(Status::DemoAgent {
                     url: format!("{page}?token={demo}"),
                 });

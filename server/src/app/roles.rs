@@ -42,6 +42,8 @@ fn relay_max_age(config: &Config) -> std::time::Duration {
 pub(super) struct Distributor {
     pub addrs: DistributorAddrs,
     pub commands: mpsc::Sender<distributor::service::Command>,
+    /// The agent page's address for sign-in links, when the configuration did not say.
+    pub agent_page: Arc<std::sync::OnceLock<String>>,
 }
 
 /// A started buffer server.
@@ -155,9 +157,12 @@ pub(super) async fn start_distributor(
         .context(|| "reading revoked tokens".into())?;
     let (early_media, player) = queue_media(d, status).await?.unzip();
     let early_media_addr = early_media.as_ref().map(|m| m.from);
-    let metrics = Arc::new(crate::metrics::Metrics::new(
-        std::time::Duration::from_secs(config.metrics.service_level_s),
-    ));
+    let service_level = std::time::Duration::from_secs(config.metrics.service_level_s);
+    let metrics = Arc::new(if config.metrics.enabled {
+        crate::metrics::Metrics::new(service_level)
+    } else {
+        crate::metrics::Metrics::disabled(service_level)
+    });
     let core = distributor::service::Distributor::new(
         d.clone(),
         &config.sip,
@@ -175,7 +180,8 @@ pub(super) async fn start_distributor(
         },
         early_media,
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_records(config.records.enabled);
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let records = crate::records::RecordWriter::start(
         crate::records::WriterSettings {
@@ -186,16 +192,22 @@ pub(super) async fn start_distributor(
         metrics.clone(),
     )
     .context(|| format!("opening the call records in {}", config.admin.db.display()))?;
-    let shell = distributor::shell::DistributorShell::new(
+    let mut shell = distributor::shell::DistributorShell::new(
         transports,
         sip_rx,
         tunnel_rx,
         command_rx,
         player,
         status.clone(),
-    )
-    .with_records(records);
+    );
+    if config.records.enabled {
+        shell = shell.with_records(records);
+    }
     tokio::spawn(shell.run(core));
+    let agent_page = Arc::new(std::sync::OnceLock::new());
+    if let Some(url) = &config.admin.agent_page_url {
+        let _ = agent_page.set(url.clone());
+    }
     let admin = AdminState {
         store,
         issuer,
@@ -208,6 +220,7 @@ pub(super) async fn start_distributor(
         metrics,
         calls: crate::admin::calls_api::CallsDb::open(&config.admin.db)
             .context(|| format!("reading the call records in {}", config.admin.db.display()))?,
+        agent_page: agent_page.clone(),
     };
     let admin_addr = crate::admin::api::listen(config.admin.listen, admin)
         .await
@@ -229,7 +242,11 @@ pub(super) async fn start_distributor(
     ] {
         status.emit(Status::Listening { name, addr });
     }
-    Ok(Distributor { addrs, commands })
+    Ok(Distributor {
+        addrs,
+        commands,
+        agent_page,
+    })
 }
 
 /// Binds the buffer server's listeners, starts its task and its tunnel dialler (or, with

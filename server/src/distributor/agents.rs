@@ -155,6 +155,11 @@ impl AgentEdges {
         gone
     }
 
+    /// The id of the token that proved the agent.
+    pub fn token_of(&self, agent: &str) -> Option<&str> {
+        self.agents.get(agent).map(|a| a.proof.jti.as_str())
+    }
+
     pub fn edge_of(&self, agent: &str) -> Option<ConnId> {
         self.agents.get(agent).map(|l| l.edge)
     }

@@ -81,6 +81,8 @@ pub struct Recorder {
     /// restarts.
     next: u64,
     started: u64,
+    /// Off: no record is begun, so every other input finds none.
+    enabled: bool,
 }
 
 impl Recorder {
@@ -93,7 +95,12 @@ impl Recorder {
             out: VecDeque::new(),
             next: 0,
             started: clock.read_ms(),
+            enabled: true,
         }
+    }
+
+    pub fn set_enabled(&mut self, on: bool) {
+        self.enabled = on;
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -142,7 +149,7 @@ impl Recorder {
 
     /// A caller's new INVITE, about to go to the ACD.
     pub fn arrived(&mut self, invite: &SipMessage, now: Instant) {
-        let Some(call_id) = invite.call_id() else {
+        let Some(call_id) = invite.call_id().filter(|_| self.enabled) else {
             return;
         };
         let record = self.new_record(invite, now);
@@ -158,6 +165,9 @@ impl Recorder {
 
     /// A call refused before the ACD saw it (the distributor is shutting down).
     pub fn refused(&mut self, invite: &SipMessage, reason: &str, now: Instant) {
+        if !self.enabled {
+            return;
+        }
         let mut record = self.new_record(invite, now);
         record.outcome = "refused".into();
         record.reason = reason.to_owned();

@@ -138,6 +138,64 @@ pub struct Filter {
     pub limit: u32,
 }
 
+/// One queue's calls over a time range, by outcome, for the service level.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueSummary {
+    pub queue: String,
+    pub answered: u64,
+    /// Answered after waiting no longer than the service-level target.
+    pub answered_in_target: u64,
+    pub abandoned: u64,
+    pub timed_out: u64,
+    pub refused: u64,
+}
+
+/// Per queue, the records of calls that arrived in `[from, to)`; `target_ms` is the
+/// service level's wait.
+pub fn summary(
+    db: &Connection,
+    from: u64,
+    to: u64,
+    target_ms: u64,
+) -> rusqlite::Result<Vec<QueueSummary>> {
+    let mut stmt = db.prepare_cached(
+        "SELECT queue, outcome, COUNT(*),
+                SUM(CASE WHEN json_extract(record, '$.wait_ms') <= ?3 THEN 1 ELSE 0 END)
+         FROM calls WHERE arrived_ms >= ?1 AND arrived_ms < ?2
+         GROUP BY queue, outcome ORDER BY queue",
+    )?;
+    let rows = stmt.query_map(params![to_i64(from), to_i64(to), to_i64(target_ms)], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out: Vec<QueueSummary> = Vec::new();
+    for row in rows {
+        let (queue, outcome, n, in_target) = row?;
+        let n = u64::try_from(n).unwrap_or(0);
+        if out.last().is_none_or(|q| q.queue != queue) {
+            out.push(QueueSummary {
+                queue,
+                ..QueueSummary::default()
+            });
+        }
+        let Some(q) = out.last_mut() else { continue };
+        match outcome.as_str() {
+            "answered" => {
+                q.answered = n;
+                q.answered_in_target = u64::try_from(in_target).unwrap_or(0);
+            }
+            "abandoned" => q.abandoned = n,
+            "timed-out" => q.timed_out = n,
+            _ => q.refused += n,
+        }
+    }
+    Ok(out)
+}
+
 /// A page of records, newest first, and the cursor of the next when there is one.
 pub fn query(db: &Connection, f: &Filter) -> rusqlite::Result<(Vec<CallRecord>, Option<Cursor>)> {
     let mut sql = String::from("SELECT seq, arrived_ms, record FROM calls WHERE 1 = 1");

@@ -79,6 +79,9 @@ pub struct LiveAgent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub calls: usize,
+    /// The id (`jti`) of the token she signed in with: revoking it signs her out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The addresses the caller-facing listeners are bound to.

@@ -31,6 +31,7 @@ impl Distributor {
                     .and_then(|c| self.edges.get(&c))
                     .map(|e| e.id.clone())
                     .unwrap_or_default(),
+                token: self.agents.token_of(&a.agent).map(str::to_owned),
                 id: a.agent,
                 state: a.state,
                 reason: a.reason,

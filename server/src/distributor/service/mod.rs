@@ -212,6 +212,12 @@ impl Distributor {
         self
     }
 
+    /// Builds call records (the default) or not (`[records] enabled = false`).
+    pub fn with_records(mut self, on: bool) -> Distributor {
+        self.records.set_enabled(on);
+        self
+    }
+
     fn status(&mut self, status: Status) {
         match &status {
             Status::AgentUp { edge, .. } => self.metrics.agent_signed_in(edge, true),
