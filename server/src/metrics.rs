@@ -127,6 +127,27 @@ fn method_label(method: &Method) -> &'static str {
     method.standard().unwrap_or("other")
 }
 
+/// A bridged call's direction: what the `caller` sent, what the `agent` sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LegLabels {
+    leg: &'static str,
+}
+
+type LegHistograms = Family<LegLabels, Histogram, fn() -> Histogram>;
+
+/// Jitter buckets, in milliseconds: a jitter buffer hides tens of them.
+const JITTER_BUCKETS: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0];
+/// MOS buckets: 4.3 is G.711 at its best, below 3.6 people complain.
+const MOS_BUCKETS: [f64; 8] = [1.5, 2.5, 3.0, 3.6, 4.0, 4.2, 4.3, 4.4];
+
+fn jitter_histogram() -> Histogram {
+    Histogram::new(JITTER_BUCKETS)
+}
+
+fn mos_histogram() -> Histogram {
+    Histogram::new(MOS_BUCKETS)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SilentLabels {
     silent: &'static str,
@@ -183,6 +204,10 @@ pub struct Metrics {
     records_pending: Gauge,
     records_dropped: Counter,
     one_way_audio: Family<SilentLabels, Counter>,
+    media_packets: Family<LegLabels, Counter>,
+    media_lost: Family<LegLabels, Counter>,
+    media_jitter: LegHistograms,
+    media_mos: LegHistograms,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -391,10 +416,39 @@ impl Metrics {
              the agent heard nothing; agent: the caller heard nothing)",
             one_way_audio.clone(),
         );
+        let media_packets = Family::<LegLabels, Counter>::default();
+        registry.register(
+            "call_media_packets",
+            "RTP packets the bridge received in ended browser calls, by leg (caller: from \
+             the caller; agent: from the agent)",
+            media_packets.clone(),
+        );
+        let media_lost = Family::<LegLabels, Counter>::default();
+        registry.register(
+            "call_media_lost_packets",
+            "RTP packets missing (by sequence number) in ended browser calls, by leg",
+            media_lost.clone(),
+        );
+        let media_jitter: LegHistograms = Family::new_with_constructor(jitter_histogram);
+        registry.register(
+            "call_media_jitter_milliseconds",
+            "Interarrival jitter at the end of each browser call, by leg",
+            media_jitter.clone(),
+        );
+        let media_mos: LegHistograms = Family::new_with_constructor(mos_histogram);
+        registry.register(
+            "call_media_mos",
+            "The E-model MOS estimate of each browser call (as in its record), by leg",
+            media_mos.clone(),
+        );
         Metrics {
             on: true,
             registry,
             one_way_audio,
+            media_packets,
+            media_lost,
+            media_jitter,
+            media_mos,
             offers_ended,
             ring,
             talk,
@@ -518,6 +572,24 @@ impl Metrics {
         };
         self.ring.get_or_create(&labels).observe(ring.as_secs_f64());
         self.talk.get_or_create(&labels).observe(talk.as_secs_f64());
+    }
+
+    /// A bridged call's media, as its record sums it up at the end.
+    pub fn call_media(&self, media: &crate::records::record::MediaSummary) {
+        if !self.on {
+            return;
+        }
+        for (leg, l) in [("caller", &media.caller), ("agent", &media.agent)] {
+            let labels = LegLabels { leg };
+            self.media_packets.get_or_create(&labels).inc_by(l.packets);
+            self.media_lost.get_or_create(&labels).inc_by(l.lost);
+            self.media_jitter
+                .get_or_create(&labels)
+                .observe(f64::from(l.jitter_ms));
+            if let Some(mos) = l.mos {
+                self.media_mos.get_or_create(&labels).observe(mos);
+            }
+        }
     }
 
     /// A call's audio went one-way (`caller-silent` or `agent-silent`).

@@ -619,6 +619,26 @@ async fn a_normal_call_is_not_flagged() {
     }
     assert_eq!(csv, "");
     assert_eq!(counts, (0.0, 0.0), "no one-way audio counted");
+    // The call's media in the metrics, per leg, as its record sums it up.
+    let a = admin.clone();
+    let media_metrics = blocking(move || {
+        ["caller", "agent"].map(|leg| {
+            let packets = a.metric(&format!(
+                "agent_edge_call_media_packets_total{{leg=\"{leg}\"}}"
+            ));
+            let mos = a.metric(&format!("agent_edge_call_media_mos_count{{leg=\"{leg}\"}}"));
+            (packets, mos)
+        })
+    })
+    .await;
+    for ((packets, mos), side) in media_metrics.into_iter().zip(["caller", "agent"]) {
+        assert_eq!(
+            packets,
+            record["media"][side]["packets"].as_f64(),
+            "{side}'s packets in the metrics and the record"
+        );
+        assert_eq!(mos, Some(1.0), "{side}'s MOS observed once");
+    }
     assert_eq!(
         one_way_events(&events),
         Vec::<Value>::new(),

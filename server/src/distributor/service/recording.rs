@@ -58,11 +58,14 @@ impl Distributor {
     /// Hands the finished records (and updates) to the writer.
     pub(super) fn flush_records(&mut self) {
         while let Some(out) = self.records.poll_output() {
-            if let RecordOutput::Write(r) = &out
-                && let (Some(ring), Some(talk)) = (r.ring_ms, r.talk_ms)
-            {
-                let ms = Duration::from_millis;
-                self.metrics.answered_call(&r.queue, ms(ring), ms(talk));
+            if let RecordOutput::Write(r) = &out {
+                if let (Some(ring), Some(talk)) = (r.ring_ms, r.talk_ms) {
+                    let ms = Duration::from_millis;
+                    self.metrics.answered_call(&r.queue, ms(ring), ms(talk));
+                }
+                if let Some(media) = &r.media {
+                    self.metrics.call_media(media);
+                }
             }
             self.out.push_back(Output::Record(out));
         }
