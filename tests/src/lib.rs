@@ -333,6 +333,43 @@ impl Edge {
     }
 }
 
+impl Edge {
+    /// Stops the process with SIGTERM (a clean stop: it drains) and waits until it has
+    /// exited with status 0.
+    pub fn stop_cleanly(self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = self.pid();
+        kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::TERM).unwrap();
+        // Exited, it is a zombie until the Edge reaps it (when dropped): /proc still shows
+        // its state (3rd field of `stat`) and its wait status (52nd).
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            if fields[0] == "Z" {
+                break fields[52 - 3].parse::<i32>().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent-edge did not exit within {WAIT:?} of SIGTERM\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            status,
+            0,
+            "agent-edge exited with wait status {status:#x} after SIGTERM\n{}",
+            self.log_tail()
+        );
+    }
+}
+
 impl Drop for Edge {
     fn drop(&mut self) {
         self.kill();
@@ -915,4 +952,46 @@ pub fn process_usage(pid: u32) -> (u64, u64, u64) {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     (ticks, system, rss)
+}
+
+/// An RFC 4180 text whose fields are all quoted: its rows of fields. Line ends must be CRLF
+/// (the last may be left off).
+pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let mut row = Vec::new();
+        loop {
+            assert_eq!(
+                chars.next(),
+                Some('"'),
+                "every field is quoted; row {} of {text:?}",
+                rows.len()
+            );
+            let mut field = String::new();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => panic!("a field never ends in {text:?}"),
+                }
+            }
+            row.push(field);
+            match chars.next() {
+                Some(',') => {}
+                Some('\r') => {
+                    assert_eq!(chars.next(), Some('\n'), "CRLF line ends: {text:?}");
+                    break;
+                }
+                None => break,
+                Some(c) => panic!("{c:?} after a field in {text:?}"),
+            }
+        }
+        rows.push(row);
+    }
+    rows
 }

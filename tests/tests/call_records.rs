@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_edge_tests::{
     Edge, Sipp, WAIT, admin_key, agent, free_port, header_values, http, issue_token, metrics_text,
-    register, test_dir, write_config,
+    parse_csv, register, test_dir, write_config,
 };
 use serde_json::Value;
 
@@ -400,48 +400,6 @@ fn json_opt(v: Option<&str>) -> Value {
     v.map_or(Value::Null, Value::from)
 }
 
-/// An RFC 4180 text whose fields are all quoted: its rows of fields. Line ends must be CRLF
-/// (the last may be left off).
-fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let mut row = Vec::new();
-        loop {
-            assert_eq!(
-                chars.next(),
-                Some('"'),
-                "every field is quoted; row {} of {text:?}",
-                rows.len()
-            );
-            let mut field = String::new();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => panic!("a field never ends in {text:?}"),
-                }
-            }
-            row.push(field);
-            match chars.next() {
-                Some(',') => {}
-                Some('\r') => {
-                    assert_eq!(chars.next(), Some('\n'), "CRLF line ends: {text:?}");
-                    break;
-                }
-                None => break,
-                Some(c) => panic!("{c:?} after a field in {text:?}"),
-            }
-        }
-        rows.push(row);
-    }
-    rows
-}
-
 /// `GET /calls.csv?query`: its rows, the header first, checked against the contract's.
 fn csv(site: &Site, query: &str) -> Vec<Vec<String>> {
     let (status, media_type, body) = site.get(&format!("/calls.csv{query}"));
@@ -494,41 +452,6 @@ fn register_again(site: &Site, dir: &Path, id: &str, port: u16) {
     .arg(&["-m", "1"])
     .run()
     .assert_ok("registering again at another contact");
-}
-
-/// Stops the process with SIGTERM (a clean stop: it drains) and waits until it has exited.
-fn stop_cleanly(site: Site) {
-    use rustix::process::{Pid, Signal, kill_process};
-    let pid = site.edge.pid();
-    kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::TERM).unwrap();
-    // Exited, it is a zombie until the Edge reaps it (when dropped): /proc still shows its
-    // state (3rd field of `stat`) and its wait status (52nd).
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        if fields[0] == "Z" {
-            break fields[52 - 3].parse::<i32>().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent-edge did not exit within {WAIT:?} of SIGTERM\n{}",
-            site.edge.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(
-        status,
-        0,
-        "agent-edge exited with wait status {status:#x} after SIGTERM\n{}",
-        site.edge.log_tail()
-    );
-    drop(site);
 }
 
 #[test]
@@ -845,7 +768,7 @@ fn a_mixed_run_leaves_one_correct_record_per_call_and_they_survive_a_restart() {
     let (port, last) = agent("agent_answer.xml", &d, "quick-last", 1, &[]);
     register_again(&site, &d, "quick", port);
     let c5 = site.call(&d, "caller_call_hangup.xml", "call5");
-    stop_cleanly(site);
+    site.edge.stop_cleanly();
     last.wait().assert_ok("quick's last call");
     let site = Site::start(&d, &config, "agent-edge-restarted.log");
     let (after, next) = site.calls("");

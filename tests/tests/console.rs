@@ -578,35 +578,6 @@ fn start(dir: &Path, admin_key: &str, log: &str) -> (Edge, SocketAddr) {
     (edge, admin)
 }
 
-/// SIGTERM, then waits for the process to exit with status 0.
-fn stop_cleanly(edge: Edge) {
-    use rustix::process::{Pid, Signal, kill_process};
-    let pid = edge.pid();
-    kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::TERM).unwrap();
-    // Exited, it is a zombie until the Edge reaps it (when dropped): /proc still shows its
-    // state (3rd field of `stat`) and its wait status (52nd).
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        if fields[0] == "Z" {
-            break fields[52 - 3].parse::<i32>().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent-edge did not exit within {WAIT:?} of SIGTERM\n{}",
-            edge.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status, 0, "wait status after SIGTERM\n{}", edge.log_tail());
-}
-
 #[test]
 fn the_console_and_its_cookie_are_refused_without_the_key() {
     const KEY_A: &str = "console-test-admin-key-A-0123456789";
@@ -730,7 +701,7 @@ fn the_console_and_its_cookie_are_refused_without_the_key() {
     );
 
     // A restart with the same admin key keeps the session...
-    stop_cleanly(edge);
+    edge.stop_cleanly();
     let (edge, admin) = start(dir.path(), KEY_A, "agent-edge-2.log");
     assert_eq!(
         request(admin, "GET", "/live", &with_cookie, None).status,
@@ -743,7 +714,7 @@ fn the_console_and_its_cookie_are_refused_without_the_key() {
     );
 
     // ... and another admin key ends it: only the new key gets in.
-    stop_cleanly(edge);
+    edge.stop_cleanly();
     let (_edge, admin) = start(dir.path(), KEY_B, "agent-edge-3.log");
     assert_eq!(
         request(admin, "GET", "/live", &with_cookie, None).status,

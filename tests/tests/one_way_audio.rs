@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use agent_edge_tests::browser::Browser;
 use agent_edge_tests::{
     EventStream, System, WAIT, admin_key, caller, header_values, issue_token, metrics_text,
+    parse_csv,
 };
 use serde_json::{Value, json};
 
@@ -210,42 +211,6 @@ impl Admin {
         assert_eq!(row.len(), header.len(), "{row:?}");
         row[col("one_way_audio")].clone()
     }
-}
-
-/// An RFC 4180 text whose fields are all quoted: its rows of fields.
-fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let mut row = Vec::new();
-        loop {
-            assert_eq!(chars.next(), Some('"'), "every field is quoted: {text:?}");
-            let mut field = String::new();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => panic!("a field never ends in {text:?}"),
-                }
-            }
-            row.push(field);
-            match chars.next() {
-                Some(',') => {}
-                Some('\r') => {
-                    assert_eq!(chars.next(), Some('\n'), "CRLF line ends: {text:?}");
-                    break;
-                }
-                None => break,
-                Some(c) => panic!("{c:?} after a field in {text:?}"),
-            }
-        }
-        rows.push(row);
-    }
-    rows
 }
 
 /// The `one-way-audio` events the stream has carried so far.

@@ -314,7 +314,7 @@ impl Recorder {
     }
 
     /// The latest media statistics of a call from `edge`; taken only from the edge of the
-    /// agent who answered. Returns the one-way audio flagged now when that changed with
+    /// agent who answered (a record has an edge only once answered). Returns the one-way audio flagged now when that changed with
     /// this report (`Some(None)`: it flows both ways again).
     pub fn media(&mut self, call_id: &str, edge: &str, json: &str) -> Option<Option<String>> {
         let o = self.open.get_mut(call_id)?;
@@ -333,14 +333,6 @@ impl Recorder {
         }
         o.one_way.clone_from(&one_way);
         Some(one_way)
-    }
-
-    /// Whether the call has a record being built that an edge's statistics could still be
-    /// for (answered, not yet written).
-    pub fn wants_media(&self, call_id: &str, edge: &str) -> bool {
-        self.open
-            .get(call_id)
-            .is_some_and(|o| o.record.answered.is_some() && o.record.edge.as_deref() == Some(edge))
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -388,11 +380,6 @@ impl Recorder {
 
     pub fn poll_output(&mut self) -> Option<RecordOutput> {
         self.out.pop_front()
-    }
-
-    /// Records being built.
-    pub fn open(&self) -> usize {
-        self.open.len()
     }
 }
 

@@ -195,8 +195,9 @@ impl Thread {
             self.retry_at = None;
             return;
         }
-        let records: Vec<CallRecord> = self.pending.iter().cloned().collect();
-        let result = store::insert(&mut self.db, &records).and_then(|()| {
+        let records = self.pending.make_contiguous();
+        let written = records.len();
+        let result = store::insert(&mut self.db, records).and_then(|()| {
             for (id, wrap_up_ms) in &self.updates {
                 store::set_wrap_up(&self.db, id, *wrap_up_ms)?;
             }
@@ -204,7 +205,6 @@ impl Thread {
         });
         match result {
             Ok(()) => {
-                let written = records.len();
                 self.pending.clear();
                 self.updates.clear();
                 self.retry_at = None;

@@ -29,9 +29,6 @@ impl Distributor {
     /// the agent who answered (its last report comes after the BYE).
     /// One-way audio the report starts or ends is counted and told on the event stream.
     pub(super) fn media_for_record(&mut self, call_id: &str, edge_id: &str, json: &str) {
-        if !self.records.wants_media(call_id, edge_id) {
-            return;
-        }
         let Some(one_way) = self.records.media(call_id, edge_id, json) else {
             return;
         };
