@@ -23,6 +23,8 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 need_pkg sipp sip-tester
 need_pkg chromium chromium
 need_pkg chromedriver chromium-driver
+# A real desk phone as an agent (tests/tests/desk_phone_digest.rs).
+need_pkg baresip baresip-core
 # The network-namespace tests (tests/src/netns.rs) build their network with these.
 need_pkg ip iproute2
 need_pkg nft nftables

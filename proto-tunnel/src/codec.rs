@@ -27,6 +27,10 @@ const HTTP_BODY: u8 = 18;
 const WS_OPEN: u8 = 19;
 const WS_MESSAGE: u8 = 20;
 const WS_CLOSE: u8 = 21;
+const DIGEST_CHECK: u8 = 22;
+const DIGEST_RESULT: u8 = 23;
+/// Longest `Authorization` header value or method carried in a Digest check.
+const MAX_DIGEST_TEXT: usize = 4096;
 /// Longest path of an exposed page's request, media type or peer address carried.
 const MAX_HTTP_TEXT: usize = 1024;
 /// Longest media statistics carried for one call.
@@ -250,6 +254,36 @@ pub fn encode_into(frame: &Frame, buf: &mut BytesMut) {
             buf.put_u64(*conn);
             put_bytes(buf, reason.as_bytes());
         }
+        Frame::DigestCheck {
+            request,
+            agent,
+            method,
+            authorization,
+            expires,
+        } => {
+            buf.put_u8(DIGEST_CHECK);
+            buf.put_u64(*request);
+            put_bytes(buf, agent.as_bytes());
+            put_bytes(buf, method.as_bytes());
+            put_bytes(buf, authorization.as_bytes());
+            buf.put_u32(*expires);
+        }
+        Frame::DigestResult {
+            request,
+            token,
+            refusal,
+        } => {
+            buf.put_u8(DIGEST_RESULT);
+            buf.put_u64(*request);
+            match token {
+                Some(t) => {
+                    buf.put_u8(1);
+                    put_bytes(buf, t.as_bytes());
+                }
+                None => buf.put_u8(0),
+            }
+            put_bytes(buf, refusal.as_bytes());
+        }
     }
 }
 
@@ -374,6 +408,22 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
             conn: r.u64("conn")?,
             reason: r.text("reason", MAX_HTTP_TEXT)?,
         },
+        DIGEST_CHECK => Frame::DigestCheck {
+            request: r.u64("request")?,
+            agent: r.id("agent")?,
+            method: r.text("method", MAX_DIGEST_TEXT)?,
+            authorization: r.text("authorization", MAX_DIGEST_TEXT)?,
+            expires: r.u32("expires")?,
+        },
+        DIGEST_RESULT => Frame::DigestResult {
+            request: r.u64("request")?,
+            token: if r.flag("token")? {
+                Some(r.text("token", MAX_TOKEN)?)
+            } else {
+                None
+            },
+            refusal: r.text("refusal", MAX_HTTP_TEXT)?,
+        },
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if !r.buf.is_empty() {
@@ -494,6 +544,23 @@ mod tests {
             },
             Frame::Revoke {
                 jti: "0123abcd".into(),
+            },
+            Frame::DigestCheck {
+                request: 9,
+                agent: "alice".into(),
+                method: "REGISTER".into(),
+                authorization: "Digest username=\"alice\", realm=\"agent-edge\"".into(),
+                expires: 3600,
+            },
+            Frame::DigestResult {
+                request: 9,
+                token: Some("eyJhbGciOiJFUzI1NiJ9.e30.c2ln".into()),
+                refusal: String::new(),
+            },
+            Frame::DigestResult {
+                request: 10,
+                token: None,
+                refusal: "wrong password".into(),
             },
             Frame::Route {
                 call_id: "a84b4c76e66710@pc33".into(),
@@ -879,6 +946,22 @@ mod tests {
             ".{0,100}".prop_map(|reason| Frame::Close { reason }),
             ".{0,300}".prop_map(|json| Frame::Keys { json }),
             id().prop_map(|jti| Frame::Revoke { jti }),
+            (any::<u64>(), id(), ".{0,20}", ".{0,200}", any::<u32>()).prop_map(
+                |(request, agent, method, authorization, expires)| Frame::DigestCheck {
+                    request,
+                    agent,
+                    method,
+                    authorization,
+                    expires,
+                }
+            ),
+            (any::<u64>(), prop::option::of(".{0,200}"), ".{0,60}").prop_map(
+                |(request, token, refusal)| Frame::DigestResult {
+                    request,
+                    token,
+                    refusal,
+                }
+            ),
             (".{0,60}", id(), any::<u32>()).prop_map(|(call_id, agent, ttl_ms)| Frame::Route {
                 call_id,
                 agent,

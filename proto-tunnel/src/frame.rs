@@ -154,6 +154,32 @@ pub enum Frame {
         /// For the other side's logs.
         reason: String,
     },
+    /// A desk phone answered the edge's Digest challenge (edge → distributor): the
+    /// distributor, which alone keeps the agents' SIP password hashes, checks the answer, so
+    /// no edge ever holds a password.
+    DigestCheck {
+        /// Names the answer, so several checks can be in flight.
+        request: u64,
+        /// The agent the REGISTER is for (its To user).
+        agent: String,
+        /// The request's method, part of the digest.
+        method: String,
+        /// The request's `Authorization` header value, as the phone sent it.
+        authorization: String,
+        /// The registration's lifetime in seconds: the token given back lasts this long and
+        /// a minute more.
+        expires: u32,
+    },
+    /// The distributor's answer to a `DigestCheck`.
+    DigestResult {
+        /// The check answered.
+        request: u64,
+        /// On success, an agent token for this registration (its `jti` is the SIP password's
+        /// id), which proves the agent's claim as any token does; `None` when refused.
+        token: Option<String>,
+        /// Why it was refused, for the edge's answer and logs (empty on success).
+        refusal: String,
+    },
     /// The sender is closing the tunnel, and why.
     Close {
         /// Free text for the peer's logs, so an operator sees why without packet captures.

@@ -7,7 +7,8 @@ use crate::Frame;
 /// Version of this protocol; a Hello with another one is refused, so an edge and a
 /// distributor of different versions are told so at once instead of tripping over a frame.
 /// 2: `AgentUp` carries the agent's token; exposed edges (`Expose`, `Http*`, `Ws*`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: desk phones' Digest answers checked by the distributor (`DigestCheck`, `DigestResult`).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The WebSocket subprotocol of the tunnel; the distributor refuses clients without it.
 pub const SUBPROTOCOL: &str = "agent-edge-tunnel.v1";
 

@@ -360,6 +360,11 @@ pub struct BufferConfig {
     pub expose: Expose,
     /// Longest registration granted, in seconds.
     pub max_expires: u32,
+    /// The SIP Digest algorithms offered to desk phones that register without a token, in
+    /// order of preference: `SHA-256` and `MD5` by default, `[]` for tokens only. Some old
+    /// phones give up on a challenge they do not know instead of taking the next one (libre
+    /// before 3.11, Debian 12's baresip among them): for those, `["MD5"]`.
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
     /// How the distributor hands calls to this edge: tunnel, uri, message or table.
     pub handoff: crate::handoff::Mode,
     /// Reach the distributor over plain SIP instead of the tunnel, for an edge with a public
@@ -398,6 +403,7 @@ impl Default for BufferConfig {
             https: SocketAddr::from(([127, 0, 0, 1], 8443)),
             expose: Expose::Direct,
             max_expires: 3600,
+            digest_algorithms: crate::sip::digest::Algorithm::OFFERED.to_vec(),
             handoff: crate::handoff::Mode::Tunnel,
             distributor_sip: None,
             keys_file: None,

@@ -196,6 +196,7 @@ pub struct Metrics {
     tunnel_frames: Family<FrameLabels, Counter>,
     agents_signed_in: Family<EdgeLabels, Gauge>,
     claims_refused: Family<ReasonLabels, Counter>,
+    digest_checks: Family<ResultLabels, Counter>,
     offers_ended: Family<ResultLabels, Counter>,
     ring: QueueHistograms,
     talk: QueueHistograms,
@@ -365,6 +366,13 @@ impl Metrics {
              expired, revoked, another agent's...)",
             claims_refused.clone(),
         );
+        let digest_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sip_digest_checks",
+            "Desk phones' SIP Digest answers checked for the edges, by result (verified, \
+             wrong-password, no-password, revoked, malformed...)",
+            digest_checks.clone(),
+        );
         let offers_ended = Family::<ResultLabels, Counter>::default();
         registry.register(
             "offers_ended",
@@ -459,6 +467,7 @@ impl Metrics {
             service_level,
             agents_signed_in,
             claims_refused,
+            digest_checks,
             sip_requests,
             sip_responses,
             sip_timeouts,
@@ -739,6 +748,16 @@ impl Metrics {
         }
         self.claims_refused
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A desk phone's Digest answer checked: `result` is `verified` or why it was refused.
+    pub fn digest_check(&self, result: &'static str) {
+        if !self.on {
+            return;
+        }
+        self.digest_checks
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

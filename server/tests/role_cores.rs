@@ -108,6 +108,8 @@ impl Sim {
                 revoked: Vec::new(),
                 edge_issuer: edges,
                 profiles: None,
+                sip_passwords: None,
+                agent_issuer: None,
                 clock: WallClock::at(now, unix_now()),
             },
             None,

@@ -78,6 +78,10 @@ pub fn router(state: AdminState) -> Router {
             get(get_agent).put(put_agent).delete(delete_agent),
         )
         .route("/agents/{id}/tokens", post(issue_token))
+        .route(
+            "/agents/{id}/sip-password",
+            post(super::sip_passwords::create).delete(super::sip_passwords::delete),
+        )
         .route("/tokens/revoke", post(revoke_token))
         .route("/keys/rotate", post(rotate_keys))
         .route("/live", get(live))
@@ -148,7 +152,7 @@ async fn require_key(State(state): State<AdminState>, request: Request, next: Ne
     next.run(request).await
 }
 
-fn store_error(e: impl std::fmt::Display) -> Response {
+pub(super) fn store_error(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin store failed");
     problem(StatusCode::INTERNAL_SERVER_ERROR, "the agent store failed")
 }
@@ -246,8 +250,18 @@ async fn put_agent(
 }
 
 async fn delete_agent(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    // Her SIP password goes with her: the phones registered with it are signed out.
+    let password = match state.store.sip_password(&id) {
+        Ok(p) => p,
+        Err(e) => return store_error(e),
+    };
     match state.store.delete_agent(&id) {
         Ok(true) => {
+            if let Some(password) = password
+                && let Err(response) = super::sip_passwords::revoke(&state, password.id).await
+            {
+                return response;
+            }
             let _ = state
                 .commands
                 .send(Command::Profile {

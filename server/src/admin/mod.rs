@@ -6,5 +6,6 @@ pub mod api;
 pub mod calls_api;
 pub mod console;
 pub mod keys;
+pub mod sip_passwords;
 pub mod store;
 pub mod tokens;

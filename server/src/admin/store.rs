@@ -21,6 +21,19 @@ pub struct Agent {
     pub max_calls: u32,
 }
 
+/// An agent's SIP password as kept: never the password itself, only its HA1 hashes for
+/// [`crate::sip::digest::REALM`], one per algorithm a phone may answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipPassword {
+    /// Names this password as a `jti` names a token: revoking it signs out every phone that
+    /// registered with it, and the tokens minted for those registrations carry it.
+    pub id: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
 fn one() -> u32 {
     1
 }
@@ -88,6 +101,13 @@ impl Store {
              CREATE TABLE IF NOT EXISTS revoked (
                  jti TEXT PRIMARY KEY,
                  expires INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS sip_passwords (
+                 agent TEXT PRIMARY KEY,
+                 id TEXT NOT NULL,
+                 ha1_md5 TEXT NOT NULL,
+                 ha1_sha256 TEXT NOT NULL,
+                 created INTEGER NOT NULL
              );",
         )?;
         Ok(Store { db: Mutex::new(db) })
@@ -135,12 +155,73 @@ impl Store {
         rows.map(|r| to_agent(r?)).collect()
     }
 
-    /// Returns true when there was such an agent.
+    /// Returns true when there was such an agent. Her SIP password goes with her.
     pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .db()
-            .execute("DELETE FROM agents WHERE id = ?1", [id])?
-            > 0)
+        let db = self.db();
+        db.execute("DELETE FROM sip_passwords WHERE agent = ?1", [id])?;
+        Ok(db.execute("DELETE FROM agents WHERE id = ?1", [id])? > 0)
+    }
+
+    /// Gives `agent` a SIP password, replacing any she had. Returns the id of the one
+    /// replaced, which the caller revokes.
+    pub fn set_sip_password(
+        &self,
+        agent: &str,
+        password: &SipPassword,
+    ) -> Result<Option<String>, StoreError> {
+        let db = self.db();
+        let old: Option<String> = db
+            .query_row(
+                "SELECT id FROM sip_passwords WHERE agent = ?1",
+                [agent],
+                |r| r.get(0),
+            )
+            .optional()?;
+        db.execute(
+            "INSERT OR REPLACE INTO sip_passwords (agent, id, ha1_md5, ha1_sha256, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                agent,
+                password.id,
+                password.ha1_md5,
+                password.ha1_sha256,
+                password.created as i64
+            ],
+        )?;
+        Ok(old)
+    }
+
+    pub fn sip_password(&self, agent: &str) -> Result<Option<SipPassword>, StoreError> {
+        let db = self.db();
+        let row = db
+            .query_row(
+                "SELECT id, ha1_md5, ha1_sha256, created FROM sip_passwords WHERE agent = ?1",
+                [agent],
+                |r| {
+                    Ok(SipPassword {
+                        id: r.get(0)?,
+                        ha1_md5: r.get(1)?,
+                        ha1_sha256: r.get(2)?,
+                        created: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Removes `agent`'s SIP password; returns its id, which the caller revokes.
+    pub fn delete_sip_password(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        let db = self.db();
+        let old: Option<String> = db
+            .query_row(
+                "SELECT id FROM sip_passwords WHERE agent = ?1",
+                [agent],
+                |r| r.get(0),
+            )
+            .optional()?;
+        db.execute("DELETE FROM sip_passwords WHERE agent = ?1", [agent])?;
+        Ok(old)
     }
 
     /// Remembers a revoked token id until the token would have expired anyway.
@@ -209,6 +290,35 @@ mod tests {
         assert!(store.delete_agent("alice").unwrap());
         assert!(!store.delete_agent("alice").unwrap());
         assert_eq!(store.agent("alice").unwrap(), None);
+    }
+
+    #[test]
+    fn a_sip_password_is_replaced_removed_and_goes_with_its_agent() {
+        let store = Store::in_memory().unwrap();
+        store.put_agent(&alice()).unwrap();
+        let password = |id: &str| SipPassword {
+            id: id.into(),
+            ha1_md5: "m".into(),
+            ha1_sha256: "s".into(),
+            created: 7,
+        };
+        assert_eq!(
+            store.set_sip_password("alice", &password("p1")).unwrap(),
+            None
+        );
+        assert_eq!(
+            store.set_sip_password("alice", &password("p2")).unwrap(),
+            Some("p1".into())
+        );
+        assert_eq!(store.sip_password("alice").unwrap(), Some(password("p2")));
+        assert_eq!(
+            store.delete_sip_password("alice").unwrap(),
+            Some("p2".into())
+        );
+        assert_eq!(store.sip_password("alice").unwrap(), None);
+        store.set_sip_password("alice", &password("p3")).unwrap();
+        store.delete_agent("alice").unwrap();
+        assert_eq!(store.sip_password("alice").unwrap(), None);
     }
 
     #[test]

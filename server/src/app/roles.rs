@@ -176,6 +176,8 @@ pub(super) async fn start_distributor(
             revoked,
             edge_issuer: edge_token_issuer(config, ring),
             profiles: Some(store.clone()),
+            sip_passwords: Some(store.clone()),
+            agent_issuer: Some(issuer.clone()),
             clock: crate::admin::tokens::WallClock::read(),
         },
         early_media,

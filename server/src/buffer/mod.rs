@@ -1,6 +1,7 @@
 //! The buffer server: registrar for its agents, routing table, and the connection processor
 //! that re-addresses every message between a call's client leg and agent leg.
 
+pub mod digest_checks;
 pub mod media;
 pub mod media_io;
 pub mod readdress;

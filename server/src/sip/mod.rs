@@ -3,6 +3,7 @@
 //! Nothing here touches a socket or reads the clock. Messages come in as bytes with the time
 //! they arrived; what to send, and when to be woken next, comes out.
 
+pub mod digest;
 pub mod error;
 pub mod framing;
 pub mod message;

@@ -12,7 +12,7 @@ use crate::buffer::registrar::AgentToken;
 use crate::ids;
 use crate::sip::register::{self, RegisterRequest};
 use crate::sip::transaction::{self, TxId};
-use crate::sip::{NameAddr, SipMessage, Target, TransportKind};
+use crate::sip::{Method, NameAddr, SipMessage, Target, TransportKind};
 
 use super::Buffer;
 
@@ -31,11 +31,15 @@ impl Buffer {
                 return;
             }
         };
+        if super::desk_phones::answers_digest(msg, from) {
+            self.digest_register(tx, msg, from, now);
+            return;
+        }
         let own = self.on_own_connection(msg, request.agent(), from);
         let token = match (&request, own) {
             // SIP.js signs out without its token, on the connection it registered on.
             (RegisterRequest::Unbind { .. }, true) => None,
-            _ => match self.authenticate(msg, request.agent(), "registration") {
+            _ => match self.authenticate(msg, request.agent(), from, now) {
                 Ok(token) => Some(token),
                 Err(refusal) => {
                     let _ = self.layer.send_response(tx, *refusal, now);
@@ -43,6 +47,20 @@ impl Buffer {
                 }
             },
         };
+        self.register_proved(tx, msg, request, token, from, now);
+    }
+
+    /// A REGISTER whose agent is proved (by `token`, or for an un-REGISTER by the connection
+    /// it came on): bound, unbound or fetched, and answered.
+    pub(super) fn register_proved(
+        &mut self,
+        tx: TxId,
+        msg: &SipMessage,
+        request: RegisterRequest,
+        token: Option<AgentToken>,
+        from: &Target,
+        now: Instant,
+    ) {
         let mut resp = msg.response(200, Some(&ids::tag()));
         match request {
             RegisterRequest::Bind {
@@ -109,8 +127,14 @@ impl Buffer {
         &self,
         msg: &SipMessage,
         agent: &str,
-        what: &str,
+        from: &Target,
+        now: Instant,
     ) -> Result<AgentToken, Box<SipMessage>> {
+        let what = if msg.method() == Some(&Method::Register) {
+            "registration"
+        } else {
+            "presence"
+        };
         let refuse = |code: u16, why: &str, challenge: Option<String>| {
             let mut resp = msg.response(code, Some(&ids::tag()));
             resp.set_reason(why);
@@ -128,6 +152,18 @@ impl Buffer {
         let realm = "Bearer realm=\"agent-edge\"";
         let token = match tokens::bearer(msg.header("Authorization")) {
             Ok(t) => t,
+            // A desk phone has no token: it is challenged to answer with its SIP password,
+            // and with nothing else, since some phones give up on a challenge they do not
+            // know (a Bearer one) instead of taking the next.
+            Err(_)
+                if what == "registration"
+                    && from.kind != TransportKind::Wss
+                    && !self.config.digest_algorithms.is_empty() =>
+            {
+                let mut resp = refuse(401, "Unauthorized", None);
+                self.push_digest_challenges(&mut resp, false, now);
+                return Err(resp);
+            }
             Err(_) => return Err(refuse(401, "Unauthorized", Some(realm.to_owned()))),
         };
         if token.len() > proto_tunnel::MAX_TOKEN {
@@ -190,7 +226,7 @@ impl Buffer {
             return;
         }
         if !self.on_own_connection(msg, &agent, from)
-            && let Err(refusal) = self.authenticate(msg, &agent, "presence")
+            && let Err(refusal) = self.authenticate(msg, &agent, from, now)
         {
             let _ = self.layer.send_response(tx, *refusal, now);
             return;

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::tokens::TokenVerifier;
 use crate::app::status::Status;
+use crate::buffer::digest_checks::DigestChecks;
 use crate::buffer::media::CallMedia;
 use crate::buffer::readdress::LocalAddr;
 use crate::buffer::registrar::Registrar;
@@ -19,12 +20,14 @@ use crate::config::{BufferConfig, SipConfig};
 use crate::handoff::{Mode, RouteTable};
 use crate::ids;
 use crate::media::bridge::BridgeEvent;
+use crate::sip::digest::Nonces;
 use crate::sip::transaction::{self, TransactionLayer, TxEvent, TxId};
 use crate::sip::{ConnId, Method, SipMessage, Target, TransportKind, validate};
 
 mod agents;
 mod api;
 mod calls;
+mod desk_phones;
 mod dialog;
 mod offering;
 mod quality;
@@ -87,6 +90,12 @@ pub struct Buffer {
     /// BYEs sent by [`Command::HangUpAll`] whose transactions have not ended, so a shutdown
     /// waits for both legs to hear of the end before the process goes.
     hangups: HashSet<TxId>,
+    /// Desk phones' REGISTERs whose Digest answer the distributor is checking.
+    digest_checks: DigestChecks,
+    /// The nonces of this edge's Digest challenges.
+    nonces: Nonces,
+    /// When the core was made: nonces carry their age from it (the core reads no clock).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -124,7 +133,7 @@ impl crate::driver::Core for Buffer {
                 }
             }
             Input::TunnelUp { conn } => self.tunnel_up(conn),
-            Input::TunnelDown { conn } => self.tunnel_down(conn),
+            Input::TunnelDown { conn } => self.tunnel_down(conn, now),
             Input::Frame { conn, frame } => self.on_frame(conn, frame, now),
             Input::Media(input) => {
                 if let Some(m) = self.media.as_mut() {
@@ -160,6 +169,7 @@ impl crate::driver::Core for Buffer {
             self.registrar.next_expiry(),
             self.routes.next_expiry(),
             self.unregistered.next_deadline(),
+            self.digest_checks.next_deadline(),
             self.link_refresh,
         ]
         .into_iter()
@@ -210,6 +220,9 @@ impl Buffer {
             out: VecDeque::new(),
             draining: false,
             hangups: HashSet::new(),
+            digest_checks: DigestChecks::new(),
+            nonces: Nonces::random(),
+            started: now,
             turn_secret: None,
         }
     }
@@ -287,6 +300,7 @@ impl Buffer {
             self.stats_slice = self.stats_slice.wrapping_add(1);
             self.report_stats();
         }
+        self.digest_checks_expired(now);
         let expired = self.routes.expire(now);
         if expired > 0 {
             info!(expired, "route entries expired without their INVITE");

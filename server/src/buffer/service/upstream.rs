@@ -52,12 +52,13 @@ impl Buffer {
         }
     }
 
-    pub(super) fn tunnel_down(&mut self, conn: ConnId) {
+    pub(super) fn tunnel_down(&mut self, conn: ConnId, now: Instant) {
         if self.tunnel == Some(conn) {
             self.tunnel = None;
             self.status(Status::TunnelDown {
                 edge: self.id.clone(),
             });
+            self.digest_checks_lost(now);
         }
         self.layer.connection_closed(conn);
     }
@@ -102,6 +103,11 @@ impl Buffer {
                 self.revoked.insert(jti);
             }
             Frame::AgentState { agent, json } => self.send_agent_state(&agent, json, now),
+            Frame::DigestResult {
+                request,
+                token,
+                refusal,
+            } => self.on_digest_result(request, token, &refusal, now),
             // The distributor no longer sends this agent's calls here: a verified claim from
             // another edge moved her, or ours was refused. This edge no longer speaks for
             // her, so her binding goes (her socket stays: if she registers here again, that

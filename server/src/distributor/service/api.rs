@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::acd::{self, Presence, Profile};
-use crate::admin::store::Store;
+use crate::admin::store::{SipPassword, Store};
 use crate::admin::tokens::{TokenIssuer, WallClock};
 use crate::app::status::Status;
 use crate::media::announcement::Announcement;
@@ -189,6 +189,18 @@ impl Profiles for Store {
     }
 }
 
+/// Where the distributor finds an agent's SIP password (its hashes), read when an edge asks
+/// for a Digest answer to be checked.
+pub trait SipPasswords: Send + Sync + std::fmt::Debug {
+    fn sip_password(&self, agent: &str) -> Result<Option<SipPassword>, String>;
+}
+
+impl SipPasswords for Store {
+    fn sip_password(&self, agent: &str) -> Result<Option<SipPassword>, String> {
+        Store::sip_password(self, agent).map_err(|e| e.to_string())
+    }
+}
+
 /// Queue announcements played to waiting callers (queues with `ringback = "183"`).
 #[derive(Debug)]
 pub struct QueueMedia {
@@ -210,6 +222,10 @@ pub struct Identities {
     pub edge_issuer: TokenIssuer,
     /// Agents' skills and call limits (none: every agent gets the defaults).
     pub profiles: Option<Arc<dyn Profiles>>,
+    /// Agents' SIP passwords, for desk phones' Digest answers (none: Digest is refused).
+    pub sip_passwords: Option<Arc<dyn SipPasswords>>,
+    /// Signs the agent tokens a verified Digest answer is turned into.
+    pub agent_issuer: Option<TokenIssuer>,
     /// The Unix time at one instant, so agent tokens' expiry is checked against the `now`
     /// the core is given (the core reads no clock).
     pub clock: WallClock,

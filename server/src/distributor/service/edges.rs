@@ -137,6 +137,30 @@ impl Distributor {
                 self.unproved(conn, &agent, "agent");
             }
             Frame::Sip { message, .. } => self.on_tunnel_sip(&message, conn, now),
+            Frame::DigestCheck {
+                request,
+                agent,
+                method,
+                authorization,
+                expires,
+            } => {
+                let check = super::digest_check::Check {
+                    agent: &agent,
+                    method: &method,
+                    authorization: &authorization,
+                    expires,
+                };
+                let (token, refusal) = match self.check_digest(&check, &edge_id, now) {
+                    Ok(token) => (Some(token), String::new()),
+                    Err(refusal) => (None, refusal.to_string()),
+                };
+                let frame = Frame::DigestResult {
+                    request,
+                    token,
+                    refusal,
+                };
+                self.send_frame(conn, frame);
+            }
             Frame::CallStats { call_id, json } => {
                 self.media_for_record(&call_id, &edge_id, &json);
                 // Kept only for calls the ACD holds, and dropped when the ACD says a call

@@ -13,6 +13,7 @@
 
 mod api;
 mod calls;
+mod digest_check;
 mod edge_link;
 mod edges;
 mod live;
@@ -32,7 +33,7 @@ use tracing::{info, warn};
 
 pub use self::api::{
     BoundAddrs, Command, Identities, Input, LiveAgent, LiveCall, LiveView, Output, Profiles,
-    QueueMedia,
+    QueueMedia, SipPasswords,
 };
 use self::calls::{Calls, Part, TxKind};
 use self::edges::{Edge, Handoff};
@@ -67,6 +68,10 @@ pub struct Distributor {
     classifier: Classifier,
     /// Agents' skills and call limits.
     profiles: Option<Arc<dyn Profiles>>,
+    /// Agents' SIP passwords, for desk phones' Digest answers.
+    sip_passwords: Option<Arc<dyn SipPasswords>>,
+    /// Signs the tokens verified Digest answers become.
+    agent_issuer: Option<TokenIssuer>,
     /// The live event stream, as JSON lines.
     events: broadcast::Sender<Arc<str>>,
     /// Each call's transactions, while it has any.
@@ -171,6 +176,8 @@ impl Distributor {
             revoked,
             edge_issuer,
             profiles,
+            sip_passwords,
+            agent_issuer,
             clock,
         } = ids;
         let queues = acd::config::queues_with_default(&config.queues, &config.default_queue);
@@ -194,6 +201,8 @@ impl Distributor {
             acd: Acd::new(queues),
             classifier,
             profiles,
+            sip_passwords,
+            agent_issuer,
             events: broadcast::channel(live::EVENT_BACKLOG).0,
             calls: Calls::default(),
             media,
