@@ -16,7 +16,7 @@ check:
 # Runs every fuzz target for SECONDS each (stable toolchain; installs cargo-fuzz when missing).
 fuzz SECONDS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-    cd fuzz && for t in sip_message sip_websocket tunnel_frame handoff_uri handoff_message handoff_table transactions acd_events media_input media_frame turn_message; do \
+    cd fuzz && for t in sip_message sip_websocket tunnel_frame handoff_uri handoff_message handoff_table transactions acd_events media_input media_frame turn_message digest_credentials; do \
         cargo fuzz run --sanitizer none "$t" -- -max_total_time={{SECONDS}} || exit 1; done
 
 # CPU and memory per bridged call at 50 and 200 concurrent calls (release build).
