@@ -312,6 +312,10 @@ pub struct DistributorConfig {
     /// Calls at once for an agent the admin store does not describe (its `max_calls`
     /// otherwise).
     pub agent_max_calls: u32,
+    /// Milliseconds a new call's INVITE may have waited for the distributor before it is
+    /// refused with 503 and `Retry-After` instead of served: that long behind, the
+    /// distributor is overloaded, and serving it would let retransmissions pile up. 0: never.
+    pub overload_after_ms: u64,
     /// Queue of the calls no call type matches (implied with default settings when
     /// `queues` does not define it).
     pub default_queue: String,
@@ -333,6 +337,7 @@ impl Default for DistributorConfig {
             media_ports: None,
             media_public_ip: None,
             agent_max_calls: 1,
+            overload_after_ms: 200,
             default_queue: "default".into(),
             call_types: Vec::new(),
             queues: Vec::new(),

@@ -197,6 +197,7 @@ pub struct Metrics {
     agents_signed_in: Family<EdgeLabels, Gauge>,
     claims_refused: Family<ReasonLabels, Counter>,
     digest_checks: Family<ResultLabels, Counter>,
+    overload_refused: Counter,
     offers_ended: Family<ResultLabels, Counter>,
     ring: QueueHistograms,
     talk: QueueHistograms,
@@ -373,6 +374,13 @@ impl Metrics {
              wrong-password, no-password, revoked, malformed...)",
             digest_checks.clone(),
         );
+        let overload_refused = Counter::default();
+        registry.register(
+            "calls_refused_overloaded",
+            "New calls refused with 503 because their INVITE waited longer than \
+             [distributor] overload_after_ms for the distributor",
+            overload_refused.clone(),
+        );
         let offers_ended = Family::<ResultLabels, Counter>::default();
         registry.register(
             "offers_ended",
@@ -468,6 +476,7 @@ impl Metrics {
             agents_signed_in,
             claims_refused,
             digest_checks,
+            overload_refused,
             sip_requests,
             sip_responses,
             sip_timeouts,
@@ -759,6 +768,13 @@ impl Metrics {
         self.digest_checks
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// A new call refused because the distributor is overloaded.
+    pub fn overload_refused(&self) {
+        if self.on {
+            self.overload_refused.inc();
+        }
     }
 
     pub fn tunnel_frame(&self, edge: &str, direction: Direction) {

@@ -313,8 +313,14 @@ impl Sim {
     /// SIP from the caller to the distributor.
     fn caller_sends(&mut self, msg: SipMessage) {
         let from = Target::udp(addr(CALLER));
-        self.dist
-            .handle(distributor::Input::Sip { msg, from }, self.now);
+        self.dist.handle(
+            distributor::Input::Sip {
+                msg,
+                from,
+                received: self.now,
+            },
+            self.now,
+        );
         self.pump();
     }
 

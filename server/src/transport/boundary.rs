@@ -24,7 +24,11 @@ pub async fn ingest(transports: &Transports, bytes: &[u8], from: Target) -> bool
     };
     transports
         .events()
-        .send(TransportEvent::Message { msg, from })
+        .send(TransportEvent::Message {
+            msg,
+            from,
+            received: std::time::Instant::now(),
+        })
         .await
         .is_ok()
 }

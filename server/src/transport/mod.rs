@@ -35,8 +35,13 @@ pub use boundary::ingest;
 /// What transports tell the role that owns them.
 #[derive(Debug)]
 pub enum TransportEvent {
-    /// A parsed and validated message.
-    Message { msg: SipMessage, from: Target },
+    /// A parsed and validated message, and when it was read: the time it then waits for the
+    /// core says how far behind the core is.
+    Message {
+        msg: SipMessage,
+        from: Target,
+        received: std::time::Instant,
+    },
     /// A connection ended: transactions and registrations bound to it are gone.
     Closed { conn: ConnId },
 }

@@ -81,7 +81,7 @@ pub enum Input {
 impl From<TransportEvent> for Input {
     fn from(ev: TransportEvent) -> Input {
         match ev {
-            TransportEvent::Message { msg, from } => Input::Sip { msg, from },
+            TransportEvent::Message { msg, from, .. } => Input::Sip { msg, from },
             TransportEvent::Closed { conn } => Input::Closed { conn },
         }
     }

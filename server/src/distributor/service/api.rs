@@ -117,8 +117,13 @@ impl BoundAddrs {
 /// What the distributor is told.
 #[derive(Debug)]
 pub enum Input {
-    /// SIP from a caller or an edge on a plain-SIP link, parsed at the boundary.
-    Sip { msg: SipMessage, from: Target },
+    /// SIP from a caller or an edge on a plain-SIP link, parsed at the boundary, and when
+    /// it was read there.
+    Sip {
+        msg: SipMessage,
+        from: Target,
+        received: std::time::Instant,
+    },
     /// A caller's (or a plain-SIP edge's) stream connection closed.
     Closed { conn: ConnId },
     /// An edge's tunnel opened (its credential checked) and said Hello.
@@ -140,7 +145,15 @@ pub enum Input {
 impl From<TransportEvent> for Input {
     fn from(ev: TransportEvent) -> Input {
         match ev {
-            TransportEvent::Message { msg, from } => Input::Sip { msg, from },
+            TransportEvent::Message {
+                msg,
+                from,
+                received,
+            } => Input::Sip {
+                msg,
+                from,
+                received,
+            },
             TransportEvent::Closed { conn } => Input::Closed { conn },
         }
     }

@@ -18,6 +18,7 @@ mod edge_link;
 mod edges;
 mod live;
 mod offering;
+mod overload;
 mod proxy;
 mod recording;
 
@@ -37,6 +38,7 @@ pub use self::api::{
 };
 use self::calls::{Calls, Part, TxKind};
 use self::edges::{Edge, Handoff};
+use self::overload::Overload;
 use super::agents::AgentEdges;
 use crate::acd::{self, Acd, Classifier, FailCause};
 use crate::admin::tokens::{TokenIssuer, TokenVerifier, VerifierSettings, WallClock};
@@ -82,6 +84,9 @@ pub struct Distributor {
     media_stats: HashMap<String, String>,
     /// Shutting down: new calls get 503.
     draining: bool,
+    /// How long the message in hand waited for the core: new calls that waited too long are
+    /// refused, the distributor being overloaded.
+    overload: Overload,
     /// What to do, in order; drained by [`crate::driver::Core::poll_output`].
     out: std::collections::VecDeque<Output>,
     /// Counted from the ACD's events, read by the admin API's `/metrics`.
@@ -105,7 +110,13 @@ impl crate::driver::Core for Distributor {
 
     fn handle(&mut self, input: Input, now: Instant) {
         match input {
-            Input::Sip { msg, from } => {
+            Input::Sip {
+                msg,
+                from,
+                received,
+            } => {
+                self.overload
+                    .waited(now.saturating_duration_since(received));
                 self.metrics.sip(Direction::In, &msg);
                 match self.edge_conn_of(&from) {
                     Some(conn) => self.on_edge_msg(msg, from, conn, now),
@@ -182,6 +193,7 @@ impl Distributor {
         } = ids;
         let queues = acd::config::queues_with_default(&config.queues, &config.default_queue);
         let classifier = Classifier::new(&config.call_types, &config.default_queue);
+        let overload = Overload::new(Duration::from_millis(config.overload_after_ms));
         Distributor {
             agent_tokens: agent_verifier(&identity),
             identity,
@@ -208,6 +220,7 @@ impl Distributor {
             media,
             media_stats: HashMap::new(),
             draining: false,
+            overload,
             out: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(Duration::from_secs(20))),
             records: crate::records::Recorder::new(clock),

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::calls::{Call, Caller, Offer, TxKind};
 use super::edges::Handoff;
+use super::overload;
 use super::{Distributor, Output};
 use crate::acd::{CallFacts, Decision, FailCause, OfferEnd};
 use crate::handoff::{self, Mode};
@@ -31,6 +32,15 @@ impl Distributor {
             resp.push_header("Retry-After", "30");
             let _ = self.layer.send_response(tx, resp, now);
             self.records.refused(&invite, "shutting down", now);
+            return;
+        }
+        if self.overload.refuse_new_call() {
+            let mut resp = invite.response(503, Some(&ids::tag()));
+            resp.set_reason("Overloaded");
+            resp.push_header("Retry-After", overload::RETRY_AFTER_S.to_string());
+            let _ = self.layer.send_response(tx, resp, now);
+            self.metrics.overload_refused();
+            self.records.refused(&invite, "overloaded", now);
             return;
         }
         if self.calls.caller(&call_id).is_some() || self.acd.call_info(&call_id, now).is_some() {
