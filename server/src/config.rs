@@ -396,6 +396,12 @@ pub struct BufferConfig {
     /// Seconds a SIP WebSocket has, from its first message, to register an agent; one that
     /// talks without registering is closed then.
     pub ws_register_s: u64,
+    /// Anchor the media of agents on desk phones (registered over UDP, TCP or TLS) here too:
+    /// the caller and the agent each get an SDP with one of this edge's per-call RTP ports,
+    /// and the bridge relays RTP (and muxed RTCP) between them, so neither learns the
+    /// other's address. Off: the caller's SDP goes to the phone unchanged, and the two
+    /// exchange RTP directly.
+    pub anchor_desk_phone_media: bool,
 }
 
 impl Default for BufferConfig {
@@ -418,6 +424,7 @@ impl Default for BufferConfig {
             media_timeout_s: 60,
             one_way_audio_s: 5,
             ws_register_s: 30,
+            anchor_desk_phone_media: true,
         }
     }
 }
@@ -658,6 +665,15 @@ mod tests {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains("LOW-HIGH"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn desk_phone_media_is_anchored_unless_switched_off() {
+        assert!(Config::default().buffer.anchor_desk_phone_media);
+        let off = Config::parse("[buffer]\nanchor_desk_phone_media = false\n").unwrap();
+        assert!(!off.buffer.anchor_desk_phone_media);
+        let err = Config::parse("[buffer]\nanchor_desk_phone_media = \"yes\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)), "{err}");
     }
 
     #[test]

@@ -135,8 +135,9 @@ struct LegLabels {
 
 type LegHistograms = Family<LegLabels, Histogram, fn() -> Histogram>;
 
-/// Jitter buckets, in milliseconds: a jitter buffer hides tens of them.
-const JITTER_BUCKETS: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0];
+/// Jitter buckets, in seconds (Prometheus's base unit; promtool refuses milliseconds): a
+/// jitter buffer hides tens of milliseconds.
+const JITTER_BUCKETS: [f64; 9] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2];
 /// MOS buckets: 4.3 is G.711 at its best, below 3.6 people complain.
 const MOS_BUCKETS: [f64; 8] = [1.5, 2.5, 3.0, 3.6, 4.0, 4.2, 4.3, 4.4];
 
@@ -435,26 +436,26 @@ impl Metrics {
         let media_packets = Family::<LegLabels, Counter>::default();
         registry.register(
             "call_media_packets",
-            "RTP packets the bridge received in ended browser calls, by leg (caller: from \
+            "RTP packets the bridge received in ended calls whose media it carried, by leg (caller: from \
              the caller; agent: from the agent)",
             media_packets.clone(),
         );
         let media_lost = Family::<LegLabels, Counter>::default();
         registry.register(
             "call_media_lost_packets",
-            "RTP packets missing (by sequence number) in ended browser calls, by leg",
+            "RTP packets missing (by sequence number) in ended calls whose media the bridge carried, by leg",
             media_lost.clone(),
         );
         let media_jitter: LegHistograms = Family::new_with_constructor(jitter_histogram);
         registry.register(
-            "call_media_jitter_milliseconds",
-            "Interarrival jitter at the end of each browser call, by leg",
+            "call_media_jitter_seconds",
+            "Interarrival jitter at the end of each call whose media the bridge carried, by leg",
             media_jitter.clone(),
         );
         let media_mos: LegHistograms = Family::new_with_constructor(mos_histogram);
         registry.register(
             "call_media_mos",
-            "The E-model MOS estimate of each browser call (as in its record), by leg",
+            "The E-model MOS estimate of each call whose media the bridge carried (as in its record), by leg",
             media_mos.clone(),
         );
         Metrics {
@@ -603,7 +604,7 @@ impl Metrics {
             self.media_lost.get_or_create(&labels).inc_by(l.lost);
             self.media_jitter
                 .get_or_create(&labels)
-                .observe(f64::from(l.jitter_ms));
+                .observe(f64::from(l.jitter_ms) / 1000.0);
             if let Some(mos) = l.mos {
                 self.media_mos.get_or_create(&labels).observe(mos);
             }

@@ -63,6 +63,10 @@ struct Sim {
     /// Callers' ports asked for and not yet answered, when the test answers them itself (a
     /// relay's port takes a round trip); otherwise each is answered at once.
     deferred_ports: Option<Vec<u64>>,
+    /// Agent-side ports (a desk phone's anchored media) are refused when asked for.
+    refuse_agent_ports: bool,
+    /// Calls whose ports the edge closed.
+    closed_ports: Vec<u64>,
 }
 
 impl Sim {
@@ -142,6 +146,8 @@ impl Sim {
             issuer,
             _keys: keys,
             deferred_ports: None,
+            refuse_agent_ports: false,
+            closed_ports: Vec::new(),
         };
         sim.connect_tunnel(mode);
         sim
@@ -273,9 +279,16 @@ impl Sim {
                         let input = buffer::Input::CallerPort { call, result };
                         self.edge.handle(input, self.now);
                     }
-                    buffer::Output::Close { .. }
-                    | buffer::Output::CloseCallerPort { .. }
-                    | buffer::Output::Datagram(_) => {}
+                    buffer::Output::OpenAgentPort { call } => {
+                        let result = match self.refuse_agent_ports {
+                            true => Err("no UDP port free".to_owned()),
+                            false => Ok(addr("198.51.100.2:30002")),
+                        };
+                        let input = buffer::Input::AgentPort { call, result };
+                        self.edge.handle(input, self.now);
+                    }
+                    buffer::Output::CloseCallerPort { call } => self.closed_ports.push(call),
+                    buffer::Output::Close { .. } | buffer::Output::Datagram(_) => {}
                 }
             }
             if !moved {
@@ -1036,4 +1049,143 @@ fn a_browsers_answer_whose_port_is_refused_is_hung_up_and_the_call_goes_back_to_
         "{statuses:?}"
     );
     assert_eq!(statuses.last(), Some(&180), "{statuses:?}");
+}
+
+/// A desk phone's SDP, its media at 192.0.2.20:6000.
+const PHONE_SDP: &str = "v=0\r\no=phone 9 9 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\n\
+                         t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+/// The phone answers `invite` with `code` and its SDP.
+fn phone_answers_with_sdp(sim: &mut Sim, invite: &SipMessage, code: u16) {
+    let mut resp = invite.response(code, Some("agent-tag"));
+    resp.push_header("Contact", format!("<sip:alice@{ALICE}>"));
+    resp.push_header("Content-Type", "application/sdp");
+    resp.body = PHONE_SDP.as_bytes().to_vec().into();
+    sim.phone_sends(addr(ALICE), resp);
+}
+
+/// Checks that an SDP the caller got names the edge's caller-side port only.
+fn from_the_edge_only(msg: &SipMessage) {
+    let sdp = String::from_utf8_lossy(&msg.body);
+    assert!(
+        sdp.contains("m=audio 30000 RTP/AVP 0") && sdp.contains("c=IN IP4 198.51.100.2"),
+        "the edge's caller-side port: {sdp}"
+    );
+    assert!(
+        !sdp.contains("192.0.2.20") && !sdp.contains("6000") && !sdp.contains("o=phone"),
+        "nothing of the phone's: {sdp}"
+    );
+}
+
+#[test]
+fn a_desk_phones_media_is_anchored_at_the_edge_early_media_and_answer_alike() {
+    let mut sim = Sim::with_bridge(Mode::Tunnel, queue());
+    let alice = addr(ALICE);
+    sim.sign_in("alice", alice);
+    let mut call = CallerCall::invite(&mut sim, "anchored");
+    let invite = sim
+        .to_agent(alice, "INVITE")
+        .pop()
+        .expect("alice's phone never rang");
+    let offer = String::from_utf8_lossy(&invite.body);
+    assert!(
+        offer.contains("m=audio 30002 RTP/AVP 0") && offer.contains("c=IN IP4 198.51.100.2"),
+        "the phone gets the edge's agent-side port: {offer}"
+    );
+    assert!(
+        !offer.contains("192.0.2.10") && !offer.contains("40000"),
+        "nothing of the caller's: {offer}"
+    );
+    phone_answers_with_sdp(&mut sim, &invite, 183);
+    let early = sim
+        .caller
+        .iter()
+        .find(|m| m.status() == Some(183))
+        .expect("the phone's early media reaches the caller")
+        .clone();
+    from_the_edge_only(&early);
+    phone_answers_with_sdp(&mut sim, &invite, 200);
+    let ok = sim
+        .caller
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("the answer")
+        .clone();
+    from_the_edge_only(&ok);
+    assert_eq!(early.body, ok.body, "the same answer, the same version");
+    call.ack(&mut sim);
+    assert!(sim.closed_ports.is_empty());
+    call.in_dialog(&mut sim, "BYE", 2);
+    let bye = sim
+        .to_agent(alice, "BYE")
+        .pop()
+        .expect("no BYE at the agent");
+    sim.agent_answers(alice, &bye, 200);
+    assert_eq!(
+        sim.closed_ports.len(),
+        1,
+        "both of the call's ports close with it"
+    );
+}
+
+#[test]
+fn a_desk_phones_port_that_cannot_open_refuses_the_offer_before_the_phone_rings() {
+    let mut sim = Sim::with_bridge(Mode::Tunnel, queue());
+    sim.refuse_agent_ports = true;
+    let alice = addr(ALICE);
+    sim.sign_in("alice", alice);
+    CallerCall::invite(&mut sim, "no-port");
+    assert!(
+        sim.to_agent(alice, "INVITE").is_empty(),
+        "no INVITE without the port its SDP names"
+    );
+    assert!(!sim.closed_ports.is_empty(), "the caller-side port closed");
+    let statuses = sim.caller_statuses();
+    assert!(!statuses.contains(&200), "{statuses:?}");
+}
+
+#[test]
+fn a_cancelled_desk_phone_call_closes_its_ports() {
+    let mut sim = Sim::with_bridge(Mode::Tunnel, queue());
+    let alice = addr(ALICE);
+    sim.sign_in("alice", alice);
+    let mut call = CallerCall::invite(&mut sim, "cancelled");
+    let invite = sim.to_agent(alice, "INVITE").pop().unwrap();
+    sim.agent_answers(alice, &invite, 180);
+    call.cancel(&mut sim);
+    let cancel = sim
+        .to_agent(alice, "CANCEL")
+        .pop()
+        .expect("the phone is cancelled");
+    sim.agent_answers(alice, &cancel, 200);
+    sim.agent_answers(alice, &invite, 487);
+    assert!(sim.caller_statuses().contains(&487));
+    assert_eq!(sim.closed_ports.len(), 1, "{:?}", sim.closed_ports);
+}
+
+#[test]
+fn a_desk_phones_answer_that_beats_its_callers_relay_port_waits_for_it() {
+    let mut sim = Sim::with_bridge(Mode::Tunnel, queue());
+    // An exposed edge: the caller's port is the distributor's relay's, a round trip away.
+    sim.deferred_ports = Some(Vec::new());
+    let alice = addr(ALICE);
+    sim.sign_in("alice", alice);
+    CallerCall::invite(&mut sim, "relay-port");
+    let invite = sim
+        .to_agent(alice, "INVITE")
+        .pop()
+        .expect("the phone rings once its own port is open");
+    phone_answers_with_sdp(&mut sim, &invite, 200);
+    assert!(
+        !sim.caller_statuses().contains(&200),
+        "no 200 before the caller's port"
+    );
+    sim.answer_ports(Ok(addr("198.51.100.2:30000")));
+    let ok = sim
+        .caller
+        .iter()
+        .find(|m| m.status() == Some(200))
+        .expect("the 200 once the port came")
+        .clone();
+    from_the_edge_only(&ok);
 }

@@ -1,13 +1,15 @@
 //! The media of the buffer server's bridged calls, as its core sees them: the sans-IO bridge
-//! ([`crate::media::bridge`]) and which caller-side port each call got. The sockets are the
-//! shell's ([`super::media_io`]); here a call's caller port is asked for with an output and
-//! arrives as an input, and datagrams leave as outputs.
+//! ([`crate::media::bridge`]) and which caller-side port each call got (and, for a desk-phone
+//! agent's relayed call, which agent-side port). The sockets are the shell's
+//! ([`super::media_io`]); here a call's ports are asked for with outputs and arrive as
+//! inputs, and datagrams leave as outputs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::media::bridge::{Bridge, BridgeError, BridgeEvent, Datagram, MediaStats, SessionId};
+use crate::media::relay::Leg;
 
 /// A datagram for the bridge, from the shared WebRTC socket or a call's caller socket.
 #[derive(Debug)]
@@ -33,6 +35,12 @@ pub enum MediaIn {
         bytes: Vec<u8>,
         from: SocketAddr,
     },
+    /// On a relayed call's agent-side socket (a desk phone's plain RTP).
+    Agent {
+        id: SessionId,
+        bytes: Vec<u8>,
+        from: SocketAddr,
+    },
 }
 
 #[derive(Debug)]
@@ -42,6 +50,8 @@ pub struct CallMedia {
     webrtc: SocketAddr,
     /// Each bridged call's caller-side address as announced, once its socket is open.
     caller_ports: HashMap<SessionId, SocketAddr>,
+    /// Each relayed call's agent-side address as announced, once its socket is open.
+    agent_ports: HashMap<SessionId, SocketAddr>,
 }
 
 impl CallMedia {
@@ -51,6 +61,7 @@ impl CallMedia {
             bridge: Bridge::new(webrtc, inactivity),
             webrtc,
             caller_ports: HashMap::new(),
+            agent_ports: HashMap::new(),
         }
     }
 
@@ -97,11 +108,63 @@ impl CallMedia {
         self.bridge.caller_destination(id)
     }
 
-    /// The call's caller socket is open at `local` (as announced): the caller's SDP answer.
-    pub fn caller_port(&mut self, id: SessionId, local: SocketAddr) -> Result<String, BridgeError> {
+    /// The call's caller socket is open at `local` (as announced): the caller's SDP answer
+    /// for a call bridged to WebRTC; none for a relayed call, whose caller gets the agent's
+    /// SDP re-addressed ([`CallMedia::relay_sdp`]).
+    pub fn caller_port(
+        &mut self,
+        id: SessionId,
+        local: SocketAddr,
+    ) -> Result<Option<String>, BridgeError> {
+        if self.bridge.is_relay(id) {
+            self.caller_ports.insert(id, local);
+            return Ok(None);
+        }
         let answer = self.bridge.caller_answer(id, local)?;
         self.caller_ports.insert(id, local);
-        Ok(answer)
+        Ok(Some(answer))
+    }
+
+    /// A call to a desk-phone agent, plain RTP relayed both ways; its caller-side and
+    /// agent-side ports are asked for next. `caller_offer`: the caller's SDP, if any.
+    pub fn open_relay(&mut self, id: SessionId, caller_offer: &[u8], now: Instant) {
+        self.bridge.open_relay(id, caller_offer, now);
+    }
+
+    /// Whether the call's media is relayed (a desk-phone agent).
+    pub fn is_relay(&self, id: SessionId) -> bool {
+        self.bridge.is_relay(id)
+    }
+
+    /// The relayed call's agent-side socket is open at `local` (as announced).
+    pub fn agent_port(&mut self, id: SessionId, local: SocketAddr) -> Result<(), BridgeError> {
+        if !self.bridge.is_relay(id) {
+            return Err(BridgeError::Unknown(id));
+        }
+        self.agent_ports.insert(id, local);
+        Ok(())
+    }
+
+    /// The SDP `from` sent on a relayed call, re-addressed for the other side (from our
+    /// socket facing it, which must be open).
+    pub fn relay_sdp(
+        &mut self,
+        id: SessionId,
+        from: Leg,
+        sdp: &[u8],
+        now: Instant,
+    ) -> Result<String, BridgeError> {
+        let local = match from {
+            Leg::Caller => self.agent_ports.get(&id),
+            Leg::Agent => self.caller_ports.get(&id),
+        };
+        let local = local.copied().ok_or(BridgeError::Unknown(id))?;
+        self.bridge.relay_sdp(id, from, sdp, local, now)
+    }
+
+    /// The relayed call's agent answered.
+    pub fn relay_answered(&mut self, id: SessionId, now: Instant) {
+        self.bridge.relay_answered(id, now);
     }
 
     pub fn agent_answer(
@@ -145,6 +208,7 @@ impl CallMedia {
     /// Ends a call's media: its statistics.
     pub fn close(&mut self, id: SessionId) -> Option<MediaStats> {
         self.caller_ports.remove(&id);
+        self.agent_ports.remove(&id);
         self.bridge.close(id)
     }
 
@@ -160,6 +224,9 @@ impl CallMedia {
             MediaIn::WebRtcTcp { bytes, from } => self.bridge.from_ice_tcp(&bytes, from, now),
             MediaIn::WebRtcTurn { bytes, from } => self.bridge.from_turn(&bytes, from, now),
             MediaIn::Caller { id, bytes, from } => self.bridge.from_caller(id, &bytes, from, now),
+            MediaIn::Agent { id, bytes, from } => {
+                self.bridge.from_agent_rtp(id, &bytes, from, now);
+            }
         }
     }
 

@@ -1,8 +1,10 @@
 //! The media bridge's sockets, owned by the buffer server's shell: one shared UDP socket for
 //! every agent's WebRTC, and for the callers' RTP either one socket per call with a reader
 //! task each feeding the buffer's task, or, on an exposed edge, a flow per call on the
-//! distributor's relay ([`super::relay_link`]). The decisions are the core's
-//! ([`super::media::CallMedia`]).
+//! distributor's relay ([`super::relay_link`]); a desk-phone agent's relayed call also has
+//! a socket of its own facing the agent. The decisions are the core's
+//! ([`super::media::CallMedia`]). A call's sockets close with its
+//! [`MediaSockets::close`] (their reader tasks end, dropping the last handle).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +58,8 @@ pub struct MediaSockets {
     bind_ip: IpAddr,
     public_ip: Option<IpAddr>,
     callers: HashMap<SessionId, (Arc<UdpSocket>, JoinHandle<()>)>,
+    /// Relayed calls' agent-side sockets.
+    agents: HashMap<SessionId, (Arc<UdpSocket>, JoinHandle<()>)>,
     /// The media connection to the distributor (an edge with a tunnel): agents' ICE-TCP.
     link: Option<RelayLink>,
     /// Callers' ports are the distributor's relay's (an exposed edge): no caller socket is
@@ -90,6 +94,7 @@ impl MediaSockets {
             bind_ip: local.ip(),
             public_ip: public,
             callers: HashMap::new(),
+            agents: HashMap::new(),
             link: None,
             relay_callers: false,
             ice_sessions: HashMap::new(),
@@ -148,20 +153,37 @@ impl MediaSockets {
     }
 
     fn open_socket(&mut self, id: SessionId) -> std::io::Result<SocketAddr> {
+        let (socket, reader, announced) =
+            self.bind_call_socket(move |bytes, from| MediaIn::Caller { id, bytes, from })?;
+        self.callers.insert(id, (socket, reader));
+        Ok(announced)
+    }
+
+    /// Opens a relayed call's agent-side socket (always the edge's own: desk phones reach
+    /// the edge directly): its address as announced in SDP.
+    pub fn open_agent(&mut self, id: SessionId) -> std::io::Result<SocketAddr> {
+        let (socket, reader, announced) =
+            self.bind_call_socket(move |bytes, from| MediaIn::Agent { id, bytes, from })?;
+        if let Some((_, old)) = self.agents.insert(id, (socket, reader)) {
+            old.abort();
+        }
+        Ok(announced)
+    }
+
+    /// A UDP socket of one call's on a port the kernel picks, read into the core.
+    fn bind_call_socket(
+        &self,
+        wrap: impl Fn(Vec<u8>, SocketAddr) -> MediaIn + Send + 'static,
+    ) -> std::io::Result<(Arc<UdpSocket>, JoinHandle<()>, SocketAddr)> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, 0))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .and_then(UdpSocket::from_std)?;
         let local = socket.local_addr()?;
         enlarge_buffers(&socket);
         let socket = Arc::new(socket);
-        let reader = spawn_reader(socket.clone(), self.tx.clone(), move |bytes, from| {
-            MediaIn::Caller { id, bytes, from }
-        });
-        self.callers.insert(id, (socket, reader));
-        Ok(SocketAddr::new(
-            self.public_ip.unwrap_or(local.ip()),
-            local.port(),
-        ))
+        let reader = spawn_reader(socket.clone(), self.tx.clone(), wrap);
+        let announced = SocketAddr::new(self.public_ip.unwrap_or(local.ip()), local.port());
+        Ok((socket, reader, announced))
     }
 
     pub fn close(&mut self, id: SessionId) {
@@ -172,6 +194,9 @@ impl MediaSockets {
             link.ice_session(&ufrag, None);
         }
         if let Some((_, reader)) = self.callers.remove(&id) {
+            reader.abort();
+        }
+        if let Some((_, reader)) = self.agents.remove(&id) {
             reader.abort();
         }
     }
@@ -189,6 +214,10 @@ impl MediaSockets {
                 .callers
                 .get(&id)
                 .is_some_and(|c| c.0.try_send_to(bytes, to).is_ok()),
+            (Via::Agent(id), _) => self
+                .agents
+                .get(&id)
+                .is_some_and(|c| c.0.try_send_to(bytes, to).is_ok()),
         };
         if !sent {
             self.send_failures += 1;
@@ -199,7 +228,7 @@ impl MediaSockets {
 impl Drop for MediaSockets {
     fn drop(&mut self) {
         self.webrtc_reader.abort();
-        for (_, reader) in self.callers.values() {
+        for (_, reader) in self.callers.values().chain(self.agents.values()) {
             reader.abort();
         }
     }

@@ -133,6 +133,10 @@ impl Shell<Buffer> for BufferShell {
                     }),
                 };
             }
+            Output::OpenAgentPort { call } => {
+                let result = self.media.open_agent(call).map_err(|e| e.to_string());
+                return Some(Input::AgentPort { call, result });
+            }
             Output::CloseCallerPort { call } => self.media.close(call),
             Output::Datagram(d) => self.media.send(d.via, d.to, &d.bytes),
             Output::Status(status) => self.status.emit(status),

@@ -1,8 +1,9 @@
 //! The buffer server's media bridge, sans-IO: per call, the caller's plain RTP on one side
 //! and the agent's WebRTC (ICE-lite, DTLS-SRTP, rtcp-mux, str0m in RTP mode) on the other,
 //! G.711 and telephone-event relayed both ways without transcoding. All WebRTC sessions
-//! share one UDP address; each caller leg has its own. Datagrams and `now` in, datagrams
-//! and timeouts out; the service owns the sockets.
+//! share one UDP address; each caller leg has its own. A desk-phone agent's call is plain
+//! RTP on both sides: a [`super::relay`] session, with a socket facing the agent as well.
+//! Datagrams and `now` in, datagrams and timeouts out; the service owns the sockets.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use super::relay::{self, Leg, Relay};
 use super::rtp::{self, Rebase};
 use super::sdp::{self, Direction};
 
@@ -32,6 +34,9 @@ pub enum BridgeError {
     /// The caller offered no G.711.
     #[error("no codec in common (PCMU or PCMA needed)")]
     NoCommonCodec,
+    /// A body given as SDP is not a session description.
+    #[error("not a session description")]
+    NotSdp,
     /// The agent's SDP answer was refused by the WebRTC stack.
     #[error("bad WebRTC answer: {0}")]
     BadAnswer(String),
@@ -65,6 +70,8 @@ pub enum Via {
     Turn,
     /// From the call's own caller-leg socket.
     Caller(SessionId),
+    /// From the call's own agent-leg socket (a desk-phone agent's plain RTP).
+    Agent(SessionId),
 }
 
 #[derive(Debug)]
@@ -111,13 +118,28 @@ pub struct MediaStats {
     /// hears nothing) or `agent-silent` (the caller hears nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub one_way: Option<&'static str>,
+    /// The agent's str0m ICE state (WebRTC agents only).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ice_state: String,
+    /// How the agent's media is carried: `webrtc` (a browser) or `rtp` (a desk phone, its
+    /// plain RTP anchored here too: see [`super::relay`]).
+    pub agent_media: &'static str,
+    /// RTCP relayed each way (plain-RTP agents, whose RTCP crosses as it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtcp_relayed: Option<RtcpRelayed>,
+}
+
+/// RTCP packets relayed each way on a plain-RTP call.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RtcpRelayed {
+    pub from_caller: u64,
+    pub from_agent: u64,
 }
 
 /// Receiver-side bookkeeping of one direction (loss and jitter).
 #[derive(Debug, Default)]
-struct Receiver {
-    stats: FlowStats,
+pub(super) struct Receiver {
+    pub(super) stats: FlowStats,
     base_seq: Option<u64>,
     max_seq: u64,
     rebase: Rebase,
@@ -139,7 +161,19 @@ struct StreamJitter {
 }
 
 impl Receiver {
-    fn record(&mut self, ssrc: u32, seq: u16, ts: u32, len: usize, arrival: Instant, t0: Instant) {
+    /// One packet of `len` payload bytes arrived at `arrival` (`t0`: the call's start);
+    /// `clock_hz`: its payload type's RTP clock rate.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        len: usize,
+        arrival: Instant,
+        t0: Instant,
+        clock_hz: u32,
+    ) {
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
         let (ext, _) = self.rebase.map(ssrc, seq, ts);
@@ -147,8 +181,9 @@ impl Receiver {
         self.max_seq = self.max_seq.max(ext);
         let expected = self.max_seq - base + 1;
         self.stats.lost = expected.saturating_sub(self.stats.packets);
-        // G.711's clock: 8 units per millisecond.
-        let arrival_units = (arrival.saturating_duration_since(t0).as_micros() * 8 / 1000) as i64;
+        let clock_hz = u128::from(clock_hz.max(1));
+        let arrival_units =
+            (arrival.saturating_duration_since(t0).as_micros() * clock_hz / 1_000_000) as i64;
         let transit = arrival_units - i64::from(ts);
         let stream = match self.streams.iter().position(|j| j.ssrc == ssrc) {
             Some(i) => &mut self.streams[i],
@@ -169,7 +204,7 @@ impl Receiver {
         stream.jitter += (d - stream.jitter) / 16.0;
         stream.last_transit = transit;
         // The stream now arriving is the one reported.
-        self.stats.jitter_ms = (stream.jitter / 8.0) as u32;
+        self.stats.jitter_ms = (stream.jitter * 1000.0 / clock_hz as f64) as u32;
     }
 }
 
@@ -288,6 +323,8 @@ pub struct Bridge {
     /// Quiet one way for this long, the other flowing, is one-way audio.
     one_way_after: Duration,
     sessions: HashMap<SessionId, Session>,
+    /// Calls to desk-phone agents: plain RTP both sides.
+    relays: HashMap<SessionId, Relay>,
     out: VecDeque<Datagram>,
     events: VecDeque<BridgeEvent>,
     /// Datagrams on the WebRTC socket no session accepted.
@@ -342,6 +379,9 @@ const MAX_TURN_RELAYS: usize = 4;
 /// The telephone-event payload type offered to agents.
 const AGENT_TE_PT: u8 = 101;
 
+/// G.711's (and telephone-event's) RTP clock.
+const G711_HZ: u32 = 8000;
+
 impl Bridge {
     /// `webrtc` is the shared WebRTC socket's address as agents reach it (a public address
     /// for an edge behind 1:1 NAT).
@@ -351,6 +391,7 @@ impl Bridge {
             inactivity,
             one_way_after: DEFAULT_ONE_WAY_AFTER,
             sessions: HashMap::new(),
+            relays: HashMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stray: 0,
@@ -582,16 +623,88 @@ impl Bridge {
 
     /// Ends a call's media and returns its statistics.
     pub fn close(&mut self, id: SessionId) -> Option<MediaStats> {
-        let s = self.sessions.remove(&id)?;
-        self.timers.remove(&(s.timeout, id));
-        if self.sessions.is_empty() {
+        let stats = match self.relays.remove(&id) {
+            Some(r) => r.stats(),
+            None => {
+                let s = self.sessions.remove(&id)?;
+                self.timers.remove(&(s.timeout, id));
+                stats_of(&s)
+            }
+        };
+        if self.is_empty() {
             self.next_sweep = None;
         }
-        Some(stats_of(&s))
+        Some(stats)
     }
 
     pub fn stats(&self, id: SessionId) -> Option<MediaStats> {
-        self.sessions.get(&id).map(stats_of)
+        match self.relays.get(&id) {
+            Some(r) => Some(r.stats()),
+            None => self.sessions.get(&id).map(stats_of),
+        }
+    }
+
+    /// A new call to a desk-phone agent: plain RTP relayed both ways (see [`super::relay`]).
+    /// `caller_offer`: the caller's SDP, if its INVITE had one. Each side's SDP then goes to
+    /// the other through [`Bridge::relay_sdp`].
+    pub fn open_relay(&mut self, id: SessionId, caller_offer: &[u8], now: Instant) {
+        self.relays.insert(id, Relay::new(id, caller_offer, now));
+        self.next_sweep.get_or_insert(now + INACTIVITY_SWEEP);
+    }
+
+    /// Whether the call is relayed (plain RTP both sides) rather than bridged to WebRTC.
+    pub fn is_relay(&self, id: SessionId) -> bool {
+        self.relays.contains_key(&id)
+    }
+
+    /// The SDP (offer or answer) that `from` sent on a relayed call, for the other side:
+    /// from `local`, our socket facing that other side, as announced.
+    pub fn relay_sdp(
+        &mut self,
+        id: SessionId,
+        from: Leg,
+        body: &[u8],
+        local: SocketAddr,
+        now: Instant,
+    ) -> Result<String, BridgeError> {
+        let r = self.relays.get_mut(&id).ok_or(BridgeError::Unknown(id))?;
+        r.pass_sdp(from, body, local, now)
+            .map_err(|relay::NotSdp| BridgeError::NotSdp)
+    }
+
+    /// The agent of a relayed call answered (its 2xx): media is expected from now on.
+    pub fn relay_answered(&mut self, id: SessionId, now: Instant) {
+        if let Some(r) = self.relays.get_mut(&id) {
+            r.answered(now);
+        }
+    }
+
+    /// A datagram on a relayed call's agent-leg socket.
+    pub fn from_agent_rtp(&mut self, id: SessionId, bytes: &[u8], from: SocketAddr, now: Instant) {
+        self.relay_receive(id, Leg::Agent, bytes, from, now);
+    }
+
+    fn relay_receive(
+        &mut self,
+        id: SessionId,
+        leg: Leg,
+        bytes: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) {
+        let Some(r) = self.relays.get_mut(&id) else {
+            return;
+        };
+        if let Some(out) = r.receive(leg, bytes, from, now) {
+            self.out.push_back(Datagram {
+                via: match out.leg {
+                    Leg::Caller => Via::Caller(id),
+                    Leg::Agent => Via::Agent(id),
+                },
+                to: out.to,
+                bytes: out.bytes,
+            });
+        }
     }
 
     /// A datagram on the shared WebRTC socket (`local`: the address it arrived on).
@@ -699,11 +812,18 @@ impl Bridge {
     /// Where the call's media to the caller goes now: its SDP's address until its RTP shows
     /// another.
     pub fn caller_destination(&self, id: SessionId) -> Option<SocketAddr> {
-        self.sessions.get(&id).map(|s| s.caller_to)
+        match self.relays.get(&id) {
+            Some(r) => r.destination(Leg::Caller),
+            None => self.sessions.get(&id).map(|s| s.caller_to),
+        }
     }
 
     /// A datagram on a call's caller-leg socket.
     pub fn from_caller(&mut self, id: SessionId, bytes: &[u8], from: SocketAddr, now: Instant) {
+        if self.relays.contains_key(&id) {
+            self.relay_receive(id, Leg::Caller, bytes, from, now);
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -727,8 +847,15 @@ impl Bridge {
         s.last_media = now;
         s.heard_caller = Some(now);
         let created = s.created;
-        s.from_caller
-            .record(p.ssrc, p.seq, p.timestamp, p.payload.len(), now, created);
+        s.from_caller.record(
+            p.ssrc,
+            p.seq,
+            p.timestamp,
+            p.payload.len(),
+            now,
+            created,
+            G711_HZ,
+        );
         let (seq, ts) = s.to_agent_rebase.map(p.ssrc, p.seq, p.timestamp);
         let mid = s.mid;
         let write = RtpWrite::new(agent_pt.into(), seq.into(), ts, now, p.payload).marker(p.marker);
@@ -755,8 +882,30 @@ impl Bridge {
         if self.next_sweep.is_none_or(|t| t > now) {
             return;
         }
-        self.next_sweep = (!self.sessions.is_empty()).then(|| now + INACTIVITY_SWEEP);
+        self.next_sweep = (!self.is_empty()).then(|| now + INACTIVITY_SWEEP);
         let (inactivity, one_way_after) = (self.inactivity, self.one_way_after);
+        for (id, r) in &mut self.relays {
+            // Ringing is not a media failure: a relayed call is watched from its answer on.
+            if r.answered.is_none() {
+                continue;
+            }
+            if r.held() {
+                if r.one_way.take().is_some() {
+                    self.events.push_back(BridgeEvent::OneWay(*id, None));
+                }
+                continue;
+            }
+            if now.saturating_duration_since(r.last_media) >= inactivity {
+                r.last_media = now; // report once per period
+                self.events.push_back(BridgeEvent::Inactive(*id));
+            }
+            if let Some(flag) = r.one_way_now(now, one_way_after)
+                && flag != r.one_way
+            {
+                r.one_way = flag;
+                self.events.push_back(BridgeEvent::OneWay(*id, flag));
+            }
+        }
         for (id, s) in &mut self.sessions {
             // On hold either way, silence is expected.
             let held = s.caller_direction != Direction::SendRecv
@@ -795,11 +944,11 @@ impl Bridge {
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.relays.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.sessions.is_empty() && self.relays.is_empty()
     }
 
     /// Runs the session's WebRTC stack until it waits, relaying what it gives.
@@ -844,7 +993,7 @@ impl Bridge {
                         let ts = p.header.timestamp;
                         let created = s.created;
                         s.from_agent
-                            .record(ssrc, seq, ts, p.payload.len(), now, created);
+                            .record(ssrc, seq, ts, p.payload.len(), now, created, G711_HZ);
                         let (out_seq, out_ts) = s.to_caller_rebase.map(ssrc, seq, ts);
                         let packet = s.to_caller.packet_at(
                             caller_pt,
@@ -902,10 +1051,21 @@ fn to_rtc(d: Direction) -> RtcDirection {
 /// when it cannot be told (not answered yet, or both quiet, which is inactivity's business).
 /// Each side is expected to send from the agent's answer on.
 fn one_way(s: &Session, now: Instant, after: Duration) -> Option<Option<Silent>> {
-    let answered = s.answered?;
+    one_way_of(s.answered, s.heard_caller, s.heard_agent, now, after)
+}
+
+/// [`one_way`] for any kind of session: answered at `answered`, each side last heard when.
+pub(super) fn one_way_of(
+    answered: Option<Instant>,
+    heard_caller: Option<Instant>,
+    heard_agent: Option<Instant>,
+    now: Instant,
+    after: Duration,
+) -> Option<Option<Silent>> {
+    let answered = answered?;
     let quiet =
         |heard: Option<Instant>| now.saturating_duration_since(heard.unwrap_or(answered)) >= after;
-    match (quiet(s.heard_caller), quiet(s.heard_agent)) {
+    match (quiet(heard_caller), quiet(heard_agent)) {
         (false, false) => Some(None),
         (true, false) => Some(Some(Silent::Caller)),
         (false, true) => Some(Some(Silent::Agent)),
@@ -926,6 +1086,8 @@ fn stats_of(s: &Session) -> MediaStats {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         ice_state: format!("{:?}", s.ice_state),
         one_way: s.one_way.map(Silent::label),
+        agent_media: "webrtc",
+        rtcp_relayed: None,
     }
 }
 

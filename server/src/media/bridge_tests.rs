@@ -138,6 +138,7 @@ fn run_all(
                 }
                 Via::Caller(_) => to_caller.push(d.bytes),
                 Via::IceTcp => panic!("no ICE-TCP without a distributor's address"),
+                Via::Agent(_) => panic!("no plain-RTP agent on a WebRTC call"),
             }
         }
         *now += Duration::from_millis(5);
@@ -551,7 +552,7 @@ fn jitter_is_kept_per_stream_so_two_ssrcs_on_unrelated_clocks_do_not_read_as_hou
             (0x2222, 0x9000_0000, i / 2)
         };
         let seq = u16::try_from(n).unwrap();
-        rx.record(ssrc, seq, base + n * 160, 172, arrival, t0);
+        rx.record(ssrc, seq, base + n * 160, 172, arrival, t0, 8000);
     }
     assert!(rx.stats.jitter_ms <= 1, "{:?}", rx.stats);
 
@@ -560,7 +561,15 @@ fn jitter_is_kept_per_stream_so_two_ssrcs_on_unrelated_clocks_do_not_read_as_hou
     for n in 0..100u32 {
         let delay = if n % 2 == 0 { 0 } else { 30 };
         let arrival = t0 + Duration::from_millis(u64::from(n) * 20 + delay);
-        late.record(9, u16::try_from(n).unwrap(), n * 160, 172, arrival, t0);
+        late.record(
+            9,
+            u16::try_from(n).unwrap(),
+            n * 160,
+            172,
+            arrival,
+            t0,
+            8000,
+        );
     }
     assert!(late.stats.jitter_ms >= 10, "{:?}", late.stats);
 }

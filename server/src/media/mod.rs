@@ -6,5 +6,6 @@ pub mod bridge;
 mod dtls;
 pub mod early;
 pub mod g711;
+pub mod relay;
 pub mod rtp;
 pub mod sdp;

@@ -197,6 +197,206 @@ pub fn audio_direction(body: &[u8]) -> Direction {
     session.unwrap_or_default()
 }
 
+/// The first audio stream of one side's SDP, as the plain-RTP relay reads it
+/// ([`super::relay`]): where that side receives, whether it holds the call by address, the
+/// direction it said, and the clock rates of the formats it named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioStream {
+    /// Where it wants RTP; `None` when the stream is refused (port 0) or on hold by address.
+    pub to: Option<SocketAddr>,
+    /// `c=` 0.0.0.0 (RFC 2543 hold, still sent by some phones): send it nothing.
+    pub held_by_address: bool,
+    pub direction: Direction,
+    /// (payload type, clock rate) of each format of the stream, at most [`MAX_FORMATS`].
+    pub clock_rates: Vec<(u8, u32)>,
+}
+
+/// Formats of one stream kept for their clock rates (RTP has 128 payload types).
+pub const MAX_FORMATS: usize = 32;
+
+/// The RTP clock rate of a static payload type (RFC 3551 table 4), 8000 if unknown.
+fn static_clock_rate(pt: u8) -> u32 {
+    match pt {
+        6 => 16_000,
+        10 | 11 => 44_100,
+        16 => 11_025,
+        17 => 22_050,
+        25 | 26 | 28 | 31..=34 => 90_000,
+        _ => 8_000,
+    }
+}
+
+/// The first audio stream of an SDP as it is read.
+#[derive(Default)]
+struct AudioSection {
+    port: u16,
+    formats: Vec<u8>,
+    addr: Option<IpAddr>,
+    direction: Option<Direction>,
+    rtpmaps: Vec<(u8, u32)>,
+}
+
+/// Reads the first audio stream of any SDP, hold by address (`c=` 0.0.0.0) included; `None`
+/// without an audio `m=` line.
+pub fn audio_stream(text: &str) -> Option<AudioStream> {
+    let mut session_addr: Option<IpAddr> = None;
+    let mut session_direction = None;
+    let mut audio: Option<AudioSection> = None;
+    let mut seen_media = false;
+    let mut in_audio = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if audio.is_some() {
+                break;
+            }
+            seen_media = true;
+            let mut parts = m.split_whitespace();
+            in_audio = parts.next() == Some("audio");
+            if in_audio {
+                let port = parts
+                    .next()
+                    .and_then(|p| p.split('/').next()?.parse().ok())
+                    .unwrap_or(0);
+                let _proto = parts.next();
+                let formats = parts
+                    .filter_map(|p| p.parse().ok())
+                    .filter(|pt| *pt < 128)
+                    .take(MAX_FORMATS)
+                    .collect();
+                audio = Some(AudioSection {
+                    port,
+                    formats,
+                    ..AudioSection::default()
+                });
+            }
+        } else if let Some(c) = line.strip_prefix("c=") {
+            let addr = c
+                .split_whitespace()
+                .nth(2)
+                .and_then(|a| a.split('/').next()?.parse().ok());
+            match (&mut audio, seen_media) {
+                (Some(a), _) if in_audio => a.addr = addr,
+                (None, false) => session_addr = addr,
+                _ => {}
+            }
+        } else if let Some(attr) = line.strip_prefix("a=") {
+            let d = Direction::parse(attr);
+            match (&mut audio, seen_media) {
+                (None, false) => session_direction = d.or(session_direction),
+                (Some(a), _) if in_audio => {
+                    if d.is_some() {
+                        a.direction = d;
+                    } else if let Some(map) = attr.strip_prefix("rtpmap:")
+                        && let Some((pt, codec)) = map.split_once(' ')
+                        && let Ok(pt) = pt.trim().parse::<u8>()
+                        && let Some(rate) = codec.split('/').nth(1)
+                        && let Ok(rate) = rate.trim().parse::<u32>()
+                        && rate > 0
+                        && a.rtpmaps.len() < MAX_FORMATS
+                    {
+                        a.rtpmaps.push((pt, rate));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let AudioSection {
+        port,
+        formats: pts,
+        addr: media_addr,
+        direction,
+        rtpmaps: maps,
+    } = audio?;
+    let ip = media_addr.or(session_addr);
+    let held_by_address = ip.is_some_and(|ip| ip.is_unspecified());
+    let to = match ip {
+        Some(ip) if port != 0 && !held_by_address => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    };
+    let clock_rates = pts
+        .iter()
+        .map(|pt| {
+            let rate = maps
+                .iter()
+                .find(|(p, _)| p == pt)
+                .map_or_else(|| static_clock_rate(*pt), |(_, r)| *r);
+            (*pt, rate)
+        })
+        .collect();
+    Some(AudioStream {
+        to,
+        held_by_address,
+        direction: direction.or(session_direction).unwrap_or_default(),
+        clock_rates,
+    })
+}
+
+/// Attributes that name one side's transport addresses or ICE identity (RFC 3605's
+/// `a=rtcp`, ICE's candidates and credentials): never passed to the other side.
+const TOPOLOGY_ATTRIBUTES: [&str; 8] = [
+    "rtcp:",
+    "candidate:",
+    "remote-candidates:",
+    "ice-ufrag:",
+    "ice-pwd:",
+    "ice-options:",
+    "ice-lite",
+    "end-of-candidates",
+];
+
+/// One side's SDP as the relay passes it to the other: the same description (formats,
+/// `rtpmap`/`fmtp`, `ptime`, direction, `rtcp-mux`, everything else), but our `o=` line
+/// (session `session_id`, `version`), our address `local` in every `c=` line (a `c=`
+/// 0.0.0.0 stays, as the hold it is), our port on the first active audio stream and port
+/// 0 (refused) on every other stream, and no attribute that names the side's addresses.
+pub fn readdress(text: &str, local: SocketAddr, session_id: u64, version: u64) -> String {
+    let ip = local.ip();
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut audio_claimed = false;
+    for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("o=") {
+            out.push_str(&format!(
+                "o=agent-edge {session_id} {version} IN {family} {ip}"
+            ));
+        } else if let Some(c) = line.strip_prefix("c=") {
+            let held = c
+                .split_whitespace()
+                .nth(2)
+                .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+                .is_some_and(|a| a.is_unspecified());
+            if held {
+                out.push_str(line);
+            } else {
+                out.push_str(&format!("c=IN {family} {ip}"));
+            }
+        } else if let Some(m) = line.strip_prefix("m=") {
+            let mut parts = m.splitn(3, ' ');
+            let media = parts.next().unwrap_or("");
+            let port = parts.next().unwrap_or("0");
+            let rest = parts.next().unwrap_or("");
+            let active = port.split('/').next().and_then(|p| p.parse::<u16>().ok()) != Some(0);
+            let ours = media == "audio" && active && !audio_claimed;
+            audio_claimed |= ours;
+            let port = if ours { local.port() } else { 0 };
+            out.push_str(&format!("m={media} {port} {rest}"));
+        } else if line
+            .strip_prefix("a=")
+            .is_some_and(|a| TOPOLOGY_ATTRIBUTES.iter().any(|t| a.starts_with(t)))
+        {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// An answer sending (only) G.711 `law` from `from`.
 pub fn answer(from: SocketAddr, law: Law, session_id: u64) -> String {
     let ip = from.ip();

@@ -69,6 +69,12 @@ pub enum Input {
         call: SessionId,
         result: Result<SocketAddr, String>,
     },
+    /// The agent-side socket asked for with [`Output::OpenAgentPort`]: its address as
+    /// announced in SDP, or why it could not be opened.
+    AgentPort {
+        call: SessionId,
+        result: Result<SocketAddr, String>,
+    },
     /// Where agents reach the bridge over ICE-TCP (the distributor's public listener, from
     /// its media connection), or none while that connection is down.
     IceTcp { addr: Option<SocketAddr> },
@@ -108,7 +114,11 @@ pub enum Output {
         ice_ufrag: Option<String>,
         agent: String,
     },
-    /// Close it, and its ICE-TCP registration: the call ended.
+    /// Open a relayed call's agent-side port (a desk-phone agent's plain RTP, always a UDP
+    /// socket of the edge's); the answer comes back as [`Input::AgentPort`] at once.
+    OpenAgentPort { call: SessionId },
+    /// Close the call's ports (caller-side, agent-side) and its ICE-TCP registration: the
+    /// call ended.
     CloseCallerPort { call: SessionId },
     /// A media datagram, from the shared WebRTC socket or a call's caller socket.
     Datagram(Datagram),

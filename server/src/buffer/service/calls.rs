@@ -1,17 +1,17 @@
 //! A call's one home in the buffer server: its routing entry (the two legs, see
 //! [`RoutingTable`]), the transactions carrying it, the ACK each leg may need again and the
-//! bridge's SDP answers. The indexes that find a call by Call-ID or by transaction live here
+//! bridge's SDP answers, and which calls' media is relayed (desk-phone agents). The indexes that find a call by Call-ID or by transaction live here
 //! and nowhere else, so no handler keeps two maps in step.
 //!
 //! A transaction's record outlives its call: a call ended from here (a BYE of ours, the media
 //! gone) still has INVITE or BYE transactions winding down in the layer, and their last events
 //! must find what they were for. A record goes when the layer says its transaction ended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::buffer::routing_table::{CallEntry, CallKey, RoutingTable, Side, TableError};
 use crate::sip::transaction::TxId;
-use crate::sip::{Method, SipMessage};
+use crate::sip::{Method, SipMessage, Target};
 
 /// A request forwarded from one leg to the other, waiting for its answer.
 #[derive(Debug, Clone)]
@@ -20,6 +20,16 @@ pub(super) struct Forwarded {
     pub server_tx: TxId,
     pub from_side: Side,
     pub method: Method,
+}
+
+/// The agent leg's INVITE of a relayed call, waiting for the call's agent-side port, which
+/// its SDP names.
+#[derive(Debug)]
+pub(super) struct PendingInvite {
+    /// The client leg's INVITE transaction it is for.
+    pub client_tx: TxId,
+    pub invite: SipMessage,
+    pub target: Target,
 }
 
 /// What one of the layer's transactions is for.
@@ -66,6 +76,11 @@ pub(super) struct Calls {
     /// Bridged calls whose caller-side port is being opened, with the agent's 2xx if it
     /// came first (it waits: the caller must get our SDP, never the agent's).
     awaiting_port: HashMap<CallKey, Option<(TxId, SipMessage)>>,
+    /// Calls to desk-phone agents whose plain RTP the bridge relays: every SDP crossing
+    /// them is re-addressed.
+    relayed: HashSet<CallKey>,
+    /// Relayed calls whose agent-side port is being opened, with the INVITE for the agent.
+    awaiting_agent_port: HashMap<CallKey, PendingInvite>,
     txs: HashMap<TxId, (CallKey, TxRole)>,
 }
 
@@ -113,6 +128,8 @@ impl Calls {
         self.records.remove(&key);
         self.caller_answers.remove(&key);
         self.awaiting_port.remove(&key);
+        self.relayed.remove(&key);
+        self.awaiting_agent_port.remove(&key);
         self.table.remove(key)
     }
 
@@ -125,6 +142,15 @@ impl Calls {
         self.txs.insert(client_tx, (key, TxRole::ClientInvite));
         let role = TxRole::AgentInvite { client_tx };
         self.txs.insert(agent_tx, (key, role));
+    }
+
+    /// The client leg's INVITE is the call's before the agent's is sent (a relayed call's
+    /// waits for its port): a CANCEL or a refusal meanwhile finds it.
+    pub fn client_invite_received(&mut self, key: CallKey, client_tx: TxId) {
+        if let Some(record) = self.records.get_mut(&key) {
+            record.client_invite = Some(client_tx);
+            self.txs.insert(client_tx, (key, TxRole::ClientInvite));
+        }
     }
 
     /// A request was relayed on `tx` for the call.
@@ -216,17 +242,46 @@ impl Calls {
         self.caller_answers.get(&key).map(String::as_str)
     }
 
+    /// Whether the call is bridged to a browser's WebRTC (the bridge answers its SDP).
     pub fn is_bridged(&self, key: CallKey) -> bool {
         self.caller_answers.contains_key(&key)
     }
 
-    /// The bridged calls, in no order.
+    /// The call's media is relayed (a desk-phone agent's plain RTP anchored here).
+    pub fn set_relayed(&mut self, key: CallKey) {
+        if self.records.contains_key(&key) {
+            self.relayed.insert(key);
+        }
+    }
+
+    pub fn is_relayed(&self, key: CallKey) -> bool {
+        self.relayed.contains(&key)
+    }
+
+    /// The calls whose media goes through the bridge (bridged or relayed), in no order.
     pub fn bridged(&self) -> impl Iterator<Item = CallKey> + '_ {
-        self.caller_answers.keys().copied()
+        self.caller_answers.keys().chain(&self.relayed).copied()
     }
 
     pub fn any_bridged(&self) -> bool {
-        !self.caller_answers.is_empty()
+        !self.caller_answers.is_empty() || !self.relayed.is_empty()
+    }
+
+    /// The relayed call's INVITE for the agent waits for its agent-side port.
+    pub fn await_agent_port(&mut self, key: CallKey, pending: PendingInvite) {
+        if self.records.contains_key(&key) {
+            self.awaiting_agent_port.insert(key, pending);
+        }
+    }
+
+    /// Whether the call's INVITE for the agent still waits (it was never sent).
+    pub fn awaits_agent_port(&self, key: CallKey) -> bool {
+        self.awaiting_agent_port.contains_key(&key)
+    }
+
+    /// The port's answer came: the INVITE that waited for it; none when the call ended.
+    pub fn agent_port_arrived(&mut self, key: CallKey) -> Option<PendingInvite> {
+        self.awaiting_agent_port.remove(&key)
     }
 
     pub fn set_reinvite_answer(&mut self, key: CallKey, sdp: String) {
@@ -294,6 +349,18 @@ mod tests {
         calls.set_caller_answer(key, "v=0".into());
         calls.set_ack(key, Side::Agent, ack());
         assert!(calls.any_bridged());
+        let relayed = call(&mut calls, "c2", "a2");
+        calls.set_relayed(relayed);
+        let pending = PendingInvite {
+            client_tx: TxId::from_raw(5),
+            invite: ack(),
+            target: Target::udp("127.0.0.1:5".parse().unwrap()),
+        };
+        calls.await_agent_port(relayed, pending);
+        assert!(calls.is_relayed(relayed) && calls.awaits_agent_port(relayed));
+        assert_eq!(calls.bridged().count(), 2, "both kinds report statistics");
+        calls.remove(relayed);
+        assert!(!calls.is_relayed(relayed) && calls.agent_port_arrived(relayed).is_none());
 
         assert!(calls.remove(key).is_some());
         assert!(!calls.any_bridged());

@@ -1,6 +1,7 @@
 //! An established call: requests relayed in the dialog each way (re-addressed, with the
-//! bridge answering or re-offering SDP for bridged calls), ACKs end to end, BYEs of our own,
-//! and the end of a call with what each failed transaction meant for it.
+//! bridge answering or re-offering SDP for bridged calls, and re-addressing every SDP of a
+//! relayed one), ACKs end to end, BYEs of our own, and the end of a call with what each
+//! failed transaction meant for it.
 
 use std::time::Instant;
 
@@ -10,11 +11,30 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::readdress;
 use crate::buffer::routing_table::{CallKey, CallState, Side};
+use crate::media::relay::Leg;
 use crate::sip::transaction::{self, TxId};
 use crate::sip::{Method, SipMessage, Target};
 
 use super::calls::{Forwarded, TxRole};
 use super::{Buffer, Output};
+
+/// A message's body when it is a session description.
+pub(super) fn sdp_body(msg: &SipMessage) -> Option<&[u8]> {
+    let sdp = msg.header("Content-Type").is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    });
+    (sdp && !msg.body.is_empty()).then_some(&msg.body[..])
+}
+
+/// The relay's name for a leg of the routing table.
+fn leg(side: Side) -> Leg {
+    match side {
+        Side::Client => Leg::Caller,
+        Side::Agent => Leg::Agent,
+    }
+}
 
 impl Buffer {
     pub(super) fn forward_in_dialog(
@@ -59,6 +79,22 @@ impl Buffer {
                 }
             }
         }
+        // Any SDP on a relayed call (a re-INVITE's offer, an UPDATE's, a PRACK's answer):
+        // the other side gets it re-addressed to our port facing it.
+        if self.calls.is_relayed(key)
+            && let Some(sdp) = sdp_body(&msg)
+            && let Some(media) = self.media.as_mut()
+        {
+            match media.relay_sdp(key.0, leg(side), sdp, now) {
+                Ok(sdp) => body = Some(sdp),
+                Err(e) => {
+                    let mut resp = msg.response(e.status(), None);
+                    resp.set_reason(&e.to_string());
+                    let _ = self.layer.send_response(tx, resp, now);
+                    return;
+                }
+            }
+        }
         let other = side.other();
         let Some(entry) = self.calls.get_mut(key) else {
             return;
@@ -93,7 +129,7 @@ impl Buffer {
     }
 
     /// An ACK for a 2xx, end to end: rebuilt for the other leg with that leg's INVITE CSeq.
-    pub(super) fn on_ack(&mut self, ack: &SipMessage, _from: &Target) {
+    pub(super) fn on_ack(&mut self, ack: &SipMessage, _from: &Target, now: Instant) {
         let Some((key, side)) = ack.call_id().and_then(|c| self.calls.lookup(c)) else {
             return;
         };
@@ -111,6 +147,24 @@ impl Buffer {
             &transaction::new_branch(),
         );
         let target = leg.target.clone();
+        let mut out = out;
+        if self.calls.is_relayed(key)
+            && let Some(sdp) = sdp_body(ack)
+        {
+            // The answer to an offer the other side made in its 2xx (a delayed offer).
+            match self
+                .media
+                .as_mut()
+                .map(|m| m.relay_sdp(key.0, self::leg(side), sdp, now))
+            {
+                Some(Ok(sdp)) => out.body = Bytes::from(sdp),
+                _ => {
+                    warn!(call = ?key, "an ACK's SDP cannot be relayed: sent without it");
+                    out.remove_header("Content-Type");
+                    out.body = Bytes::new();
+                }
+            }
+        }
         if let Some(entry) = self.calls.get_mut(key)
             && entry.state == CallState::Answered
         {
@@ -162,6 +216,16 @@ impl Buffer {
         } else {
             None
         };
+        // A relayed call: the answer's SDP (or a 2xx's offer) reaches the other side
+        // re-addressed; `Some(None)`: it could not be, and goes without.
+        let relayed = match (self.calls.is_relayed(key), sdp_body(&resp)) {
+            (true, Some(sdp)) => Some(
+                self.media
+                    .as_mut()
+                    .and_then(|m| m.relay_sdp(key.0, leg(other), sdp, now).ok()),
+            ),
+            _ => None,
+        };
         let Some(entry) = self.calls.get(key) else {
             return;
         };
@@ -172,6 +236,15 @@ impl Buffer {
             if let Some(answer) = answer.filter(|_| (200..300).contains(&code)) {
                 out.set_header("Content-Type", "application/sdp");
                 out.body = Bytes::from(answer);
+            }
+            match relayed {
+                Some(Some(sdp)) => out.body = Bytes::from(sdp),
+                Some(None) => {
+                    warn!(call = ?key, code, "an answer's SDP cannot be relayed: sent without it");
+                    out.remove_header("Content-Type");
+                    out.body = Bytes::new();
+                }
+                None => {}
             }
             let _ = self.layer.send_response(server_tx, out, now);
         }

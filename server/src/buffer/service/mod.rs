@@ -71,7 +71,8 @@ pub struct Buffer {
     /// When the agents' link registrations are next refreshed.
     link_refresh: Option<Instant>,
     link_cseq: u32,
-    /// The media bridge, for calls to browser (WSS) agents.
+    /// The media bridge: calls to browser (WSS) agents, and to desk-phone agents when
+    /// `[buffer] anchor_desk_phone_media` is on.
     media: Option<CallMedia>,
     /// When the bridged calls' media statistics next go to the distributor.
     stats_at: Instant,
@@ -141,6 +142,7 @@ impl crate::driver::Core for Buffer {
                 }
             }
             Input::CallerPort { call, result } => self.on_caller_port(call, result, now),
+            Input::AgentPort { call, result } => self.on_agent_port(call, result, now),
             Input::IceTcp { addr } => {
                 if let Some(media) = self.media.as_mut() {
                     media.set_ice_tcp(addr);
@@ -393,7 +395,7 @@ impl Buffer {
                 msg,
                 from,
                 ..
-            } => self.on_ack(&msg, &from),
+            } => self.on_ack(&msg, &from, now),
             TxEvent::Cancel { invite, .. } => self.on_cancel(invite, now),
             TxEvent::Response { tx, msg } => {
                 if msg.status().is_some_and(|c| c >= 200) {

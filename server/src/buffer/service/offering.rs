@@ -1,6 +1,7 @@
 //! A new call from the distributor until the agent answers or it ends unanswered: the two
-//! legs built, the bridge's media opened for a browser agent, the agent's answers relayed,
-//! and the CANCEL and shutdown paths that end a call still ringing.
+//! legs built, the bridge's media opened for a browser agent (or, anchored, a desk phone's),
+//! the agent's answers relayed, and the CANCEL and shutdown paths that end a call still
+//! ringing.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -11,11 +12,13 @@ use tracing::{debug, info, warn};
 use crate::buffer::readdress;
 use crate::buffer::routing_table::{CallEntry, CallKey, CallState, Side};
 use crate::ids;
-use crate::media::bridge::SessionId;
+use crate::media::bridge::{BridgeError, SessionId};
+use crate::media::relay::Leg;
 use crate::sip::transaction::{self, TxId};
 use crate::sip::{Method, SipMessage, Target, TransportKind};
 
-use super::calls::TxRole;
+use super::calls::{PendingInvite, TxRole};
+use super::dialog::sdp_body;
 use super::{Buffer, Output};
 
 impl Buffer {
@@ -112,9 +115,98 @@ impl Buffer {
                 }
             }
         }
+        if binding.target.kind != TransportKind::Wss
+            && self.config.anchor_desk_phone_media
+            && let Some(media) = self.media.as_mut()
+        {
+            // A desk phone: its plain RTP and the caller's meet in the bridge, each side at a
+            // port of ours. The INVITE waits for the agent-side port, which its SDP names;
+            // both ports are the edge's own sockets (or the caller's, on an exposed edge,
+            // the distributor's relay), opened before the next input.
+            media.open_relay(key.0, sdp_body(&invite).unwrap_or_default(), now);
+            let remote = media.caller_destination(key.0);
+            self.calls.set_relayed(key);
+            self.calls.client_invite_received(key, tx);
+            self.calls.await_caller_port(key);
+            let pending = PendingInvite {
+                client_tx: tx,
+                invite: out,
+                target: binding.target,
+            };
+            self.calls.await_agent_port(key, pending);
+            info!(%agent, call = ?key, "offering call to agent, its media anchored here");
+            self.out.push_back(Output::OpenCallerPort {
+                call: key.0,
+                remote,
+                ice_ufrag: None,
+                agent,
+            });
+            self.out.push_back(Output::OpenAgentPort { call: key.0 });
+            return;
+        }
         info!(%agent, call = ?key, "offering call to agent");
         let agent_tx = self.layer.send_request(out, binding.target, now);
         self.calls.invite_sent(key, tx, agent_tx);
+    }
+
+    /// The agent-side socket of a relayed call opened (or not): its INVITE goes to the
+    /// agent now, with the caller's SDP re-addressed to that socket.
+    pub(super) fn on_agent_port(
+        &mut self,
+        call: SessionId,
+        result: Result<SocketAddr, String>,
+        now: Instant,
+    ) {
+        let key = CallKey(call);
+        let Some(pending) = self.calls.agent_port_arrived(key) else {
+            // The call ended meanwhile (its caller-side port failed): this socket goes too.
+            if result.is_ok() {
+                self.out.push_back(Output::CloseCallerPort { call });
+            }
+            return;
+        };
+        let PendingInvite {
+            client_tx,
+            mut invite,
+            target,
+        } = pending;
+        let opened = match (result, self.media.as_mut()) {
+            (Ok(local), Some(media)) => media.agent_port(call, local),
+            (Ok(_), None) => Err(BridgeError::Unknown(call)),
+            (Err(e), _) => Err(BridgeError::Socket(e)),
+        };
+        let offer = match (opened, sdp_body(&invite), self.media.as_mut()) {
+            (Err(e), _, _) => Err(e),
+            (Ok(()), Some(sdp), Some(media)) => {
+                media.relay_sdp(call, Leg::Caller, sdp, now).map(Some)
+            }
+            (Ok(()), _, _) => Ok(None),
+        };
+        match offer {
+            Ok(offer) => {
+                if let Some(offer) = offer {
+                    invite.body = Bytes::from(offer);
+                }
+                let agent_tx = self.layer.send_request(invite, target, now);
+                self.calls.invite_sent(key, client_tx, agent_tx);
+            }
+            Err(e) => {
+                warn!(call = ?key, error = %e, "cannot anchor the desk phone's media: refusing the call");
+                if let Some(req) = self.layer.server_request(client_tx).cloned() {
+                    let tag = self.calls.get(key).map(|e| e.client.local_tag.clone());
+                    let (status, reason) = match e {
+                        BridgeError::Socket(_) | BridgeError::Unknown(_) => {
+                            (503, "No media port for the agent".to_owned())
+                        }
+                        e => (e.status(), e.to_string()),
+                    };
+                    let mut resp = req.response(status, tag.as_deref());
+                    resp.set_reason(&reason);
+                    let _ = self.layer.send_response(client_tx, resp, now);
+                }
+                self.end_call(key);
+            }
+        }
     }
 
     /// The caller-side socket of a bridged call opened (or not).
@@ -125,19 +217,25 @@ impl Buffer {
         now: Instant,
     ) {
         let key = CallKey(call);
-        let answer = match (result, self.media.as_mut()) {
-            (Ok(local), Some(media)) => media.caller_port(call, local).map_err(|e| e.to_string()),
-            (Ok(_), None) => return,
-            (Err(e), _) => Err(e),
-        };
         // The agent may have answered while the port was being opened (a relay's port takes
         // a round trip to the distributor): its 2xx waited, and goes on now.
         let Some(early_answer) = self.calls.caller_port_arrived(key) else {
+            // The call ended meanwhile: the port goes too.
+            if result.is_ok() {
+                self.out.push_back(Output::CloseCallerPort { call });
+            }
             return;
+        };
+        let answer = match (result, self.media.as_mut()) {
+            (Ok(local), Some(media)) => media.caller_port(call, local).map_err(|e| e.to_string()),
+            (Ok(_), None) => Err("no media bridge".to_owned()),
+            (Err(e), _) => Err(e),
         };
         match answer {
             Ok(answer) => {
-                self.calls.set_caller_answer(key, answer);
+                if let Some(answer) = answer {
+                    self.calls.set_caller_answer(key, answer);
+                }
                 if let Some((client_tx, resp)) = early_answer {
                     self.on_agent_invite_response(key, client_tx, resp, now);
                 }
@@ -193,6 +291,11 @@ impl Buffer {
             match entry.state {
                 CallState::Offering => {
                     entry.state = CallState::Answered;
+                    if self.calls.is_relayed(key)
+                        && let Some(media) = self.media.as_mut()
+                    {
+                        media.relay_answered(key.0, now);
+                    }
                     if self.calls.is_bridged(key)
                         && let Some(media) = self.media.as_mut()
                         && let Err(e) = media.agent_answer(key.0, &resp.body, now)
@@ -229,8 +332,40 @@ impl Buffer {
         }
         let local_tag = entry.client.local_tag.clone();
         let local = self.local_addr(entry.client.target.kind);
+        // A relayed call: the agent's SDP (in a 18x or the 2xx) reaches the caller
+        // re-addressed to our caller-side port.
+        let relayed = match (self.calls.is_relayed(key), sdp_body(&resp)) {
+            (true, Some(sdp)) => Some(match self.media.as_mut() {
+                Some(media) => media.relay_sdp(key.0, Leg::Agent, sdp, now),
+                None => Err(BridgeError::Unknown(key.0)),
+            }),
+            _ => None,
+        };
+        if let Some(Err(e)) = &relayed
+            && (200..300).contains(&code)
+        {
+            warn!(call = ?key, error = %e, "the agent's answer cannot be relayed");
+            self.ack_and_bye_agent(key, now);
+            if let Some(req) = self.layer.server_request(client_tx).cloned() {
+                let mut out = req.response(e.status(), Some(&local_tag));
+                out.set_reason(&e.to_string());
+                let _ = self.layer.send_response(client_tx, out, now);
+            }
+            return;
+        }
         if let Some(req) = self.layer.server_request(client_tx) {
             let mut out = readdress::response_for_leg(req, &resp, &local_tag, &local);
+            match relayed {
+                Some(Ok(sdp)) => out.body = Bytes::from(sdp),
+                Some(Err(e)) => {
+                    // Early media cannot be described to the caller (its port is not
+                    // open yet on an exposed edge): the 18x goes without SDP.
+                    debug!(call = ?key, error = %e, "provisional answer sent without SDP");
+                    out.remove_header("Content-Type");
+                    out.body = Bytes::new();
+                }
+                None => {}
+            }
             if let Some(answer) = self.calls.caller_answer(key) {
                 // A bridged call: the caller gets our RTP, never the agent's WebRTC SDP.
                 if (200..300).contains(&code) {
@@ -286,6 +421,9 @@ impl Buffer {
         self.calls.detach_client(key);
         if let Some(agent_tx) = self.calls.agent_invite(key) {
             self.layer.cancel(agent_tx, now);
+        } else if self.calls.awaits_agent_port(key) {
+            // Never offered to the agent (its media port was still being opened).
+            self.end_call(key);
         }
     }
 
