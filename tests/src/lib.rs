@@ -995,3 +995,23 @@ pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
     }
     rows
 }
+
+/// The newest call record once it has its media statistics (a record is written a second
+/// after the hang-up, with the edge's last statistics of the call).
+pub fn record_with_media(admin: SocketAddr, key: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, text) = http(admin, "GET", "/calls", Some(key), None);
+        assert_eq!(status, 200, "{text}");
+        let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if let Some(r) = page["calls"]
+            .as_array()
+            .and_then(|c| c.first())
+            .filter(|r| !r["media"].is_null())
+        {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no record with media: {page}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

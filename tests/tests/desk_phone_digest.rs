@@ -176,6 +176,14 @@ fn baresip_signs_in_with_its_sip_password_and_answers_a_caller_with_audio() {
         "the phone received the caller's audio at {rx} bit/s:\n{out}"
     );
     assert!(tx >= 32_000, "the phone sent audio at {tx} bit/s:\n{out}");
+    // Both ways through the edge, which anchors the phone's media: the caller's pcap (236
+    // packets) reached the phone, and the phone's audio came back to the caller.
+    let record = agent_edge_tests::record_with_media(admin, &key);
+    let media = &record["media"];
+    let from_caller = media["caller"]["packets"].as_u64().unwrap();
+    let from_phone = media["agent"]["packets"].as_u64().unwrap();
+    assert!(from_caller >= 236, "{record}");
+    assert!(from_phone >= 200, "{record}");
 
     // A wrong password: the phone is challenged again and says so, and is not signed in.
     sip_password(admin, &key, "bob");

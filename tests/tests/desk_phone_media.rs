@@ -69,26 +69,9 @@ fn only_the_edge(sdp: &str, edge_port: u16, hidden: &[u16], other_origin: &str, 
     }
 }
 
-/// Waits for the call's record with its media statistics (written a second after the
-/// hang-up, with the edge's last statistics).
 fn media_record(sys: &mut System) -> Value {
     let admin = sys.edge.addr("distributor.admin");
-    let key = admin_key(sys.path());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, text) = http(admin, "GET", "/calls", Some(&key), None);
-        assert_eq!(status, 200, "{text}");
-        let page: Value = serde_json::from_str(&text).unwrap();
-        if let Some(r) = page["calls"]
-            .as_array()
-            .and_then(|c| c.first())
-            .filter(|r| !r["media"].is_null())
-        {
-            return r.clone();
-        }
-        assert!(Instant::now() < deadline, "no record with media: {page}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent_edge_tests::record_with_media(admin, &admin_key(sys.path()))
 }
 
 /// The edge's per-call ports close with the call: each can be bound again.
