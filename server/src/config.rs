@@ -313,8 +313,9 @@ pub struct DistributorConfig {
     /// otherwise).
     pub agent_max_calls: u32,
     /// Milliseconds a new call's INVITE may have waited for the distributor before it is
-    /// refused with 503 and `Retry-After` instead of served: that long behind, the
-    /// distributor is overloaded, and serving it would let retransmissions pile up. 0: never.
+    /// refused with 503 and `Retry-After` instead of served: that long behind (by default
+    /// T1, when a caller sends its INVITE again), the distributor is overloaded, and serving
+    /// it would let retransmissions pile up. 0: never (nor for a saturated core).
     pub overload_after_ms: u64,
     /// Queue of the calls no call type matches (implied with default settings when
     /// `queues` does not define it).
@@ -337,7 +338,7 @@ impl Default for DistributorConfig {
             media_ports: None,
             media_public_ip: None,
             agent_max_calls: 1,
-            overload_after_ms: 200,
+            overload_after_ms: 500,
             default_queue: "default".into(),
             call_types: Vec::new(),
             queues: Vec::new(),

@@ -4,7 +4,7 @@
 //! then carries out everything the core wants done before waiting again.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -30,7 +30,13 @@ pub trait Core {
     fn poll_output(&mut self) -> Option<Self::Output>;
     /// When [`Core::handle_timeout`] is due; `None`: no timer.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// The share of the last [`LOAD_WINDOW`] the loop spent handling inputs rather than
+    /// waiting for one (1.0: it never waited, so inputs queue), for a core that sheds load.
+    fn load(&mut self, _busy: f64) {}
 }
+
+/// How often [`Core::load`] is told.
+pub const LOAD_WINDOW: Duration = Duration::from_millis(100);
 
 /// The IO around a core: where its inputs come from and how its outputs are carried out.
 pub trait Shell<C: Core> {
@@ -43,8 +49,20 @@ pub trait Shell<C: Core> {
 
 /// Serves until the shell's sources close.
 pub async fn run<C: Core, S: Shell<C>>(mut core: C, mut shell: S) {
+    let mut window = Instant::now();
+    let mut busy = Duration::ZERO;
+    let mut handled = None;
     loop {
         flush(&mut core, &mut shell, Instant::now());
+        let waiting = Instant::now();
+        if let Some(since) = handled.take() {
+            busy += waiting.saturating_duration_since(since);
+        }
+        let span = waiting.saturating_duration_since(window);
+        if span >= LOAD_WINDOW {
+            core.load(busy.as_secs_f64() / span.as_secs_f64());
+            (window, busy) = (waiting, Duration::ZERO);
+        }
         let input = match core.poll_timeout() {
             Some(at) => tokio::select! {
                 input = shell.next_input() => Some(input),
@@ -53,6 +71,7 @@ pub async fn run<C: Core, S: Shell<C>>(mut core: C, mut shell: S) {
             None => Some(shell.next_input().await),
         };
         let now = Instant::now();
+        handled = Some(now);
         match input {
             Some(Some(input)) => core.handle(input, now),
             Some(None) => break,

@@ -245,7 +245,22 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 
 /// One step: `rate` calls per second for `seconds`, every call held `hold_ms` by its agent.
 fn step(bench: &Bench, load: &mut LoadAgents, rate: u64, seconds: u64, hold_ms: u64) -> Step {
-    let dir = bench.dir.path().join(format!("step-{rate}"));
+    step_with(bench, load, "bench_caller.xml", rate, seconds, hold_ms)
+}
+
+/// A step whose callers run `caller_scenario`.
+fn step_with(
+    bench: &Bench,
+    load: &mut LoadAgents,
+    caller_scenario: &str,
+    rate: u64,
+    seconds: u64,
+    hold_ms: u64,
+) -> Step {
+    let dir = bench
+        .dir
+        .path()
+        .join(format!("step-{rate}-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let calls = rate * seconds;
     let limit = (rate * (hold_ms / 1000 + 3)).max(100);
@@ -256,7 +271,7 @@ fn step(bench: &Bench, load: &mut LoadAgents, rate: u64, seconds: u64, hold_ms: 
     let mut sipp = Command::new("sipp")
         .current_dir(&dir)
         .arg("-sf")
-        .arg(scenario("bench_caller.xml"))
+        .arg(scenario(caller_scenario))
         .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
         .args(["-s", "support", "-nostdin", "-buff_size", "8388608"])
         .args(["-r", &rate.to_string(), "-rp", "1000"])
@@ -413,6 +428,72 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.0} ms"))
 }
 
+/// The distributor's count of new calls it refused as overloaded, from `/metrics`.
+fn refused_overloaded(bench: &Bench) -> u64 {
+    let key = agent_edge_tests::admin_key(bench.dir.path());
+    let (_, text) = agent_edge_tests::metrics_text(bench.admin, &key, "text/plain");
+    text.lines()
+        .find_map(|l| l.strip_prefix("agent_edge_calls_refused_overloaded_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// `BENCH_OVERLOAD=RATE`: callers at RATE (twice the highest clean rate, say) for a step,
+/// each accepting a 503 with Retry-After as an end; then at once a step at
+/// `BENCH_RECOVER_RATE` (RATE / 2) with the ordinary callers, which must be clean. Prints
+/// the figures and appends them to bench/results.md.
+fn overload(rate: u64, seconds: u64, call_agents: usize, hold_ms: u64, date: &str, machine: &str) {
+    let recover_rate = env_or("BENCH_RECOVER_RATE", rate / 2);
+    let (bench, mut load) = fresh(call_agents, hold_ms);
+    let over = step_with(
+        &bench,
+        &mut load,
+        "bench_caller_overload.xml",
+        rate,
+        seconds,
+        hold_ms,
+    );
+    let refused = refused_overloaded(&bench);
+    let after = step(&bench, &mut load, recover_rate, seconds, hold_ms);
+    let refused_after = refused_overloaded(&bench) - refused;
+    let accepted = over.successful.saturating_sub(refused);
+    let row = format!(
+        "| {date} | {machine} | {rate} for {seconds} s | {} | {accepted} | {refused} | {} | {} | {:.0}% | {recover_rate} for {seconds} s: {} ({} failed, {} retransmissions, {refused_after} refused) |",
+        over.calls,
+        over.failed + over.agent_failed,
+        over.retransmissions,
+        over.edge_cpu_pct,
+        if after.passed() { "clean" } else { "not clean" },
+        after.failed + after.agent_failed,
+        after.retransmissions,
+    );
+    println!("{row}");
+    let results = std::env::var_os("BENCH_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results.md"));
+    let mut text = std::fs::read_to_string(&results).unwrap_or_default();
+    let heading = "## Overload (`BENCH_OVERLOAD=RATE just bench`)";
+    if !text.contains(heading) {
+        text.push_str(&format!(
+            "\n{heading}\n\nSIPp callers at RATE (twice the highest clean rate) for a step, each \
+             taking a 503 with Retry-After as an end (a 503 without it fails the call), then at \
+             once the ordinary callers at half that rate, on the same system. Accepted: calls \
+             answered and hung up; refused: the distributor's calls_refused_overloaded; failed: \
+             SIPp's failed calls and the load agents' (a call accepted and not completed); \
+             retransmissions: SIPp's, of the INVITEs and BYEs.\n\n\
+             | date | machine | callers | calls | accepted | refused (503) | failed | retransmissions | agent-edge CPU | then |\n\
+             |---|---|---|---:|---:|---:|---:|---:|---:|---|\n"
+        ));
+    }
+    let at = text.find(heading).unwrap();
+    let section_end = text[at + heading.len()..]
+        .find("\n## ")
+        .map_or(text.len(), |i| at + heading.len() + i + 1);
+    let insert = text[..section_end].trim_end_matches('\n').len();
+    text.insert_str(insert, &format!("\n{row}"));
+    std::fs::write(&results, text).unwrap();
+}
+
 fn main() {
     let seconds = env_or("BENCH_STEP_S", 30u64);
     let call_agents = env_or("BENCH_AGENTS", 4000usize);
@@ -432,6 +513,14 @@ fn main() {
         "binary: {}\nmachine: {machine}",
         agent_edge_tests::binary().display()
     );
+
+    if let Some(rate) = std::env::var("BENCH_OVERLOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        overload(rate, seconds, call_agents, hold_ms, &date, &machine);
+        return;
+    }
 
     let idle = idle_memory(&idle_counts);
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agent_edge_tests::{System, admin_key, agent, caller, free_port, http, register};
+use agent_edge_tests::{System, admin_key, agent, caller, free_port, register};
 use serde_json::Value;
 
 /// SIPp's media runs one at a time: two calls carrying audio at once on a 2-core machine

@@ -148,6 +148,10 @@ impl crate::driver::Core for Distributor {
         self.out.pop_front()
     }
 
+    fn load(&mut self, busy: f64) {
+        self.overload.busy(busy);
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         [
             self.layer.poll_timeout(),

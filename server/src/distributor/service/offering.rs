@@ -34,7 +34,7 @@ impl Distributor {
             self.records.refused(&invite, "shutting down", now);
             return;
         }
-        if self.overload.refuse_new_call() {
+        if self.overload.refuse_new_call(now) {
             let mut resp = invite.response(503, Some(&ids::tag()));
             resp.set_reason("Overloaded");
             resp.push_header("Retry-After", overload::RETRY_AFTER_S.to_string());
