@@ -468,29 +468,37 @@ fn overload(rate: u64, seconds: u64, call_agents: usize, hold_ms: u64, date: &st
         after.retransmissions,
     );
     println!("{row}");
-    let results = std::env::var_os("BENCH_RESULTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results.md"));
-    let mut text = std::fs::read_to_string(&results).unwrap_or_default();
-    let heading = "## Overload (`BENCH_OVERLOAD=RATE just bench`)";
-    if !text.contains(heading) {
-        text.push_str(&format!(
-            "\n{heading}\n\nSIPp callers at RATE (twice the highest clean rate) for a step, each \
+    append_row(
+        "## Overload (`BENCH_OVERLOAD=RATE just bench`)",
+        "SIPp callers at RATE (twice the highest clean rate) for a step, each \
              taking a 503 with Retry-After as an end (a 503 without it fails the call), then at \
              once the ordinary callers at half that rate, on the same system. Accepted: calls \
              answered and hung up; refused: the distributor's calls_refused_overloaded; failed: \
              SIPp's failed calls and the load agents' (a call accepted and not completed); \
              retransmissions: SIPp's, of the INVITEs and BYEs.\n\n\
              | date | machine | callers | calls | accepted | refused (503) | failed | retransmissions | agent-edge CPU | then |\n\
-             |---|---|---|---:|---:|---:|---:|---:|---:|---|\n"
-        ));
+             |---|---|---|---:|---:|---:|---:|---:|---:|---|\n",
+        &row,
+    );
+}
+
+/// Adds `row` at the end of the table under `heading` in bench/results.md (`BENCH_RESULTS`),
+/// writing the heading and `intro` (the text and the table's head) first when missing.
+fn append_row(heading: &str, intro: &str, row: &str) {
+    let results = std::env::var_os("BENCH_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results.md"));
+    let mut text = std::fs::read_to_string(&results).unwrap_or_default();
+    if !text.contains(heading) {
+        text.push_str(&format!("\n{heading}\n\n{intro}"));
     }
-    let at = text.find(heading).unwrap();
+    // The row goes at the end of the section's last table.
+    let at = text.find(heading).unwrap_or(0);
     let section_end = text[at + heading.len()..]
         .find("\n## ")
         .map_or(text.len(), |i| at + heading.len() + i + 1);
     let insert = text[..section_end].trim_end_matches('\n').len();
-    text.insert_str(insert, &format!("\n{row}"));
+    text.insert_str(insert, &format!("\n{}", row.trim_end()));
     std::fs::write(&results, text).unwrap();
 }
 
@@ -560,23 +568,15 @@ fn main() {
     let at200 = steps.iter().find(|s| s.rate == 200);
     let micro = criterion_median("parse + re-address + serialise");
 
-    let results = std::env::var_os("BENCH_RESULTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results.md"));
-    let mut text = std::fs::read_to_string(&results).unwrap_or_default();
     let heading = "## Call load (`just bench`)";
-    if !text.contains(heading) {
-        text.push_str(&format!(
-            "\n{heading}\n\nSIPp over UDP → distributor → WSS tunnel → buffer server → load agents over WSS, \
+    let intro = "SIPp over UDP → distributor → WSS tunnel → buffer server → load agents over WSS, \
              all on one machine. The highest rate held for the step (its length in brackets) \
              with 0 failed calls and 0 retransmissions; post-dial delay at 200 calls/s (SIPp's \
              response times, in its clock's steps); the agent-edge process's CPU per 1,000 \
              calls and resident memory at the highest rate; memory per idle registered WSS \
              agent; the criterion median of parse + re-address + serialise.\n\n\
              | date | machine | calls/s | INVITE→180 p50 / p99 @200 | INVITE→200 p50 / p99 @200 | CPU s per 1k calls | RSS | idle agent, 1k | idle agent, 10k | parse + re-address |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        ));
-    }
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let idle_at = |n: usize| {
         idle.iter()
             .find(|i| i.agents == n)
@@ -598,19 +598,12 @@ fn main() {
         idle_at(10000),
         micro.map_or("not run".into(), |ns| format!("{:.2} µs", ns / 1000.0)),
     );
-    // The row goes at the end of the call-load table (the last table in its section).
-    let at = text.find(heading).unwrap();
-    let section_end = text[at + heading.len()..]
-        .find("\n## ")
-        .map_or(text.len(), |i| at + heading.len() + i + 1);
-    let insert = text[..section_end].trim_end_matches('\n').len();
-    text.insert_str(insert, &format!("\n{}", row.trim_end()));
-    std::fs::write(&results, text).unwrap();
+    append_row(heading, intro, &row);
     for i in &idle {
         println!(
             "idle: {} agents registered in {:.1} s; agent-edge {:.1} KiB per agent; load agents {:.1} KiB per agent",
             i.agents, i.register_s, i.kib_per_agent, i.load_kib_per_agent
         );
     }
-    println!("row appended to {}:\n{row}", results.display());
+    println!("row appended to bench/results.md (or BENCH_RESULTS):\n{row}");
 }

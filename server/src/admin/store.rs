@@ -170,13 +170,7 @@ impl Store {
         password: &SipPassword,
     ) -> Result<Option<String>, StoreError> {
         let db = self.db();
-        let old: Option<String> = db
-            .query_row(
-                "SELECT id FROM sip_passwords WHERE agent = ?1",
-                [agent],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let old = sip_password_id(&db, agent)?;
         db.execute(
             "INSERT OR REPLACE INTO sip_passwords (agent, id, ha1_md5, ha1_sha256, created) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -213,13 +207,7 @@ impl Store {
     /// Removes `agent`'s SIP password; returns its id, which the caller revokes.
     pub fn delete_sip_password(&self, agent: &str) -> Result<Option<String>, StoreError> {
         let db = self.db();
-        let old: Option<String> = db
-            .query_row(
-                "SELECT id FROM sip_passwords WHERE agent = ?1",
-                [agent],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let old = sip_password_id(&db, agent)?;
         db.execute("DELETE FROM sip_passwords WHERE agent = ?1", [agent])?;
         Ok(old)
     }
@@ -242,6 +230,17 @@ impl Store {
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<Vec<String>, _>>()?)
     }
+}
+
+/// The id of `agent`'s SIP password, if she has one.
+fn sip_password_id(db: &Connection, agent: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .query_row(
+            "SELECT id FROM sip_passwords WHERE agent = ?1",
+            [agent],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 fn to_agent(row: (String, String, String, u32)) -> Result<Agent, StoreError> {
