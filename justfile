@@ -33,3 +33,10 @@ bench-relay *COUNTS:
 # re-address micro-benchmark; appends a dated row to bench/results.md (about 10 minutes).
 bench:
     ./scripts/bench.sh
+
+# Memory soak (issue 22): ROUNDS rounds of 15,000 calls at 500 calls/s through 50 UDP desk-phone
+# agents, resident memory 35 s after each and bytes per held transaction at the plateau (about
+# 80 s a round). Prints the figures; bench/results.md keeps them by hand.
+bench-soak ROUNDS="10":
+    cargo build --release -p agent-edge
+    AGENT_EDGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/agent-edge" SOAK_ROUNDS={{ROUNDS}} cargo bench -p agent-edge-tests --bench memory_soak

@@ -10,6 +10,13 @@ use agent_edge::app::{self, Roles, identity};
 use agent_edge::config::Config;
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than the C library's malloc: after a burst of calls glibc kept the freed
+/// memory of its per-thread arenas (a soak left 450 MB resident with nothing held, of which
+/// `malloc_trim` gave back 340 MB), while jemalloc's background threads give back pages unused
+/// for 10 s, busy or idle. See ARCHITECTURE.md (Memory) and bench/results.md (the memory soak).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     version,

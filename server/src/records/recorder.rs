@@ -99,6 +99,11 @@ impl Recorder {
         }
     }
 
+    /// Records begun and not yet handed to the writer.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+
     pub fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
     }

@@ -10,6 +10,7 @@
 //! further along may be UDP.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -239,6 +240,20 @@ impl<N> Tx<N> {
     }
 }
 
+/// What every layer of this process holds, summed (an all-in-one system runs one per role):
+/// read by the distributor's live view, so a soak can tell what its memory is spent on. Each
+/// layer adds what it holds after each call into it, and takes it back when dropped.
+static HELD_TRANSACTIONS: AtomicUsize = AtomicUsize::new(0);
+static HELD_TIMERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Transactions alive in every layer of this process, and the timers they have scheduled.
+pub fn held_in_process() -> (usize, usize) {
+    (
+        HELD_TRANSACTIONS.load(Ordering::Relaxed),
+        HELD_TIMERS.load(Ordering::Relaxed),
+    )
+}
+
 /// The layer, generic over the owner's note `N`: a value the owner attaches to a request it
 /// sends ([`TransactionLayer::send_request_with`]) and gets back on every [`Transmit`] of that
 /// request, retransmissions included, or attaches to a request it hands in
@@ -256,6 +271,15 @@ pub struct TransactionLayer<N = ()> {
     timers: BTreeSet<(Instant, TxId, Timer)>,
     transmits: VecDeque<Transmit<N>>,
     events: VecDeque<TxEvent<N>>,
+    /// (transactions, timers) last added to the process's totals ([`held_in_process`]).
+    reported: (usize, usize),
+}
+
+impl<N> Drop for TransactionLayer<N> {
+    fn drop(&mut self) {
+        HELD_TRANSACTIONS.fetch_sub(self.reported.0, Ordering::Relaxed);
+        HELD_TIMERS.fetch_sub(self.reported.1, Ordering::Relaxed);
+    }
 }
 
 fn method_token(m: &Method) -> String {
@@ -315,7 +339,31 @@ impl<N: Clone> TransactionLayer<N> {
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            reported: (0, 0),
         }
+    }
+
+    /// Brings the process's totals ([`held_in_process`]) up to date with this layer.
+    fn report_held(&mut self) {
+        let now = (self.txs.len(), self.timers.len());
+        let (was, is) = (self.reported, now);
+        if is.0 >= was.0 {
+            HELD_TRANSACTIONS.fetch_add(is.0 - was.0, Ordering::Relaxed);
+        } else {
+            HELD_TRANSACTIONS.fetch_sub(was.0 - is.0, Ordering::Relaxed);
+        }
+        if is.1 >= was.1 {
+            HELD_TIMERS.fetch_add(is.1 - was.1, Ordering::Relaxed);
+        } else {
+            HELD_TIMERS.fetch_sub(was.1 - is.1, Ordering::Relaxed);
+        }
+        self.reported = now;
+    }
+
+    /// Timers scheduled (for the live view and the tests: none outlives its transaction's
+    /// need of it).
+    pub fn scheduled_timers(&self) -> usize {
+        self.timers.len()
     }
 
     fn t(&self) -> Timers {
@@ -342,6 +390,7 @@ impl<N: Clone> TransactionLayer<N> {
         } else {
             self.handle_response(msg, from, now);
         }
+        self.report_held();
     }
 
     fn handle_request(&mut self, msg: SipMessage, from: Target, note: Option<N>, now: Instant) {
@@ -434,8 +483,13 @@ impl<N: Clone> TransactionLayer<N> {
         {
             if tx.state == State::Completed {
                 tx.state = State::Confirmed;
-                tx.timers.remove(&Timer::ResponseRetransmit);
-                tx.timers.remove(&Timer::WaitAck);
+                unschedule(
+                    &mut self.timers,
+                    id,
+                    &mut tx.timers,
+                    Timer::ResponseRetransmit,
+                );
+                unschedule(&mut self.timers, id, &mut tx.timers, Timer::WaitAck);
                 let linger = if tx.peer.is_reliable() {
                     Duration::ZERO
                 } else {
@@ -453,7 +507,12 @@ impl<N: Clone> TransactionLayer<N> {
             && let Some(tx) = self.txs.get_mut(&id)
         {
             tx.ack_received = true;
-            tx.timers.remove(&Timer::ResponseRetransmit);
+            unschedule(
+                &mut self.timers,
+                id,
+                &mut tx.timers,
+                Timer::ResponseRetransmit,
+            );
         }
         self.events.push_back(TxEvent::Request {
             tx: None,
@@ -522,7 +581,7 @@ impl<N: Clone> TransactionLayer<N> {
             (Kind::ClientInvite, State::Calling | State::Proceeding) => {
                 if code < 200 {
                     tx.state = State::Proceeding;
-                    tx.timers.remove(&Timer::Retransmit);
+                    unschedule(&mut self.timers, id, &mut tx.timers, Timer::Retransmit);
                     tx.got_provisional = true;
                     let send_cancel = std::mem::take(&mut tx.cancel_pending);
                     if let Some(c) = self.config.timer_c {
@@ -534,12 +593,12 @@ impl<N: Clone> TransactionLayer<N> {
                     }
                 } else if code < 300 {
                     tx.state = State::Accepted;
-                    tx.timers.clear();
+                    unschedule_all(&mut self.timers, id, &mut tx.timers);
                     self.set_timer(id, Timer::Linger, now + t.t1 * 64);
                     self.events.push_back(TxEvent::Response { tx: id, msg });
                 } else {
                     tx.state = State::Completed;
-                    tx.timers.clear();
+                    unschedule_all(&mut self.timers, id, &mut tx.timers);
                     let ack = build_ack(&tx.request, &msg);
                     tx.wire = Bytes::from(ack.to_bytes());
                     // From now on the wire holds the ACK, not the request the note is for.
@@ -575,7 +634,7 @@ impl<N: Clone> TransactionLayer<N> {
                     tx.state = State::Proceeding;
                 } else {
                     tx.state = State::Completed;
-                    tx.timers.clear();
+                    unschedule_all(&mut self.timers, id, &mut tx.timers);
                     let linger = if reliable { Duration::ZERO } else { t.t4 };
                     self.set_timer(id, Timer::Linger, now + linger);
                 }
@@ -632,6 +691,7 @@ impl<N: Clone> TransactionLayer<N> {
             self.set_timer(id, Timer::Retransmit, now + t.t1);
         }
         self.set_timer(id, Timer::Timeout, now + t.t1 * 64);
+        self.report_held();
         id
     }
 
@@ -642,6 +702,12 @@ impl<N: Clone> TransactionLayer<N> {
         msg: SipMessage,
         now: Instant,
     ) -> Result<(), TxError> {
+        let sent = self.respond(id, msg, now);
+        self.report_held();
+        sent
+    }
+
+    fn respond(&mut self, id: TxId, msg: SipMessage, now: Instant) -> Result<(), TxError> {
         let t = self.t();
         let code = msg.status().ok_or(TxError::WrongState)?;
         let tx = self.txs.get_mut(&id).ok_or(TxError::UnknownTransaction)?;
@@ -778,6 +844,7 @@ impl<N: Clone> TransactionLayer<N> {
             }
             self.terminate(id);
         }
+        self.report_held();
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit<N>> {
@@ -788,8 +855,8 @@ impl<N: Clone> TransactionLayer<N> {
         self.events.pop_front()
     }
 
-    /// The next instant [`Self::handle_timeout`] has work (it may find none: cancelled timers
-    /// are dropped lazily).
+    /// The next instant [`Self::handle_timeout`] has work (every cancelled timer leaves the
+    /// schedule at once, so this is a timer some transaction waits for).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|(at, _, _)| *at)
     }
@@ -811,6 +878,7 @@ impl<N: Clone> TransactionLayer<N> {
                 self.fire(id, timer, at, now);
             }
         }
+        self.report_held();
     }
 
     /// Timer `timer` of `id`, due at `due`, handled at `now` (later when the owner was busy).
@@ -930,9 +998,12 @@ impl<N: Clone> TransactionLayer<N> {
         TxId(self.next_id)
     }
 
+    /// Sets (or moves) one of a transaction's timers.
     fn set_timer(&mut self, id: TxId, timer: Timer, at: Instant) {
         if let Some(tx) = self.txs.get_mut(&id) {
-            tx.timers.insert(timer, at);
+            if let Some(was) = tx.timers.insert(timer, at) {
+                self.timers.remove(&(was, id, timer));
+            }
             self.timers.insert((at, id, timer));
         }
     }
@@ -971,7 +1042,50 @@ impl<N: Clone> TransactionLayer<N> {
         {
             self.accepted.remove(&k);
         }
+        shrink_sparse(&mut self.txs);
+        shrink_sparse(&mut self.servers);
+        shrink_sparse(&mut self.clients);
+        shrink_sparse(&mut self.accepted);
         self.events.push_back(TxEvent::Terminated { tx: id });
+    }
+}
+
+/// Gives back the room a burst left in a map: a `HashMap` keeps its capacity when emptied,
+/// so the table a peak of 50,000 transactions grew (a few hundred bytes a slot) would stay
+/// that size for as long as the process runs. Once it holds under a quarter of its room it is
+/// shrunk to twice what it holds: the next shrink needs it to have at least halved again, so
+/// the rehashing costs a constant per removal.
+fn shrink_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    const SMALL: usize = 1024;
+    let (len, room) = (map.len(), map.capacity());
+    if room > SMALL && len < room / 4 {
+        map.shrink_to(len * 2);
+    }
+}
+
+/// Cancels one timer of transaction `id` (whose timers are `timers`) in the layer's
+/// `schedule` as well: the schedule holds only what some transaction still waits for, so
+/// cancelled timers do not stay in it until they would have been due (timer C: three
+/// minutes after a call that was answered in a second).
+fn unschedule(
+    schedule: &mut BTreeSet<(Instant, TxId, Timer)>,
+    id: TxId,
+    timers: &mut HashMap<Timer, Instant>,
+    timer: Timer,
+) {
+    if let Some(at) = timers.remove(&timer) {
+        schedule.remove(&(at, id, timer));
+    }
+}
+
+/// Cancels every timer of transaction `id`, in its own map and in the schedule.
+fn unschedule_all(
+    schedule: &mut BTreeSet<(Instant, TxId, Timer)>,
+    id: TxId,
+    timers: &mut HashMap<Timer, Instant>,
+) {
+    for (timer, at) in timers.drain() {
+        schedule.remove(&(at, id, timer));
     }
 }
 

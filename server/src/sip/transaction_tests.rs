@@ -523,6 +523,9 @@ proptest! {
             drain_transmits(&mut l);
             now += Duration::from_millis(advance_ms);
             l.handle_timeout(now);
+            // The schedule holds exactly the timers live transactions wait for.
+            let waited: usize = l.txs.values().map(|t| t.timers.len()).sum();
+            prop_assert_eq!(l.scheduled_timers(), waited);
         }
         l.handle_timeout(now + Duration::from_secs(300));
         drain_events(&mut l);
@@ -701,4 +704,97 @@ fn an_rfc2543_peers_retransmissions_and_ack_find_their_transaction() {
             "{branch:?}"
         );
     }
+}
+
+/// One answered call as each role's layer sees it over UDP: an INVITE client transaction
+/// (180 then 200: timer C set, then cancelled), an INVITE server transaction answered 200
+/// and ACKed, a BYE sent and answered, a BYE received and answered.
+fn one_answered_call(l: &mut TransactionLayer, n: u32, now: Instant) {
+    let invite = request("INVITE", &format!("z9hG4bKout{n}"), 1);
+    let out = l.send_request(invite.clone(), udp_peer(), now);
+    l.handle_message(invite.response(180, Some("a")), udp_peer(), now);
+    l.handle_message(invite.response(200, Some("a")), udp_peer(), now);
+    let bye = request("BYE", &format!("z9hG4bKbye{n}"), 2);
+    l.send_request(bye.clone(), udp_peer(), now);
+    l.handle_message(bye.response(200, Some("a")), udp_peer(), now);
+
+    let mut incoming = request("INVITE", &format!("z9hG4bKin{n}"), 1);
+    incoming.set_header("Call-ID", format!("in-{n}"));
+    l.handle_message(incoming.clone(), udp_peer(), now);
+    let mut their_bye = request("BYE", &format!("z9hG4bKtheirs{n}"), 2);
+    their_bye.set_header("Call-ID", format!("in-{n}"));
+    while let Some(ev) = l.poll_event() {
+        if let TxEvent::Request {
+            tx: Some(tx), msg, ..
+        } = ev
+            && tx != out
+        {
+            l.send_response(tx, msg.response(200, Some("t")), now)
+                .unwrap();
+        }
+    }
+    let mut ack = request("ACK", &format!("z9hG4bKack{n}"), 1);
+    ack.set_header("Call-ID", format!("in-{n}"));
+    ack.set_header("To", "<sip:alice@127.0.0.1>;tag=t");
+    l.handle_message(ack, udp_peer(), now);
+    l.handle_message(their_bye, udp_peer(), now);
+    while let Some(ev) = l.poll_event() {
+        if let TxEvent::Request {
+            tx: Some(tx), msg, ..
+        } = ev
+        {
+            l.send_response(tx, msg.response(200, Some("t")), now)
+                .unwrap();
+        }
+    }
+    drain_transmits(l);
+}
+
+#[test]
+fn an_answered_call_leaves_nothing_once_its_32_s_windows_close() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    one_answered_call(&mut l, 1, t0);
+    assert_eq!(l.len(), 4, "both INVITEs, both BYEs");
+    // Nothing outlives RFC 3261's windows: the 2xx's (timers L and M, 64*T1) and the BYE
+    // server's (timer J, 64*T1); timer C (three minutes), cancelled by the 200, is not left
+    // in the schedule to wake the layer up for nothing.
+    run_until(&mut l, t0, Duration::from_secs(32) + MS);
+    assert!(l.is_empty(), "{} transactions left", l.len());
+    assert_eq!(l.scheduled_timers(), 0);
+    assert_eq!(l.poll_timeout(), None);
+}
+
+#[test]
+fn a_burst_gives_back_its_room_once_it_is_over() {
+    let t0 = Instant::now();
+    let mut l = layer();
+    for n in 0..5000 {
+        one_answered_call(&mut l, n, t0);
+    }
+    let peak = l.txs.capacity();
+    assert!(peak >= 20_000, "{peak}");
+    assert!(l.scheduled_timers() >= 20_000);
+    run_until(&mut l, t0, Duration::from_secs(33));
+    drain_events(&mut l);
+    assert!(l.is_empty());
+    assert_eq!(l.scheduled_timers(), 0);
+    // The tables a burst grew are shrunk as they empty, not kept at their peak.
+    for (name, room) in [
+        ("txs", l.txs.capacity()),
+        ("servers", l.servers.capacity()),
+        ("clients", l.clients.capacity()),
+        ("accepted", l.accepted.capacity()),
+    ] {
+        assert!(room <= 2048, "{name} kept room for {room}");
+    }
+    // And the layer takes the next burst as well as the first.
+    one_answered_call(&mut l, 9999, t0 + Duration::from_secs(40));
+    assert_eq!(l.len(), 4);
+    assert_held_is_consistent(&l);
+}
+
+fn assert_held_is_consistent(l: &TransactionLayer) {
+    let waited: usize = l.txs.values().map(|t| t.timers.len()).sum();
+    assert_eq!(l.scheduled_timers(), waited);
 }

@@ -60,6 +60,26 @@ pub struct LiveView {
     pub agents: Vec<LiveAgent>,
     pub queues: Vec<acd::QueueView>,
     pub calls: Vec<LiveCall>,
+    /// What the SIP side holds beyond the calls in progress: what memory is spent on.
+    pub held: Held,
+}
+
+/// What the process's transaction layers and the distributor's SIP side hold right now.
+/// Transactions outlive their calls by RFC 3261's timers (32 s for an INVITE answered with a
+/// 2xx and for a non-INVITE on UDP), so after a burst these count down to nothing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    /// Transactions in every role of this process (both in an all-in-one system).
+    pub transactions: usize,
+    /// Their scheduled timers.
+    pub timers: usize,
+    /// The distributor's own transactions, and its timers.
+    pub distributor_transactions: usize,
+    pub distributor_timers: usize,
+    /// Calls the distributor's SIP side holds transactions for.
+    pub sip_calls: usize,
+    /// Call records not yet handed to the writer.
+    pub records_open: usize,
 }
 
 /// A call the ACD holds, with the media statistics its edge last reported.

@@ -120,6 +120,11 @@ pub(super) struct Calls {
 }
 
 impl Calls {
+    /// Calls with a transaction in progress.
+    pub(super) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
     pub(super) fn get(&self, call_id: &str) -> Option<&Call> {
         self.calls.get(call_id)
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use proto_tunnel::Frame;
 use tracing::{info, warn};
 
-use super::{Distributor, LiveAgent, LiveCall, LiveView};
+use super::{Distributor, Held, LiveAgent, LiveCall, LiveView};
 use crate::acd::{self, Presence, Profile};
 use crate::app::status::Status;
 use crate::distributor::agents::{ClaimError, Claimed, Proof, check_claim};
@@ -49,10 +49,19 @@ impl Distributor {
                 call,
             })
             .collect();
+        let (transactions, timers) = crate::sip::transaction::held_in_process();
         LiveView {
             agents,
             queues: snapshot.queues,
             calls,
+            held: Held {
+                transactions,
+                timers,
+                distributor_transactions: self.layer.len(),
+                distributor_timers: self.layer.scheduled_timers(),
+                sip_calls: self.calls.len(),
+                records_open: self.records.open(),
+            },
         }
     }
 

@@ -33,7 +33,7 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 pub use self::api::{
-    BoundAddrs, Command, Identities, Input, LiveAgent, LiveCall, LiveView, Output, Profiles,
+    BoundAddrs, Command, Held, Identities, Input, LiveAgent, LiveCall, LiveView, Output, Profiles,
     QueueMedia, SipPasswords,
 };
 use self::calls::{Calls, Part, TxKind};
