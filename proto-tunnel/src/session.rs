@@ -312,12 +312,16 @@ mod tests {
             handoffs: vec!["tunnel".into()],
         };
         assert_eq!(
-            check_hello(&hello(2)),
+            check_hello(&hello(PROTOCOL_VERSION)),
             Ok(("edge-1".into(), vec!["tunnel".into()]))
         );
+        let older = PROTOCOL_VERSION - 1;
         assert_eq!(
-            check_hello(&hello(1)),
-            Err(HandshakeError::VersionMismatch { ours: 2, theirs: 1 })
+            check_hello(&hello(older)),
+            Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: older
+            })
         );
         assert_eq!(
             check_hello(&Frame::Ping { nonce: 1 }),
